@@ -1,0 +1,1 @@
+"""The ``userlm`` command line."""

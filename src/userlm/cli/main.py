@@ -1,0 +1,42 @@
+"""Entry point of the ``userlm`` command: ``userlm --help`` lists the commands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..errors import UserError
+from . import chat, show, simulate
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="userlm", description="Simulate, train and evaluate user language models.")
+    parser.add_argument("--version", action="version", version=f"userlm {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (simulate, chat, show):
+        module.register(commands)
+    return parser
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="userlm: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except UserError as exc:
+        print(f"userlm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("userlm: interrupted; finished conversations are saved, run the same command again to go on.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Command-line options shared by the commands that run models, turned into library objects."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..guardrails import GuardrailConfig
+from ..models.base import SamplingSettings
+from ..models.local import LoadOptions
+from ..models.openai_compat import Endpoint
+from ..models.registry import ProviderOptions
+
+
+def add_model_options(parser: argparse.ArgumentParser, *, assistant: bool = True) -> None:
+    g = parser.add_argument_group("user model")
+    g.add_argument("--user", required=True, metavar="SPEC", help="hf:PATH_OR_ID, openai:MODEL, prompted:SPEC or scripted:FILE")
+    g.add_argument("--user-base-url", metavar="URL", help="OpenAI-compatible server of the user model (default: OPENAI_BASE_URL)")
+    g.add_argument("--user-temperature", type=float, default=1.0, metavar="T", help="(default: 1.0, as on the UserLM-8b card)")
+    g.add_argument("--user-top-p", type=float, default=0.8, metavar="P", help="(default: 0.8, as on the UserLM-8b card)")
+    g.add_argument("--user-max-tokens", type=int, default=64, metavar="N", help="new tokens per user turn (default: 64)")
+    g.add_argument("--user-end-token-id", type=int, metavar="ID", help="id of <|endconversation|> on the user model's server")
+    if assistant:
+        g = parser.add_argument_group("assistant")
+        g.add_argument("--assistant", required=True, metavar="SPEC", help="hf:PATH_OR_ID, openai:MODEL, python:MODULE:FN or scripted:FILE")
+        g.add_argument("--assistant-base-url", metavar="URL", help="OpenAI-compatible server of the assistant (default: OPENAI_BASE_URL)")
+        g.add_argument("--assistant-temperature", type=float, default=0.7, metavar="T", help="(default: 0.7)")
+        g.add_argument("--assistant-top-p", type=float, default=1.0, metavar="P", help="(default: 1.0)")
+        g.add_argument("--assistant-max-tokens", type=int, default=512, metavar="N", help="new tokens per reply (default: 512)")
+    g = parser.add_argument_group("local models and servers")
+    g.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:N, mps")
+    g.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    g.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's own code to run")
+    g.add_argument("--batch-size", type=int, default=64, metavar="N", help="most sequences a local model runs at once (default: 64)")
+    g.add_argument("--request-concurrency", type=int, default=32, metavar="N", help="requests in flight per server (default: 32)")
+    g.add_argument("--max-retries", type=int, default=5, metavar="N", help="retries on 429/5xx/timeouts (default: 5)")
+    g.add_argument("--timeout", type=float, default=120.0, metavar="S", help="seconds per request (default: 120)")
+
+
+def add_guardrail_options(parser: argparse.ArgumentParser) -> None:
+    d = GuardrailConfig()
+    g = parser.add_argument_group("guardrails (all on by default)")
+    g.add_argument("--first-words", default=",".join(d.first_words), metavar="W,W", help=f"words a user turn may not start with (default: {','.join(d.first_words)})")
+    g.add_argument("--no-first-word-filter", action="store_true", help="allow any first word")
+    g.add_argument("--min-turns", type=int, metavar="N", help="user turns before the user may end (default: never)")
+    g.add_argument("--end-threshold", type=float, metavar="P", help="end when P(<|endconversation|>) at a turn's start reaches P")
+    g.add_argument("--min-words", type=int, default=d.min_words, metavar="N", help=f"(default: {d.min_words})")
+    g.add_argument("--max-words", type=int, default=d.max_words, metavar="N", help=f"(default: {d.max_words})")
+    g.add_argument("--no-length-bounds", action="store_true", help="allow turns of any length")
+    g.add_argument("--no-repetition-check", action="store_true", help="allow repeated turns and copies of the intent")
+    g.add_argument("--max-attempts", type=int, default=d.max_attempts, metavar="N", help=f"drafts per turn before giving up (default: {d.max_attempts})")
+    g.add_argument("--no-guardrails", action="store_true", help="switch every guardrail off (ends still follow --min-turns)")
+
+
+def guardrails_from(args: argparse.Namespace) -> GuardrailConfig:
+    from ..errors import UserError
+
+    off = args.no_guardrails
+    try:
+        return GuardrailConfig(
+            first_words=() if off or args.no_first_word_filter else tuple(args.first_words.split(",")),
+            min_turns=args.min_turns,
+            end_threshold=args.end_threshold,
+            min_words=None if off or args.no_length_bounds else args.min_words,
+            max_words=None if off or args.no_length_bounds else args.max_words,
+            block_repetition=not (off or args.no_repetition_check),
+            max_attempts=args.max_attempts,
+        )
+    except ValueError as exc:
+        raise UserError(f"invalid guardrail setting: {exc}.") from None
+
+
+def provider_options(args: argparse.Namespace, side: str) -> ProviderOptions:
+    return ProviderOptions(
+        sampling=SamplingSettings(
+            temperature=getattr(args, f"{side}_temperature"),
+            top_p=getattr(args, f"{side}_top_p"),
+            max_new_tokens=getattr(args, f"{side}_max_tokens"),
+        ),
+        endpoint=Endpoint(
+            base_url=getattr(args, f"{side}_base_url"),
+            max_retries=args.max_retries,
+            timeout_s=args.timeout,
+            concurrency=args.request_concurrency,
+        ),
+        load=LoadOptions(
+            device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, max_batch_size=args.batch_size
+        ),
+        end_token_id=getattr(args, "user_end_token_id", None) if side == "user" else None,
+    )
+
+
+def generation_record(args: argparse.Namespace) -> dict:
+    """The generation settings stored with every conversation (never keys or secrets)."""
+    record = {}
+    for side in ("user", "assistant"):
+        if getattr(args, side, None) is None:
+            continue
+        record[f"{side}_sampling"] = {
+            "temperature": getattr(args, f"{side}_temperature"),
+            "top_p": getattr(args, f"{side}_top_p"),
+            "max_new_tokens": getattr(args, f"{side}_max_tokens"),
+        }
+    return record

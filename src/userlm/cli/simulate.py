@@ -1,0 +1,58 @@
+"""``userlm simulate``: conversations between a user model and an assistant, for every intent.
+
+    userlm simulate --intents intents.jsonl --user hf:microsoft/UserLM-8b \\
+        --assistant openai:gpt-4o-mini --out runs/demo.jsonl --samples 3 --max-turns 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .options import add_guardrail_options, add_model_options, generation_record, guardrails_from, provider_options
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("simulate", help="simulate conversations between a user model and an assistant", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--intents", required=True, metavar="FILE", help="JSONL of {id, intent, ...} or text with one intent per line")
+    p.add_argument("--out", required=True, metavar="FILE", help="JSONL to append conversations to (re-running resumes it)")
+    p.add_argument("--samples", type=int, default=1, metavar="N", help="conversations per intent (default: 1)")
+    p.add_argument("--max-turns", type=int, default=6, metavar="N", help="user turns per conversation at most (default: 6)")
+    p.add_argument("--seed", type=int, default=0, help="run seed: same seed and local models give the same transcripts")
+    p.add_argument("--concurrency", type=int, default=64, metavar="N", help="conversations in flight (default: 64)")
+    p.add_argument("--retry-errors", action="store_true", help="redo conversations that ended with an error")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_model_options(p)
+    add_guardrail_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ..intents import load_intents
+    from ..models.registry import chat_model, user_model
+    from ..simulation import RunSettings, simulate_async
+    from ..user import SimulatedUser
+
+    settings = RunSettings(
+        samples=args.samples, max_turns=args.max_turns, seed=args.seed, concurrency=args.concurrency,
+        retry_errors=args.retry_errors,
+    )
+    intents = load_intents(args.intents)
+    guardrails = guardrails_from(args)
+    user = SimulatedUser(user_model(args.user, provider_options(args, "user")), guardrails)
+    assistant = chat_model(args.assistant, provider_options(args, "assistant"))
+    summary = asyncio.run(
+        simulate_async(
+            intents, user, assistant, out=args.out, settings=settings,
+            generation=generation_record(args), progress=not args.no_progress,
+        )
+    )
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.end_reasons.items())) or "none"
+    print(
+        f"{args.out}: {summary.written} conversations written, {summary.skipped} already there "
+        f"({summary.total} in all); end reasons this run: {reasons}",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,185 @@
+"""The conversation record: one JSON object per line, written by simulation, read by everything else.
+
+A record holds the task intent, the messages in order, what the guardrails did for each user
+turn, why the conversation ended, the models, the seed, the generation settings and the token
+usage. ``SCHEMA_VERSION`` changes whenever a field changes meaning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from .errors import UserError
+
+SCHEMA_VERSION = 1
+
+EndReason = Literal["user_ended", "max_turns", "guardrail_exhausted", "user_error", "assistant_error"]
+END_REASONS: tuple[str, ...] = EndReason.__args__  # type: ignore[attr-defined]
+
+
+class Rejection(BaseModel):
+    """A user-turn draft that a guardrail refused."""
+
+    draft: str = Field(description="the text the user model produced")
+    reason: str = Field(description="which guardrail refused it (see userlm.guardrails.REASONS)")
+
+
+class Message(BaseModel):
+    """One turn. User turns also carry what the guardrails did for them."""
+
+    role: Literal["user", "assistant"]
+    content: str
+    attempts: int | None = Field(default=None, description="drafts generated for this user turn, the kept one included")
+    rejected: list[Rejection] | None = Field(default=None, description="drafts refused before this turn, in order")
+    end_prob: float | None = Field(
+        default=None, description="the user model's probability of ending the conversation instead of this turn"
+    )
+    events: list[dict[str, Any]] | None = Field(
+        default=None, description="things that happened at this turn (answer attempts, shards revealed, ...)"
+    )
+
+    def chat(self) -> dict[str, str]:
+        """The plain ``{role, content}`` form that chat APIs take."""
+        return {"role": self.role, "content": self.content}
+
+
+class Usage(BaseModel):
+    """Tokens spent by one side of the conversation."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, prompt_tokens: int, completion_tokens: int) -> None:
+        self.calls += 1
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+
+    def merge(self, other: Usage) -> None:
+        self.calls += other.calls
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+
+
+class Conversation(BaseModel):
+    """One simulated (or ingested) conversation."""
+
+    schema_version: int = SCHEMA_VERSION
+    id: str = Field(description="unique per intent and sample: '<intent_id>#<sample>'")
+    intent_id: str
+    sample: int = 0
+    intent: str | None = Field(description="the task intent given to the user model (None: no-intent variant)")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="intent fields beyond id and intent, untouched")
+    messages: list[Message] = Field(default_factory=list)
+    end_reason: EndReason | None = None
+    final_turn: Message | None = Field(
+        default=None,
+        description="the user turn that ended the conversation (user_ended, guardrail_exhausted): "
+        "its end probability and refused drafts; not part of messages",
+    )
+    user_model: str | None = None
+    assistant_model: str | None = None
+    seed: int | None = None
+    settings: dict[str, Any] = Field(default_factory=dict, description="generation settings and guardrail configuration")
+    usage: dict[str, Usage] = Field(default_factory=dict, description="token usage per side: 'user', 'assistant'")
+    error: str | None = None
+    duration_s: float | None = None
+
+    def user_turns(self) -> list[Message]:
+        return [m for m in self.messages if m.role == "user"]
+
+    def to_json(self) -> str:
+        data = self.model_dump(mode="json")
+        data["messages"] = [m.model_dump(mode="json", exclude_none=True) for m in self.messages]
+        if self.final_turn is not None:
+            data["final_turn"] = self.final_turn.model_dump(mode="json", exclude_none=True)
+        return json.dumps(data, ensure_ascii=False)
+
+
+def conversation_id(intent_id: str, sample: int) -> str:
+    return f"{intent_id}#{sample}"
+
+
+def read_conversations(path: str | Path) -> list[Conversation]:
+    """Read every record of a JSONL file; a malformed line is an error naming the file and line."""
+    return list(iter_conversations(path))
+
+
+def iter_conversations(path: str | Path, *, tolerate_truncated_tail: bool = False) -> Iterator[Conversation]:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file; give the path of a JSONL file of conversations.")
+    lines = path.read_bytes().split(b"\n")
+    last = len(lines) - 1
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            yield Conversation.model_validate_json(raw)
+        except ValidationError as exc:
+            if tolerate_truncated_tail and number - 1 == last:
+                return  # the last line was cut off by a crash; it is redone
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "record"
+            raise UserError(
+                f"{path}:{number}: not a conversation record ({where}: {first.get('msg')}); "
+                "fix or remove that line."
+            ) from None
+
+
+class ConversationWriter:
+    """Appends finished conversations to a JSONL file, one flushed and synced line each.
+
+    Opening an existing file cuts off a last line that a crash left unfinished, so the next
+    record never glues onto it.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _drop_unfinished_tail(self.path)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, conversation: Conversation) -> None:
+        self._file.write(conversation.to_json() + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> ConversationWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _drop_unfinished_tail(path: Path) -> None:
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return
+        keep = data.rfind(b"\n") + 1
+        f.truncate(keep)
+
+
+def write_conversations(path: str | Path, conversations: Iterable[Conversation]) -> None:
+    """Write a whole file atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for c in conversations:
+            f.write(c.to_json() + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

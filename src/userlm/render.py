@@ -1,0 +1,163 @@
+"""The one place where a conversation is turned into model input.
+
+Three views of the same conversation live here and nowhere else:
+
+* the **user-model view** (UserLM format): the intent is the ``system`` message, the simulated
+  user's own turns are ``user``, the assistant's replies are ``assistant``, and the prompt
+  ends by opening a ``user`` turn that the model completes;
+* the **assistant view**: the plain chat messages, as any chat API takes them;
+* the **flipped view** for instruction-tuned chat models prompted to play the user: the
+  assistant's replies become ``user`` messages and the simulated user's turns ``assistant``.
+
+Training data preparation renders through :func:`training_ids`, which calls the same
+:func:`user_prompt_ids` as simulation, so a model is trained on exactly the format it is later
+prompted with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedTokenizerBase
+
+#: The chat template published with microsoft/UserLM-8b's tokenizer.
+USERLM_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>' }}\n"
+    "{{ message['content'] }}<|eot_id|>"
+    "{% endfor %}"
+    "{{ '<|start_header_id|>user<|end_header_id|>' }}"
+)
+END_OF_CONVERSATION = "<|endconversation|>"
+END_OF_TURN = "<|eot_id|>"
+START_HEADER = "<|start_header_id|>"
+END_HEADER = "<|end_header_id|>"
+#: Special tokens a UserLM-format tokenizer carries.
+USERLM_SPECIAL_TOKENS = ("<|begin_of_text|>", START_HEADER, END_HEADER, END_OF_TURN, END_OF_CONVERSATION)
+
+Chat = list[dict[str, str]]
+
+
+def _as_chat(messages: Iterable[Any]) -> Chat:
+    out: Chat = []
+    for m in messages:
+        if isinstance(m, Mapping):
+            out.append({"role": m["role"], "content": m["content"]})
+        else:
+            out.append({"role": m.role, "content": m.content})
+    return out
+
+
+def user_view(intent: str | None, messages: Iterable[Any]) -> Chat:
+    """The conversation as the user model sees it: intent as system message, then the turns."""
+    chat = _as_chat(messages)
+    return ([{"role": "system", "content": intent}] if intent else []) + chat
+
+
+def assistant_view(messages: Iterable[Any]) -> Chat:
+    """The conversation as the assistant sees it."""
+    return _as_chat(messages)
+
+
+def flipped_view(messages: Iterable[Any]) -> Chat:
+    """Swap roles so a chat model prompted to play the user writes the user's turns as its own."""
+    swap = {"user": "assistant", "assistant": "user"}
+    return [{"role": swap[m["role"]], "content": m["content"]} for m in _as_chat(messages)]
+
+
+def render_userlm(chat: Sequence[Mapping[str, str]]) -> str:
+    """Render with the UserLM-8b template, without a tokenizer (for prompts sent over HTTP).
+
+    Equal, character for character, to ``tokenizer.apply_chat_template(chat, tokenize=False)``
+    for a tokenizer carrying :data:`USERLM_CHAT_TEMPLATE` (a test checks it).
+    """
+    parts = [f"{START_HEADER}{m['role']}{END_HEADER}\n{m['content']}{END_OF_TURN}" for m in chat]
+    parts.append(f"{START_HEADER}user{END_HEADER}")
+    return "".join(parts)
+
+
+def user_prompt_text(intent: str | None, messages: Iterable[Any]) -> str:
+    """The prompt text for a user model served over a plain completions endpoint."""
+    return render_userlm(user_view(intent, messages))
+
+
+def chat_template_of(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The tokenizer's own chat template, or the UserLM-8b template when it has none."""
+    return tokenizer.chat_template or USERLM_CHAT_TEMPLATE
+
+
+def _apply_template(tokenizer: PreTrainedTokenizerBase, chat: Chat) -> list[int]:
+    ids = tokenizer.apply_chat_template(
+        chat,
+        chat_template=chat_template_of(tokenizer),
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=False,
+    )
+    return list(ids)
+
+
+def user_prompt_ids(tokenizer: PreTrainedTokenizerBase, intent: str | None, messages: Iterable[Any]) -> list[int]:
+    """Token ids of the user-model prompt: the chat template applied to :func:`user_view`."""
+    return _apply_template(tokenizer, user_view(intent, messages))
+
+
+def prompt_ends_with_whitespace(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the template's opened user turn already ends in whitespace.
+
+    The UserLM template does not: the model itself first writes the newline after the
+    ``user`` header, then the utterance.
+    """
+    text = tokenizer.apply_chat_template(
+        [{"role": "system", "content": "x"}],
+        chat_template=chat_template_of(tokenizer),
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    return text[-1:].isspace()
+
+
+def training_ids(
+    tokenizer: PreTrainedTokenizerBase,
+    intent: str | None,
+    messages: Sequence[Any],
+    *,
+    end: bool = True,
+) -> tuple[list[int], list[bool]]:
+    """Token ids of a whole conversation and which of them are training targets.
+
+    Targets are what the user model writes: each user turn (from the newline after its header
+    through its end-of-turn token) and, when ``end`` is true, a final turn holding only
+    ``<|endconversation|>`` after the last assistant reply. Everything else (intent, headers,
+    assistant turns) is context. The ids are built from the prompts that simulation feeds the
+    model, so every target is preceded by exactly the prompt the model will later see.
+    """
+    chat = _as_chat(messages)
+    if end:
+        chat = chat + [{"role": "user", "content": END_OF_CONVERSATION}]
+    ids: list[int] = []
+    mask: list[bool] = []
+    for i, message in enumerate(chat):
+        if message["role"] != "user":
+            continue
+        prompt = user_prompt_ids(tokenizer, intent, chat[:i])
+        if prompt[: len(ids)] != ids:
+            raise ValueError("the chat template does not render conversations as growing prefixes")
+        mask.extend([False] * (len(prompt) - len(ids)))
+        ids = prompt
+        upto = user_prompt_ids(tokenizer, intent, chat[: i + 1])
+        after = _opened_user_turn(tokenizer, upto)
+        target = upto[len(ids) : len(upto) - after]
+        ids = ids + target
+        mask.extend([True] * len(target))
+    return ids, mask
+
+
+def _opened_user_turn(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> int:
+    """How many trailing ids of a rendered prompt are the opened ``user`` turn (the generation prompt)."""
+    header = tokenizer.encode(f"{START_HEADER}user{END_HEADER}", add_special_tokens=False)
+    if ids[-len(header) :] != header:
+        raise ValueError("the chat template does not end its prompts by opening a user turn")
+    return len(header)

@@ -1,0 +1,213 @@
+"""Run many conversations between a simulated user and an assistant, and keep every one.
+
+Conversations run concurrently; each finished one is appended and flushed to the output at
+once, so a crash loses only the conversations in flight, and running the same command again
+finishes only what is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .conversation import (
+    Conversation,
+    ConversationWriter,
+    Message,
+    Usage,
+    conversation_id,
+    iter_conversations,
+    write_conversations,
+)
+from .errors import ConfigurationError, UserError
+from .intents import Intent
+from .models.base import ChatModel
+from .render import END_OF_CONVERSATION, assistant_view
+from .user import SimulatedUser, derive_seed
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How many conversations, how long, how reproducible."""
+
+    samples: int = 1  #: conversations per intent
+    max_turns: int = 6  #: user turns per conversation at most
+    seed: int = 0  #: run seed; each conversation derives its own from it and its id
+    concurrency: int = 64  #: conversations in flight at once
+    retry_errors: bool = False  #: redo conversations that ended with an error
+
+    def __post_init__(self) -> None:
+        if self.samples < 1 or self.max_turns < 1 or self.concurrency < 1:
+            raise UserError("--samples, --max-turns and --concurrency must be at least 1.")
+
+
+@dataclass
+class RunSummary:
+    """What a run did."""
+
+    out: Path | None
+    total: int  #: conversations the run covers
+    skipped: int  #: already in the output from an earlier run
+    written: int  #: finished in this run
+    end_reasons: Counter = field(default_factory=Counter)
+    conversations: list[Conversation] = field(default_factory=list)  #: every conversation of the run, in order
+
+
+def _previous(out: Path, user: str, assistant: str, retry_errors: bool) -> dict[str, Conversation]:
+    if not out.exists():
+        return {}
+    done: dict[str, Conversation] = {}
+    for c in iter_conversations(out, tolerate_truncated_tail=True):
+        done[c.id] = c
+    for c in done.values():
+        if (c.user_model, c.assistant_model) != (user, assistant):
+            raise UserError(
+                f"{out} holds conversations between {c.user_model} and {c.assistant_model}, not {user} and "
+                f"{assistant}; choose another --out, or delete the file to start over."
+            )
+    if retry_errors:
+        kept = {k: c for k, c in done.items() if c.error is None}
+        if len(kept) != len(done):
+            write_conversations(out, kept.values())
+        done = kept
+    return done
+
+
+async def simulate_async(
+    intents: Sequence[Intent],
+    user: SimulatedUser,
+    assistant: ChatModel,
+    *,
+    out: str | Path | None = None,
+    settings: RunSettings = RunSettings(),
+    generation: dict[str, Any] | None = None,
+    progress: bool = True,
+    on_finish: Callable[[Conversation], None] | None = None,
+) -> RunSummary:
+    """Simulate ``settings.samples`` conversations per intent; see :func:`simulate`."""
+    from tqdm.auto import tqdm
+
+    path = Path(out) if out is not None else None
+    previous = _previous(path, user.name, assistant.name, settings.retry_errors) if path else {}
+    jobs = [(intent, s) for intent in intents for s in range(settings.samples)]
+    todo = [(i, s) for i, s in jobs if conversation_id(i.id, s) not in previous]
+    recorded = {
+        "run_seed": settings.seed,
+        "max_turns": settings.max_turns,
+        "samples": settings.samples,
+        "guardrails": user.guardrails.to_dict(),
+        **(generation or {}),
+    }
+    summary = RunSummary(out=path, total=len(jobs), skipped=len(jobs) - len(todo), written=0)
+    finished: dict[str, Conversation] = {}
+    writer = ConversationWriter(path) if path else None
+    bar = tqdm(total=len(jobs), initial=summary.skipped, unit="conv", desc="simulating", disable=not progress)
+    limit = asyncio.Semaphore(settings.concurrency)
+
+    async def one(intent: Intent, sample: int) -> None:
+        async with limit:
+            conversation = await run_conversation(intent, sample, user, assistant, settings, recorded)
+        finished[conversation.id] = conversation
+        if writer:
+            writer.write(conversation)
+        summary.written += 1
+        summary.end_reasons[conversation.end_reason] += 1
+        if on_finish:
+            on_finish(conversation)
+        bar.update(1)
+        bar.set_postfix(dict(summary.end_reasons), refresh=False)
+
+    tasks = [asyncio.ensure_future(one(i, s)) for i, s in todo]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        bar.close()
+        if writer:
+            writer.close()
+    order = [conversation_id(i.id, s) for i, s in jobs]
+    summary.conversations = [finished.get(k) or previous[k] for k in order]
+    return summary
+
+
+async def run_conversation(
+    intent: Intent,
+    sample: int,
+    user: SimulatedUser,
+    assistant: ChatModel,
+    settings: RunSettings,
+    recorded: dict[str, Any],
+) -> Conversation:
+    """One conversation, from the first user turn to its end reason."""
+    cid = conversation_id(intent.id, sample)
+    seed = derive_seed(settings.seed, cid)
+    conv = Conversation(
+        id=cid,
+        intent_id=intent.id,
+        sample=sample,
+        intent=intent.text,
+        metadata=dict(intent.metadata),
+        user_model=user.name,
+        assistant_model=assistant.name,
+        seed=seed,
+        settings=recorded,
+        usage={"user": Usage(), "assistant": Usage()},
+    )
+    started = time.perf_counter()
+    for turn_index in range(settings.max_turns):
+        try:
+            turn = await user.next_turn(intent.text, conv.messages, seed=seed)
+        except ConfigurationError:
+            raise
+        except Exception as exc:  # recorded, and the run goes on
+            conv.end_reason, conv.error = "user_error", _describe(exc)
+            break
+        conv.usage["user"].merge(turn.usage)
+        if turn.ended or turn.exhausted:
+            conv.end_reason = "user_ended" if turn.ended else "guardrail_exhausted"
+            final = turn.message()
+            final.content = END_OF_CONVERSATION if turn.ended else ""
+            conv.final_turn = final
+            break
+        conv.messages.append(turn.message())
+        try:
+            reply = await assistant.reply(assistant_view(conv.messages), seed=derive_seed(seed, "assistant", turn_index))
+        except ConfigurationError:
+            raise
+        except Exception as exc:
+            conv.end_reason, conv.error = "assistant_error", _describe(exc)
+            break
+        conv.usage["assistant"].add(reply.prompt_tokens, reply.completion_tokens)
+        conv.messages.append(Message(role="assistant", content=reply.text))
+    else:
+        conv.end_reason = "max_turns"
+    conv.duration_s = round(time.perf_counter() - started, 4)
+    return conv
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def simulate(
+    intents: Sequence[Intent] | Sequence[str],
+    user: SimulatedUser,
+    assistant: ChatModel,
+    **kwargs: Any,
+) -> RunSummary:
+    """Simulate conversations between ``user`` and ``assistant``, one or more per intent.
+
+    ``intents`` may be :class:`~userlm.intents.Intent` objects or plain strings. Pass ``out`` to
+    append each finished conversation to a JSONL file and resume from it; ``settings`` is a
+    :class:`RunSettings`. Returns a :class:`RunSummary` whose ``conversations`` hold every record.
+    """
+    items = [i if isinstance(i, Intent) else Intent(id=str(n), text=i) for n, i in enumerate(intents)]
+    return asyncio.run(simulate_async(items, user, assistant, **kwargs))

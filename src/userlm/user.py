@@ -1,0 +1,136 @@
+"""The simulated user: a user model under the guardrails, one turn at a time.
+
+Embed it in your own evaluation loop::
+
+    user = userlm.load_user("hf:microsoft/UserLM-8b")
+    chat = user.session("You want a vegan lasagna recipe that takes under an hour.", seed=0)
+    text = chat.step()                      # the first user turn
+    while text is not None:
+        text = chat.step(my_assistant(chat.messages))   # None once the user ends
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass, field
+
+from .conversation import Message, Rejection, Usage
+from .guardrails import GuardrailConfig, check_draft
+from .models.base import UserModel, UserTurnRequest
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 31-bit seed from any parts (run seed, conversation id, turn, attempt, ...)."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & 0x7FFFFFFF
+
+
+@dataclass
+class UserTurn:
+    """The outcome of asking for the next user turn."""
+
+    text: str | None  #: the kept utterance; None when the user ended or the guardrails gave up
+    ended: bool = False  #: the user ended the conversation
+    exhausted: bool = False  #: every draft was refused
+    end_prob: float | None = None
+    rejected: list[Rejection] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+
+    @property
+    def attempts(self) -> int:
+        return len(self.rejected) + (0 if self.exhausted else 1)
+
+    def message(self) -> Message:
+        return Message(
+            role="user",
+            content=self.text or "",
+            attempts=self.attempts,
+            rejected=list(self.rejected),
+            end_prob=self.end_prob,
+        )
+
+
+class SimulatedUser:
+    """A user model plus the guardrails that keep its turns realistic."""
+
+    def __init__(self, model: UserModel, guardrails: GuardrailConfig | None = None):
+        self.model = model
+        self.guardrails = guardrails or GuardrailConfig()
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    async def next_turn(self, intent: str | None, messages: list[Message] | list[dict], *, seed: int = 0) -> UserTurn:
+        """Draft the next user turn, resampling refused drafts up to ``max_attempts`` times."""
+        chat = [m if isinstance(m, dict) else m.chat() for m in messages]
+        earlier = [m["content"] for m in chat if m["role"] == "user"]
+        g = self.guardrails
+        turn = UserTurn(text=None)
+        for attempt in range(g.max_attempts):
+            request = UserTurnRequest(
+                intent=intent,
+                messages=chat,
+                seed=derive_seed(seed, len(earlier), attempt),
+                attempt=attempt,
+                allow_end=g.end_allowed(len(earlier)),
+                banned_first_words=g.first_words,
+                end_threshold=g.end_threshold,
+            )
+            draft = await self.model.draft(request)
+            turn.usage.add(draft.prompt_tokens, draft.completion_tokens)
+            if turn.end_prob is None:
+                turn.end_prob = draft.end_prob
+            verdict = check_draft(draft.text, ended=draft.ended, intent=intent, earlier_user_turns=earlier, config=g)
+            if verdict.accepted:
+                turn.ended = verdict.ended
+                turn.text = None if verdict.ended else draft.text
+                return turn
+            shown = draft.text if not draft.ended else "<|endconversation|>"
+            turn.rejected.append(Rejection(draft=shown, reason=verdict.reason or "refused"))
+        turn.exhausted = True
+        return turn
+
+    def session(self, intent: str | None, *, seed: int = 0) -> UserSession:
+        """Drive this user turn by turn from your own code."""
+        return UserSession(self, intent, seed)
+
+
+class UserSession:
+    """One conversation with a simulated user, driven by the caller."""
+
+    def __init__(self, user: SimulatedUser, intent: str | None, seed: int):
+        self.user = user
+        self.intent = intent
+        self.seed = seed
+        self.messages: list[Message] = []
+        self.last: UserTurn | None = None
+        self.usage = Usage()
+
+    @property
+    def over(self) -> bool:
+        return self.last is not None and self.last.text is None
+
+    async def astep(self, assistant_reply: str | None = None) -> str | None:
+        """Record the assistant's reply (omit it for the first turn) and return the user's next
+        turn, or None when the user ends the conversation (or every draft was refused)."""
+        if self.over:
+            raise RuntimeError("the conversation is over; start a new session")
+        if assistant_reply is not None:
+            self.messages.append(Message(role="assistant", content=assistant_reply))
+        elif self.messages:
+            raise ValueError("pass the assistant's reply to the previous user turn")
+        turn = await self.user.next_turn(self.intent, self.messages, seed=self.seed)
+        self.last = turn
+        self.usage.merge(turn.usage)
+        if turn.text is not None:
+            self.messages.append(turn.message())
+        return turn.text
+
+    def step(self, assistant_reply: str | None = None) -> str | None:
+        """Synchronous :meth:`astep` (use ``astep`` inside a running event loop)."""
+        return asyncio.run(self.astep(assistant_reply))
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        return [m.chat() for m in self.messages]
