@@ -1,0 +1,1 @@
+"""Training user models: data preparation, tokenizer and model preparation, the trainer."""

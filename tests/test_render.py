@@ -1,0 +1,62 @@
+"""The one renderer: UserLM prompt format, equal to the tokenizer's own chat template."""
+
+from __future__ import annotations
+
+from userlm.render import (
+    END_OF_CONVERSATION,
+    USERLM_CHAT_TEMPLATE,
+    assistant_view,
+    flipped_view,
+    render_userlm,
+    training_ids,
+    user_prompt_ids,
+    user_prompt_text,
+    user_view,
+)
+
+INTENT = "You are a user chatting with an assistant to get a vegan lasagna recipe."
+CONVERSATION = [
+    {"role": "user", "content": "got a vegan lasagna recipe?"},
+    {"role": "assistant", "content": "Sure! Do you want it gluten-free as well?"},
+    {"role": "user", "content": "no, just quick, under an hour"},
+    {"role": "assistant", "content": "Here is one that takes 50 minutes: ..."},
+]
+
+
+def test_prompt_ids_equal_the_tokenizers_own_chat_template(tiny_tokenizer):
+    assert tiny_tokenizer.chat_template == USERLM_CHAT_TEMPLATE
+    for upto in range(len(CONVERSATION) + 1):
+        messages = [{"role": "system", "content": INTENT}] + CONVERSATION[:upto]
+        expected = tiny_tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
+        assert user_prompt_ids(tiny_tokenizer, INTENT, CONVERSATION[:upto]) == list(expected)
+
+
+def test_text_renderer_matches_the_template_for_http_prompts(tiny_tokenizer):
+    messages = user_view(INTENT, CONVERSATION)
+    assert render_userlm(messages) == tiny_tokenizer.apply_chat_template(messages, tokenize=False)
+    assert user_prompt_text(INTENT, CONVERSATION).endswith("<|start_header_id|>user<|end_header_id|>")
+
+
+def test_user_view_puts_the_intent_first_and_keeps_roles():
+    view = user_view(INTENT, CONVERSATION)
+    assert view[0] == {"role": "system", "content": INTENT}
+    assert [m["role"] for m in view[1:]] == ["user", "assistant", "user", "assistant"]
+    assert user_view(None, CONVERSATION) == assistant_view(CONVERSATION)
+
+
+def test_flipped_view_swaps_roles_for_prompted_chat_models():
+    assert [m["role"] for m in flipped_view(CONVERSATION)] == ["assistant", "user", "assistant", "user"]
+    assert flipped_view(CONVERSATION)[0]["content"] == CONVERSATION[0]["content"]
+
+
+def test_training_targets_are_exactly_the_user_turns_and_the_end(tiny_tokenizer):
+    ids, mask = training_ids(tiny_tokenizer, INTENT, CONVERSATION)
+    assert len(ids) == len(mask)
+    targets = tiny_tokenizer.decode([i for i, m in zip(ids, mask) if m])
+    assert targets == (
+        "\ngot a vegan lasagna recipe?<|eot_id|>\nno, just quick, under an hour<|eot_id|>\n"
+        f"{END_OF_CONVERSATION}<|eot_id|>"
+    )
+    # each target follows exactly the prompt simulation feeds the model
+    first_target = mask.index(True)
+    assert ids[:first_target] == user_prompt_ids(tiny_tokenizer, INTENT, [])
