@@ -1,0 +1,131 @@
+"""Local models (hf:): batching, reproducibility, and guardrails enforced as logit constraints."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+
+import pytest
+import torch
+
+import userlm
+from userlm.guardrails import GuardrailConfig, first_word
+from userlm.intents import Intent
+from userlm.models.base import SamplingSettings, UserTurnRequest
+from userlm.models.engine import banned_first_ids
+from userlm.models.local import LocalChatModel, LocalUserModel
+from userlm.simulation import RunSettings
+
+SAMPLING = SamplingSettings(temperature=1.0, top_p=0.8, max_new_tokens=16)
+INTENTS = [Intent(str(i), f"You are a user chatting with an assistant about topic number {i}.") for i in range(6)]
+
+
+class BiasedLM(torch.nn.Module):
+    """A real model with biases added to its logits: one for the first generated token (after
+    the prompt), another for every later one."""
+
+    def __init__(self, model, first: torch.Tensor, later: torch.Tensor):
+        super().__init__()
+        self.inner, self.first, self.later = model, first, later
+
+    def forward(self, **kwargs):
+        out = self.inner(**kwargs)
+        out.logits = out.logits + (self.first if kwargs["input_ids"].shape[1] > 1 else self.later)
+        return out
+
+
+def biased_user(path, first: dict[int, float], later: dict[int, float]) -> LocalUserModel:
+    """The tiny user model, made to write ``first`` tokens first and ``later`` ones after."""
+    user = LocalUserModel(str(path), sampling=SAMPLING)
+    size = len(user.loaded.tokenizer)
+    biases = []
+    for boosts in (first, later):
+        bias = torch.zeros(size)
+        for token, value in boosts.items():
+            bias[token] = value
+        biases.append(bias)
+    user.loaded = copy.copy(user.loaded)
+    user.loaded.model = BiasedLM(user.loaded.model, *biases)
+    return user
+
+
+def request(**kw) -> UserTurnRequest:
+    base = dict(intent="You want lasagna.", messages=[], seed=7, allow_end=False)
+    return UserTurnRequest(**{**base, **kw})
+
+
+def test_concurrent_drafts_are_batched(tiny_user_dir):
+    user = LocalUserModel(str(tiny_user_dir), sampling=SAMPLING)
+    sizes = []
+    run_batch = user._batcher.run_batch
+    user._batcher.run_batch = lambda items: sizes.append(len(items)) or run_batch(items)
+
+    async def go():
+        return await asyncio.gather(*(user.draft(request(seed=s)) for s in range(12)))
+
+    drafts = asyncio.run(go())
+    assert len(drafts) == 12 and max(sizes) > 1 and sum(sizes) == 12
+
+
+def test_same_seed_same_transcripts_whatever_the_batching(tiny_user_dir, tiny_assistant_dir):
+    user = userlm.load_user(f"hf:{tiny_user_dir}", GuardrailConfig(min_words=1, max_words=None), sampling=SAMPLING)
+    assistant = userlm.load_assistant(f"hf:{tiny_assistant_dir}", sampling=SAMPLING)
+
+    def transcripts(seed, concurrency):
+        runs = userlm.simulate(INTENTS, user, assistant, settings=RunSettings(max_turns=2, seed=seed, concurrency=concurrency), progress=False)
+        return [[(m.role, m.content) for m in c.messages] for c in runs.conversations]
+
+    first = transcripts(seed=3, concurrency=6)
+    assert transcripts(seed=3, concurrency=1) == first
+    assert transcripts(seed=4, concurrency=6) != first
+    assert all(len(t) >= 2 for t in first)
+
+
+def test_first_token_filter_is_a_logits_constraint(tiny_user_dir):
+    tok = LocalUserModel(str(tiny_user_dir), sampling=SAMPLING).loaded.tokenizer
+    banned = banned_first_ids(tok, ("I", "You", "Here"))
+    assert len(banned) > 0
+    assert all(first_word(tok.decode([int(t)])).casefold() in {"i", "you", "here"} for t in banned)
+    newline = tok.convert_tokens_to_ids(tok.tokenize("\n"))[0]
+    user = biased_user(tiny_user_dir, {newline: 30.0}, {int(t): 25.0 for t in banned})
+
+    async def drafts(words):
+        return await asyncio.gather(*(user.draft(request(seed=s, banned_first_words=words)) for s in range(8)))
+
+    unfiltered = asyncio.run(drafts(()))
+    assert all(d.text.casefold().startswith(("i", "you", "here")) for d in unfiltered)
+    filtered = asyncio.run(drafts(("I", "You", "Here")))
+    assert all(first_word(d.text).casefold() not in {"i", "you", "here"} for d in filtered)
+
+
+def test_termination_control_and_end_probability(tiny_user_dir):
+    plain = LocalUserModel(str(tiny_user_dir), sampling=SAMPLING)
+    end = plain.end_id
+    newline = plain.loaded.tokenizer.convert_tokens_to_ids(plain.loaded.tokenizer.tokenize("\n"))[0]
+    user = biased_user(tiny_user_dir, {newline: 30.0}, {end: 25.0})
+
+    suppressed = asyncio.run(user.draft(request(allow_end=False)))
+    assert not suppressed.ended and suppressed.end_prob > 0.99  # measured, then refused
+
+    allowed = asyncio.run(user.draft(request(allow_end=True)))
+    assert allowed.ended and allowed.text == ""
+
+    by_threshold = asyncio.run(user.draft(request(allow_end=True, end_threshold=0.9)))
+    assert by_threshold.ended and by_threshold.end_prob > 0.9
+
+    unlikely = asyncio.run(plain.draft(request(allow_end=True, end_threshold=0.9)))
+    assert not unlikely.ended and unlikely.end_prob is not None and unlikely.end_prob < 0.9
+
+
+def test_simulated_conversation_records_end_probabilities(tiny_user_dir, tiny_assistant_dir):
+    user = userlm.load_user(f"hf:{tiny_user_dir}", GuardrailConfig(min_words=1, max_words=None), sampling=SAMPLING)
+    conv = userlm.simulate(INTENTS[:1], user, LocalChatModel(str(tiny_assistant_dir), sampling=SAMPLING),
+                           settings=RunSettings(max_turns=2), progress=False).conversations[0]
+    assert conv.end_reason in {"max_turns", "guardrail_exhausted"}
+    assert all(m.end_prob is not None and 0.0 <= m.end_prob <= 1.0 for m in conv.user_turns())
+    assert conv.usage["user"].prompt_tokens > 0 and conv.usage["assistant"].completion_tokens > 0
+
+
+def test_a_model_directory_that_does_not_exist_is_one_clear_error(tmp_path):
+    with pytest.raises(userlm.UserError, match="cannot load hf:"):
+        userlm.load_user(f"hf:{tmp_path / 'missing'}")
