@@ -1,0 +1,135 @@
+"""The command line as a user meets it: real processes, exit codes, one-sentence errors, resume
+after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from userlm.cli.main import main
+
+
+def userlm_cli(*args, stdin=None, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "userlm", *map(str, args)],
+        capture_output=True, text=True, input=stdin, env={**os.environ, **(env or {})}, timeout=300,
+    )
+
+
+@pytest.fixture
+def scripts(tmp_path):
+    user = tmp_path / "user.json"
+    user.write_text(json.dumps([["I want a recipe", "got a vegan lasagna recipe?"], "anything quicker than that?"]))
+    assistant = tmp_path / "assistant.txt"
+    assistant.write_text("Sure, here is one.\nTry this one.\n")
+    return user, assistant
+
+
+def test_simulate_and_show_with_scripted_models(tmp_path, intents_file, scripts):
+    out = tmp_path / "runs" / "demo.jsonl"
+    user, assistant = scripts
+    done = userlm_cli("simulate", "--intents", intents_file, "--user", f"scripted:{user}", "--assistant",
+                      f"scripted:{assistant}", "--out", out, "--samples", 2, "--max-turns", 2,
+                      env={"OPENAI_API_KEY": "sk-secret-never-logged"})
+    assert done.returncode == 0, done.stderr
+    assert "6 conversations written, 0 already there" in done.stderr
+    text = out.read_text()
+    assert len(text.splitlines()) == 6 and "sk-secret" not in text
+    shown = userlm_cli("show", out, "--id", "lasagna#1")
+    assert shown.returncode == 0
+    assert "USER    got a vegan lasagna recipe?" in shown.stdout
+    assert "1 refused: first_word" in shown.stdout
+    assert "ASSIST  Try this one." in shown.stdout
+    again = userlm_cli("simulate", "--intents", intents_file, "--user", f"scripted:{user}", "--assistant",
+                       f"scripted:{assistant}", "--out", out, "--samples", 2, "--max-turns", 2)
+    assert "0 conversations written, 6 already there" in again.stderr
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--user", "llama:x"], "unknown user model 'llama:x'; use one of hf:<name>, openai:<name>, prompted:<name>, scripted:<name>."),
+        (["--assistant", "gpt4"], "unknown assistant model 'gpt4'; use one of hf:<name>, openai:<name>, python:<name>, scripted:<name>."),
+        (["--intents", "missing.jsonl"], "missing.jsonl: no such file"),
+        (["--max-attempts", "0"], "invalid guardrail setting: max_attempts must be at least 1."),
+        (["--user", "scripted:nowhere.json"], "nowhere.json: no such script file"),
+    ],
+)
+def test_user_mistakes_are_one_sentence_and_exit_2(tmp_path, intents_file, scripts, capsys, args, message):
+    user, assistant = scripts
+    base = {"--intents": str(intents_file), "--user": f"scripted:{user}", "--assistant": f"scripted:{assistant}",
+            "--out": str(tmp_path / "o.jsonl")}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value
+    argv = ["simulate"] + [x for kv in base.items() for x in kv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_malformed_intents_line_is_named(tmp_path, scripts, capsys):
+    intents = tmp_path / "intents.jsonl"
+    intents.write_text('{"id": "a", "intent": "x y z"}\n{"id": "b" "intent": "oops"}\n')
+    user, assistant = scripts
+    code = main(["simulate", "--intents", str(intents), "--user", f"scripted:{user}", "--assistant",
+                 f"scripted:{assistant}", "--out", str(tmp_path / "o.jsonl")])
+    assert code == 2 and f"{intents}:2: not valid JSON" in capsys.readouterr().err
+
+
+def test_chat_lets_a_person_play_the_assistant(tmp_path, scripts):
+    user, _ = scripts
+    out = tmp_path / "chat.jsonl"
+    done = userlm_cli("chat", "--user", f"scripted:{user}", "--intent", "You want lasagna.", "--min-turns", 2,
+                      "--out", out, stdin="Here you go: pasta.\nUse lentils.\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.replace("assistant> ", "").splitlines() == [
+        "user> got a vegan lasagna recipe?", "user> anything quicker than that?", "user> <|endconversation|>"
+    ]
+    record = json.loads(out.read_text())
+    assert record["assistant_model"] == "human" and record["end_reason"] == "user_ended"
+    assert [m["content"] for m in record["messages"]][1] == "Here you go: pasta."
+
+
+def test_import_userlm_stays_light():
+    code = "import sys, userlm, userlm.models.openai_compat, userlm.models.registry; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_sigkill_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path, tiny_user_dir, tiny_assistant_dir):
+    intents = tmp_path / "intents.txt"
+    intents.write_text("".join(f"You are a user chatting with an assistant about question {i}.\n" for i in range(24)))
+    cmd = ["simulate", "--intents", intents, "--user", f"hf:{tiny_user_dir}", "--assistant", f"hf:{tiny_assistant_dir}",
+           "--max-turns", 3, "--user-max-tokens", 12, "--assistant-max-tokens", 24, "--concurrency", 2,
+           "--min-words", 1, "--no-progress", "--seed", 5]
+    out = tmp_path / "killed.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "userlm", *map(str, cmd), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = out.read_text().count("\n")
+    assert 3 <= before < 24, "the run must be killed mid-way"
+
+    resumed = userlm_cli(*cmd, "--out", out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{24 - before} conversations written, {before} already there" in resumed.stderr
+    lines = out.read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert sorted(r["id"] for r in records) == sorted(f"{i}#0" for i in range(1, 25))
+
+    # the interrupted and resumed run holds exactly what an uninterrupted run writes
+    clean = tmp_path / "clean.jsonl"
+    assert userlm_cli(*cmd, "--out", clean).returncode == 0
+    strip = lambda r: {k: v for k, v in r.items() if k != "duration_s"}
+    expected = {r["id"]: strip(r) for r in map(json.loads, clean.read_text().splitlines())}
+    assert {r["id"]: strip(r) for r in records} == expected
