@@ -97,6 +97,9 @@ def init_model(tokenizer: PreTrainedTokenizerFast, size: ModelSize = ModelSize()
 
 def save_model(model, tokenizer, out: str | Path) -> Path:
     """Save model and tokenizer together, loadable as ``hf:<out>``."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
