@@ -1,0 +1,248 @@
+"""Local transformers checkpoints (``hf:<path or hub id>``) as user models and assistants.
+
+Concurrent requests to the same model are gathered into one batch: while a batch runs in a
+worker thread, the requests of all other conversations queue up and form the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigurationError, UserError
+from ..render import END_OF_CONVERSATION, END_OF_TURN, chat_template_of, prompt_ends_with_whitespace, user_prompt_ids
+from .base import ChatReply, SamplingSettings, UserDraft, UserTurnRequest
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load a local checkpoint."""
+
+    device: str = "auto"  #: "auto" (GPU when there is one), "cpu", "cuda", "cuda:1", "mps"
+    dtype: str = "auto"  #: "auto" (bf16 on GPU, fp32 on CPU), "float32", "bfloat16", "float16"
+    trust_remote_code: bool = False
+    max_batch_size: int = 64
+
+
+_loaded: dict[tuple, LoadedModel] = {}
+_load_lock = threading.Lock()
+
+
+class LoadedModel:
+    """A tokenizer and model in memory, shared by every provider that names the same checkpoint."""
+
+    def __init__(self, path: str, options: LoadOptions):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+        self.path = path
+        device = options.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if options.dtype == "auto":
+            dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+        else:
+            dtype = getattr(torch, options.dtype, None)
+            if not isinstance(dtype, torch.dtype):
+                raise UserError(f"unknown dtype {options.dtype!r}; use auto, float32, bfloat16 or float16.")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=options.trust_remote_code)
+            self.model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=dtype, trust_remote_code=options.trust_remote_code
+            )
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(
+                f"cannot load hf:{path} ({first}); give a local model directory or a hub id that is downloaded."
+            ) from None
+        self.model.to(device).eval()
+        self.device = device
+        self.pad_id = next(
+            i for i in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0) if i is not None
+        )
+
+    def token_id(self, token: str) -> int | None:
+        ids = self.tokenizer.convert_tokens_to_ids([token])
+        unk = self.tokenizer.unk_token_id
+        return ids[0] if ids and ids[0] is not None and ids[0] != unk else None
+
+    def eos_ids(self) -> set[int]:
+        ids = set()
+        eos = self.model.generation_config.eos_token_id
+        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids
+
+
+def load(path: str, options: LoadOptions) -> LoadedModel:
+    key = (path, options.device, options.dtype, options.trust_remote_code)
+    with _load_lock:
+        if key not in _loaded:
+            _loaded[key] = LoadedModel(path, options)
+        return _loaded[key]
+
+
+class _Batcher:
+    """Gathers concurrent requests and runs them as one batch in a worker thread."""
+
+    def __init__(self, run_batch: Callable[[list[Any]], list[Any]], max_batch_size: int):
+        self.run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self._queue: asyncio.Queue | None = None
+        self._worker: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def submit(self, item: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # a new event loop (another asyncio.run): start afresh
+            self._loop, self._queue = loop, asyncio.Queue()
+            self._worker = loop.create_task(self._work())
+        future = loop.create_future()
+        await self._queue.put((item, future))
+        return await future
+
+    async def _work(self) -> None:
+        assert self._queue is not None
+        while True:
+            batch = [await self._queue.get()]
+            for _ in range(3):  # let every conversation that is ready submit before the batch starts
+                await asyncio.sleep(0)
+            while not self._queue.empty() and len(batch) < self.max_batch_size:
+                batch.append(self._queue.get_nowait())
+            items = [item for item, _ in batch]
+            try:
+                results = await asyncio.to_thread(self.run_batch, items)
+            except BaseException as exc:  # the batch failed: every caller in it gets the error
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results):
+                if not future.done():
+                    future.set_result(result)
+
+
+class LocalUserModel:
+    """A UserLM-format user model on this machine; guardrails run as logit constraints."""
+
+    def __init__(self, path: str, *, sampling: SamplingSettings, options: LoadOptions = LoadOptions()):
+        self.name = f"hf:{path}"
+        self.sampling = sampling
+        self.loaded = load(path, options)
+        tok = self.loaded.tokenizer
+        self.end_id = self.loaded.token_id(END_OF_CONVERSATION)
+        eot = self.loaded.token_id(END_OF_TURN)
+        self.stop_ids = self.loaded.eos_ids() | ({eot} if eot is not None else set())
+        self.content_offset = 0 if prompt_ends_with_whitespace(tok) else 1
+        self._batcher = _Batcher(self._run, options.max_batch_size)
+
+    def prompt_ids(self, request: UserTurnRequest) -> list[int]:
+        return user_prompt_ids(self.loaded.tokenizer, request.intent, request.messages)
+
+    async def draft(self, request: UserTurnRequest) -> UserDraft:
+        return await self._batcher.submit(request)
+
+    def _run(self, requests: list[UserTurnRequest]) -> list[UserDraft]:
+        from .engine import Row, banned_first_ids, generate, vocab_tables
+
+        tok = self.loaded.tokenizer
+        tables = vocab_tables(tok)
+        rows = []
+        for r in requests:
+            rows.append(
+                Row(
+                    prompt=self.prompt_ids(r),
+                    seed=r.seed,
+                    banned_first=banned_first_ids(tok, r.banned_first_words) if r.banned_first_words else None,
+                    suppress_end=not r.allow_end or r.end_threshold is not None,
+                    end_threshold=r.end_threshold if r.allow_end else None,
+                    want_end_prob=True,
+                    content_offset=self.content_offset,
+                )
+            )
+        results = generate(
+            self.loaded.model,
+            rows,
+            stop_ids=self.stop_ids,
+            end_id=self.end_id,
+            pad_id=self.loaded.pad_id,
+            whitespace=tables.whitespace,
+            temperature=self.sampling.temperature,
+            top_p=self.sampling.top_p,
+            max_new_tokens=self.sampling.max_new_tokens,
+        )
+        drafts = []
+        for row, res in zip(rows, results):
+            text = tok.decode(res.tokens, skip_special_tokens=True).strip()
+            drafts.append(
+                UserDraft(
+                    text="" if res.ended else text,
+                    ended=res.ended,
+                    end_prob=res.end_prob,
+                    prompt_tokens=len(row.prompt),
+                    completion_tokens=len(res.tokens) + int(res.finished),
+                    notes={} if res.finished or res.ended else {"truncated": True},
+                )
+            )
+        return drafts
+
+
+class LocalChatModel:
+    """A local instruction-tuned model as the assistant, prompted with its own chat template."""
+
+    def __init__(self, path: str, *, sampling: SamplingSettings, options: LoadOptions = LoadOptions()):
+        self.name = f"hf:{path}"
+        self.sampling = sampling
+        self.loaded = load(path, options)
+        if not self.loaded.tokenizer.chat_template:
+            raise ConfigurationError(f"hf:{path} has no chat template, so it cannot play the assistant.")
+        self._batcher = _Batcher(self._run, options.max_batch_size)
+
+    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None) -> ChatReply:
+        return await self._batcher.submit((messages, seed or 0))
+
+    def _run(self, items: list[tuple[list[dict[str, str]], int]]) -> list[ChatReply]:
+        from .engine import Row, generate, vocab_tables
+
+        tok = self.loaded.tokenizer
+        rows = [
+            Row(
+                prompt=list(
+                    tok.apply_chat_template(
+                        messages,
+                        chat_template=chat_template_of(tok),
+                        add_generation_prompt=True,
+                        tokenize=True,
+                        return_dict=False,
+                    )
+                ),
+                seed=seed,
+            )
+            for messages, seed in items
+        ]
+        results = generate(
+            self.loaded.model,
+            rows,
+            stop_ids=self.loaded.eos_ids(),
+            end_id=None,
+            pad_id=self.loaded.pad_id,
+            whitespace=vocab_tables(tok).whitespace,
+            temperature=self.sampling.temperature,
+            top_p=self.sampling.top_p,
+            max_new_tokens=self.sampling.max_new_tokens,
+        )
+        return [
+            ChatReply(
+                text=tok.decode(res.tokens, skip_special_tokens=True).strip(),
+                prompt_tokens=len(row.prompt),
+                completion_tokens=len(res.tokens) + int(res.finished),
+            )
+            for row, res in zip(rows, results)
+        ]

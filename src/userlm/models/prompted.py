@@ -1,0 +1,44 @@
+"""A general chat model prompted to play the user (the baseline the UserLM paper compares against)."""
+
+from __future__ import annotations
+
+from ..prompts import load_prompt
+from ..render import END_OF_CONVERSATION, flipped_view
+from .base import ChatModel, UserDraft, UserTurnRequest
+
+_MAY_END = (
+    f"- When your goal is met, or you would give up in real life, reply with exactly {END_OF_CONVERSATION} "
+    "and nothing else to end the conversation."
+)
+_MAY_NOT_END = "- Keep the conversation going: always write a message."
+
+
+class PromptedUser:
+    """Turns any :class:`ChatModel` into a user model: the intent goes into a role-play system
+    prompt and the conversation is shown with roles flipped, so the chat model writes the user's
+    turns as its own replies."""
+
+    def __init__(self, chat: ChatModel):
+        self.chat = chat
+        self.name = f"prompted:{chat.name}"
+        self._system = load_prompt("prompted_user.txt")
+        self._start = load_prompt("prompted_user_start.txt").strip()
+
+    def messages_for(self, request: UserTurnRequest) -> list[dict[str, str]]:
+        system = self._system.replace("{intent}", request.intent or "Chat about whatever you like.")
+        system = system.replace("{ending}", _MAY_END if request.allow_end else _MAY_NOT_END)
+        flipped = flipped_view(request.messages)
+        if not flipped or flipped[0]["role"] != "user":
+            flipped = [{"role": "user", "content": self._start}] + flipped
+        return [{"role": "system", "content": system}] + flipped
+
+    async def draft(self, request: UserTurnRequest) -> UserDraft:
+        reply = await self.chat.reply(self.messages_for(request), seed=request.seed)
+        text = reply.text.strip()
+        ended = text == END_OF_CONVERSATION
+        return UserDraft(
+            text="" if ended else text,
+            ended=ended,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+        )

@@ -1,0 +1,85 @@
+"""Turn ``provider:name`` strings into model objects (done once, at the CLI or API edge).
+
+========================  =====================================================
+``hf:<path or hub id>``   a local transformers checkpoint (user or assistant)
+``openai:<model>``        any OpenAI-compatible server (user: completions, assistant: chat)
+``prompted:<spec>``       a chat model given by ``<spec>`` prompted to play the user
+``python:<mod>:<fn>``     a Python function as the assistant (also ``path/file.py:fn``)
+``scripted:<file>``       replays the turns in a JSON list or text file (tests, demos)
+========================  =====================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import UserError
+from .base import ChatModel, SamplingSettings, UserModel
+from .local import LoadOptions
+from .openai_compat import Endpoint
+
+USER_PROVIDERS = ("hf", "openai", "prompted", "scripted")
+ASSISTANT_PROVIDERS = ("hf", "openai", "python", "scripted")
+
+
+@dataclass(frozen=True)
+class ProviderOptions:
+    """Options for one side (user or assistant) of a simulation."""
+
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    endpoint: Endpoint = field(default_factory=Endpoint)
+    load: LoadOptions = field(default_factory=LoadOptions)
+    end_token_id: int | None = None  #: id of <|endconversation|> on an HTTP user model's server
+
+
+def _split(spec: str, valid: tuple[str, ...], side: str) -> tuple[str, str]:
+    kind, sep, name = spec.partition(":")
+    if not sep or kind not in valid or not name:
+        raise UserError(
+            f"unknown {side} model {spec!r}; use one of " + ", ".join(f"{k}:<name>" for k in valid) + "."
+        )
+    return kind, name
+
+
+def user_model(spec: str, options: ProviderOptions = ProviderOptions()) -> UserModel:
+    """Resolve a user-model spec such as ``hf:microsoft/UserLM-8b`` or ``prompted:openai:gpt-4o``."""
+    kind, name = _split(spec, USER_PROVIDERS, "user")
+    if kind == "hf":
+        from .local import LocalUserModel
+
+        return LocalUserModel(name, sampling=options.sampling, options=options.load)
+    if kind == "openai":
+        from .openai_compat import OpenAIUserModel
+
+        return OpenAIUserModel(
+            name, endpoint=options.endpoint, sampling=options.sampling, end_token_id=options.end_token_id
+        )
+    if kind == "prompted":
+        from .prompted import PromptedUser
+
+        if name.split(":", 1)[0] not in ("hf", "openai", "python", "scripted"):
+            raise UserError(f"prompted:{name}: name the chat model to prompt, e.g. prompted:openai:gpt-4o-mini.")
+        return PromptedUser(chat_model(name, options))
+    from .scripted import ScriptedUser, load_script
+
+    return ScriptedUser(load_script(name), name=spec)
+
+
+def chat_model(spec: str, options: ProviderOptions = ProviderOptions()) -> ChatModel:
+    """Resolve an assistant spec such as ``openai:gpt-4o-mini`` or ``python:my_module:reply``."""
+    kind, name = _split(spec, ASSISTANT_PROVIDERS, "assistant")
+    if kind == "hf":
+        from .local import LocalChatModel
+
+        return LocalChatModel(name, sampling=options.sampling, options=options.load)
+    if kind == "openai":
+        from .openai_compat import OpenAIChatModel
+
+        return OpenAIChatModel(name, endpoint=options.endpoint, sampling=options.sampling)
+    if kind == "python":
+        from .function import FunctionAssistant, import_function
+
+        return FunctionAssistant(import_function(name), name=spec)
+    from .scripted import ScriptedAssistant, load_script
+
+    return ScriptedAssistant(load_script(name), name=spec)
