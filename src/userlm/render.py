@@ -89,6 +89,10 @@ def chat_template_of(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def _apply_template(tokenizer: PreTrainedTokenizerBase, chat: Chat) -> list[int]:
+    if not chat:  # no intent, no history: the first turn of the no-intent variant
+        if chat_template_of(tokenizer) != USERLM_CHAT_TEMPLATE:
+            raise ValueError("the tokenizer's chat template cannot render an empty conversation; give an intent")
+        return tokenizer.encode(render_userlm([]), add_special_tokens=False)
     ids = tokenizer.apply_chat_template(
         chat,
         chat_template=chat_template_of(tokenizer),

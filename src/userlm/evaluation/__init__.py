@@ -1,0 +1,1 @@
+"""Evaluating user simulators and assistants."""

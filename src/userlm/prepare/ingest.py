@@ -1,0 +1,210 @@
+"""Read chat logs into conversation records.
+
+Formats (detected from the fields of each row, or forced):
+
+* ``wildchat``  -- ``conversation`` = [{role, content}] plus ``language``, ``toxic``,
+  ``redacted``, ``hashed_ip``, ``country``, ``conversation_hash``;
+* ``sharegpt``  -- ``conversations`` = [{from: human|gpt, value}];
+* ``openai``    -- ``messages`` = [{role, content}];
+* ``oasst``     -- Open-Assistant message trees: every root-to-leaf path is a thread; synthetic
+  and deleted messages and messages in other languages are dropped with their replies;
+* ``userlm``    -- this project's own conversation records.
+
+Sources are local ``.json``/``.jsonl``/``.parquet`` files, or hub dataset names read with
+``datasets.load_dataset`` where a network is available.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..conversation import Conversation, Message
+from ..errors import UserError
+
+FORMATS = ("auto", "wildchat", "sharegpt", "openai", "oasst", "userlm")
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant", "bard": "assistant",
+                   "bing": "assistant", "assistant": "assistant", "model": "assistant"}
+
+
+@dataclass
+class IngestStats:
+    rows: int = 0
+    threads: int = 0
+    dropped_messages: int = 0  #: oasst: synthetic, deleted or other-language messages (with their replies)
+
+
+def read_rows(source: str, *, split: str = "train") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Rows of a local file or hub dataset, each with where it came from ("file:line")."""
+    path = Path(source)
+    if path.suffix in {".jsonl", ".json"} and path.is_file():
+        yield from _json_rows(path)
+        return
+    if path.suffix == ".parquet" and path.is_file():
+        from datasets import load_dataset
+
+        for n, row in enumerate(load_dataset("parquet", data_files=str(path), split="train"), 1):
+            yield f"{path}:row {n}", row
+        return
+    if path.exists() or path.suffix in {".jsonl", ".json", ".parquet"}:
+        raise UserError(f"{source}: not a readable .json, .jsonl or .parquet file.")
+    if "/" not in source:
+        raise UserError(f"{source}: no such file, and not a hub dataset name (owner/name).")
+    from datasets import load_dataset
+
+    try:
+        dataset = load_dataset(source, split=split, streaming=True)
+    except Exception as exc:  # offline, unknown name, gated
+        raise UserError(f"{source}: cannot load this hub dataset ({str(exc).splitlines()[0]}); download it or give a local file.") from None
+    for n, row in enumerate(dataset, 1):
+        yield f"{source}[{split}]:row {n}", row
+
+
+def _json_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}).") from None
+        for n, row in enumerate(rows, 1):
+            yield f"{path}:item {n}", row
+        return
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield f"{path}:{n}", json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{n}: not valid JSON ({exc.msg}); write one JSON object per line.") from None
+
+
+def detect_format(row: dict[str, Any]) -> str:
+    if "schema_version" in row and "messages" in row:
+        return "userlm"
+    if "conversation" in row:
+        return "wildchat"
+    if "conversations" in row:
+        return "sharegpt"
+    if "messages" in row:
+        return "openai"
+    if "prompt" in row and isinstance(row["prompt"], dict) and "replies" in row["prompt"]:
+        return "oasst"
+    raise ValueError("no 'conversation', 'conversations', 'messages' or Open-Assistant 'prompt' tree field")
+
+
+def conversations_from(
+    source: str, *, fmt: str = "auto", split: str = "train", oasst_languages: tuple[str, ...] = ("en",),
+    stats: IngestStats | None = None,
+) -> Iterator[Conversation]:
+    """Every conversation in ``source``; a row that does not fit its format is an error naming it."""
+    stats = stats if stats is not None else IngestStats()
+    for where, row in read_rows(source, split=split):
+        stats.rows += 1
+        try:
+            kind = detect_format(row) if fmt == "auto" else fmt
+            if kind == "oasst":
+                threads = list(_oasst_threads(row, oasst_languages, stats))
+            else:
+                threads = [_CONVERTERS[kind](row, where)]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UserError(f"{where}: not a {fmt if fmt != 'auto' else 'known chat-log'} row ({exc}); check --format.") from None
+        for conv in threads:
+            if conv is not None:
+                stats.threads += 1
+                yield conv
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts
+        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type", "text") == "text")
+    return "" if content is None else str(content)
+
+
+def _normalise(turns: list[tuple[str, str]]) -> list[Message]:
+    """Merge consecutive turns of one role, drop leading assistant turns and trailing user turns
+    (a conversation ends with the reply the user then ended on)."""
+    merged: list[list[str]] = []
+    for role, text in turns:
+        if merged and merged[-1][0] == role:
+            merged[-1][1] += "\n\n" + text
+        else:
+            merged.append([role, text])
+    while merged and merged[0][0] != "user":
+        merged.pop(0)
+    while merged and merged[-1][0] != "assistant":
+        merged.pop()
+    return [Message(role=r, content=t) for r, t in merged]
+
+
+def _record(cid: str, turns: list[tuple[str, str]], metadata: dict[str, Any], intent: str | None = None) -> Conversation:
+    return Conversation(id=cid, intent_id=cid, intent=intent, messages=_normalise(turns), metadata=metadata)
+
+
+def _wildchat(row: dict[str, Any], where: str) -> Conversation:
+    turns = [(t["role"], _text(t["content"])) for t in row["conversation"] if t["role"] in ("user", "assistant")]
+    meta = {k: row[k] for k in ("language", "toxic", "redacted", "country", "model") if k in row}
+    if row.get("hashed_ip") is not None:
+        meta["group"] = f"{row['hashed_ip']}|{row.get('country')}"
+    meta["source"] = "wildchat"
+    return _record(str(row.get("conversation_hash") or row.get("conversation_id") or where), turns, meta, row.get("intent"))
+
+
+def _sharegpt(row: dict[str, Any], where: str) -> Conversation:
+    turns = [(_SHAREGPT_ROLES[t["from"].lower()], _text(t["value"])) for t in row["conversations"] if t["from"].lower() != "system"]
+    meta = {k: row[k] for k in ("language", "lang", "user", "user_id") if k in row}
+    meta["source"] = "sharegpt"
+    return _record(str(row.get("id") or where), turns, meta, row.get("intent"))
+
+
+def _openai(row: dict[str, Any], where: str) -> Conversation:
+    turns = [(m["role"], _text(m["content"])) for m in row["messages"] if m["role"] in ("user", "assistant")]
+    meta = {k: v for k, v in row.items() if k not in ("messages", "id", "intent")}
+    meta["source"] = "openai"
+    return _record(str(row.get("id") or where), turns, meta, row.get("intent"))
+
+
+def _userlm(row: dict[str, Any], where: str) -> Conversation:
+    return Conversation.model_validate(row)
+
+
+def _oasst_threads(tree: dict[str, Any], languages: tuple[str, ...], stats: IngestStats) -> Iterator[Conversation]:
+    tree_id = str(tree.get("message_tree_id") or tree["prompt"]["message_id"])
+    wanted = {lang.casefold() for lang in languages}
+
+    def keep(message: dict[str, Any]) -> bool:
+        ok = not message.get("synthetic") and not message.get("deleted")
+        ok = ok and (not wanted or str(message.get("lang", "")).casefold() in wanted)
+        if not ok:
+            stats.dropped_messages += 1
+        return ok
+
+    def walk(message: dict[str, Any], path: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+        if not keep(message):
+            return
+        path = path + [message]
+        replies = message.get("replies") or []
+        kept_any = False
+        for reply in replies:
+            for thread in walk(reply, path):
+                kept_any = True
+                yield thread
+        if not kept_any:
+            yield path
+
+    root = tree["prompt"]
+    for thread in walk(root, []):
+        turns = [("user" if m["role"] == "prompter" else "assistant", m["text"]) for m in thread]
+        leaf = thread[-1]
+        meta = {"language": leaf.get("lang"), "group": str(root.get("user_id") or tree_id), "tree": tree_id, "source": "oasst"}
+        conv = _record(str(leaf["message_id"]), turns, meta)
+        if conv.messages:
+            yield conv
+
+
+_CONVERTERS = {"wildchat": _wildchat, "sharegpt": _sharegpt, "openai": _openai, "userlm": _userlm}

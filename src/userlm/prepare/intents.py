@@ -1,0 +1,129 @@
+"""Write a high-level intent for each conversation with any chat model.
+
+Concurrent, cached (by model and prompt, in a JSONL cache next to the output), and resumable
+(conversations already in the output are skipped). Conversations whose intent could not be
+produced are listed in ``<out>.failed.jsonl`` and counted, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..conversation import Conversation, ConversationWriter, iter_conversations
+from ..errors import ConfigurationError
+from ..models.base import ChatModel
+from ..prompts import load_prompt
+
+PREFIX = "You are a user chatting with an assistant to"
+_MAX_TURN_CHARS = 600  #: turns are shortened in the prompt: the goal shows without the details
+
+
+def intent_prompt(conv: Conversation) -> str:
+    lines = []
+    for m in conv.messages:
+        text = " ".join(m.content.split())
+        if len(text) > _MAX_TURN_CHARS:
+            text = text[:_MAX_TURN_CHARS] + " ..."
+        lines.append(f"{m.role.upper()}: {text}")
+    return load_prompt("intent.txt").replace("{conversation}", "\n".join(lines))
+
+
+def parse_intent(reply: str) -> str:
+    """The intent in a model's reply; ValueError when it is not one."""
+    text = reply.strip().removeprefix("Intent:").strip().strip('"').strip()
+    if not text.startswith("You "):
+        raise ValueError(f"the reply is not a second-person intent: {text[:80]!r}")
+    return " ".join(text.split())
+
+
+@dataclass
+class IntentRun:
+    written: int = 0
+    skipped: int = 0
+    cached: int = 0
+    failed: list[dict] = field(default_factory=list)
+
+
+class _Cache:
+    def __init__(self, path: Path):
+        self.path = path
+        self.entries: dict[str, str] = {}
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut off by a crash
+                self.entries[row["key"]] = row["intent"]
+        self._file = open(path, "a", encoding="utf-8")
+
+    @staticmethod
+    def key(model: str, prompt: str) -> str:
+        return hashlib.sha256(f"{model}\n{prompt}".encode()).hexdigest()
+
+    def put(self, key: str, intent: str) -> None:
+        self.entries[key] = intent
+        self._file.write(json.dumps({"key": key, "intent": intent}) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+async def write_intents(
+    conversations: Sequence[Conversation], model: ChatModel, out: str | Path, *, concurrency: int = 16,
+    overwrite_existing: bool = False, progress: bool = True,
+) -> IntentRun:
+    """Fill in ``intent`` for every conversation and append the records to ``out``.
+
+    Conversations that bring their own intent keep it unless ``overwrite_existing``.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    done = {c.id for c in iter_conversations(out, tolerate_truncated_tail=True)} if out.exists() else set()
+    run = IntentRun(skipped=sum(1 for c in conversations if c.id in done))
+    todo = [c for c in conversations if c.id not in done]
+    cache = _Cache(out.with_name(out.name + ".cache.jsonl"))
+    writer = ConversationWriter(out)
+    limit = asyncio.Semaphore(concurrency)
+    bar = tqdm(total=len(conversations), initial=run.skipped, unit="conv", desc="intents", disable=not progress)
+
+    async def one(conv: Conversation) -> None:
+        if conv.intent and not overwrite_existing:
+            intent = conv.intent
+        else:
+            prompt = intent_prompt(conv)
+            key = _Cache.key(model.name, prompt)
+            if key in cache.entries:
+                intent, run.cached = cache.entries[key], run.cached + 1
+            else:
+                try:
+                    async with limit:
+                        reply = await model.reply([{"role": "user", "content": prompt}], seed=0)
+                    intent = parse_intent(reply.text)
+                except ConfigurationError:
+                    raise
+                except Exception as exc:  # reported in <out>.failed.jsonl, redone on the next run
+                    run.failed.append({"id": conv.id, "error": f"{type(exc).__name__}: {exc}"})
+                    bar.update(1)
+                    return
+                cache.put(key, intent)
+        writer.write(conv.model_copy(update={"intent": intent}))
+        run.written += 1
+        bar.update(1)
+
+    try:
+        await asyncio.gather(*(one(c) for c in todo))
+    finally:
+        bar.close()
+        writer.close()
+        cache.close()
+        failed_path = out.with_name(out.name + ".failed.jsonl")
+        failed_path.write_text("".join(json.dumps(f) + "\n" for f in run.failed), encoding="utf-8")
+    return run

@@ -1,0 +1,205 @@
+"""``userlm train``: fine-tune (or train from scratch) a user model with the UserLM recipe.
+
+    userlm train --data prepared/ --base meta-llama/Llama-3.2-1B --out models/my-userlm
+    userlm train --config train.yaml
+
+Reads the prepared splits (``train.jsonl``, ``validation.jsonl``), packs each conversation into
+one sequence whose loss falls only on the user's turns and the end of the conversation, and
+trains with the transformers ``Trainer`` (full fine-tuning, or LoRA through peft, merged at the
+end). The result is a directory that ``userlm simulate --user hf:DIR`` loads as it is.
+
+Defaults follow the paper: max length 2048, learning rate 2e-5, cosine schedule, effective batch
+1024 sequences. Small runs scale the batch down so that an epoch still has at least 32 optimizer
+steps (effective batch = min(1024, train conversations / 32)); from-scratch models default to a
+learning rate of 1e-3, since 2e-5 barely moves random weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ..conversation import read_conversations
+from ..errors import UserError
+
+SCRATCH_SIZES = {
+    "tiny": dict(hidden=128, layers=4, heads=4, kv_heads=2, intermediate=344),
+    "small": dict(hidden=256, layers=6, heads=8, kv_heads=4, intermediate=688),
+    "base": dict(hidden=512, layers=8, heads=8, kv_heads=4, intermediate=1376),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``userlm train`` does; also readable from a YAML file."""
+
+    data: str = ""  #: folder with train.jsonl and validation.jsonl (from userlm prepare/intents)
+    out: str = ""  #: where the trained model goes
+    base: str | None = None  #: base checkpoint (local directory or hub id)
+    from_scratch: str | None = None  #: or a size in SCRATCH_SIZES: new tokenizer and random model
+    vocab_size: int = 4096  #: from-scratch tokenizer size
+    use_intent: bool = True  #: False trains the paper's no-intent variant
+    max_length: int = 2048
+    learning_rate: float | None = None  #: None: 2e-5, or 1e-3 from scratch
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    epochs: float = 1.0
+    max_steps: int = -1
+    effective_batch_size: int | None = None  #: None: min(1024, train conversations / 32)
+    per_device_batch_size: int = 4
+    gradient_checkpointing: bool = False
+    bf16: str = "auto"  #: "auto" (on GPUs that support it), "true", "false"
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    eval_steps: int | None = None  #: None: evaluate about 10 times a run
+    save_steps: int | None = None  #: None: same as eval_steps
+    logging_steps: int = 10
+    seed: int = 0
+    resume: bool = False  #: go on from the last checkpoint in out/checkpoints
+    trust_remote_code: bool = False
+    extra: dict = field(default_factory=dict)  #: further TrainingArguments, passed as they are
+
+    @classmethod
+    def from_yaml(cls, path: str) -> TrainConfig:
+        import yaml
+
+        try:
+            values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise UserError(f"{path}: no such config file.") from None
+        except yaml.YAMLError as exc:
+            raise UserError(f"{path}: not valid YAML ({exc}).") from None
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"{path}: unknown setting(s) {', '.join(unknown)}; valid ones are {', '.join(sorted(known))}.")
+        return cls(**values)
+
+    def validate(self) -> None:
+        if not self.data or not self.out:
+            raise UserError("give --data (a prepared folder) and --out (where the model goes).")
+        if (self.base is None) == (self.from_scratch is None):
+            raise UserError("give exactly one of --base CHECKPOINT or --from-scratch SIZE.")
+        if self.from_scratch is not None and self.from_scratch not in SCRATCH_SIZES:
+            raise UserError(f"unknown --from-scratch size {self.from_scratch!r}; use one of {', '.join(SCRATCH_SIZES)}.")
+
+
+def _split(data: Path, name: str, required: bool):
+    path = data / f"{name}.jsonl"
+    if not path.exists():
+        if required:
+            raise UserError(f"{path}: no such file; run userlm prepare first (it writes train/validation/test.jsonl).")
+        return []
+    return read_conversations(path)
+
+
+def _scratch_model(config: TrainConfig, train_convs):
+    from .scratch import ModelSize, init_model, train_tokenizer
+
+    texts = [m.content for c in train_convs for m in c.messages] + [c.intent for c in train_convs if c.intent]
+    tokenizer = train_tokenizer(texts, vocab_size=config.vocab_size)
+    size = ModelSize(**SCRATCH_SIZES[config.from_scratch], max_positions=config.max_length)
+    return init_model(tokenizer, size, seed=config.seed), tokenizer
+
+
+def train(config: TrainConfig) -> dict:
+    """Train and save; returns the metrics written to ``out/metrics.json``."""
+    import torch
+    import yaml
+    from datasets import Dataset
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from ..evaluation.perplexity import target_perplexity
+    from .model_prep import load_base, save_together
+    from .samples import pack_all
+
+    config.validate()
+    data, out = Path(config.data), Path(config.out)
+    train_convs = _split(data, "train", True)
+    valid_convs = _split(data, "validation", False)
+    if config.use_intent and train_convs and all(c.intent is None for c in train_convs):
+        raise UserError(f"{data}/train.jsonl has no intents; run userlm intents first, or train the no-intent variant with --no-intent.")
+    if config.from_scratch:
+        model, tokenizer = _scratch_model(config, train_convs)
+    else:
+        model, tokenizer = load_base(config.base, trust_remote_code=config.trust_remote_code)
+    train_rows, train_stats = pack_all(tokenizer, train_convs, use_intent=config.use_intent, max_length=config.max_length)
+    valid_rows, _ = pack_all(tokenizer, valid_convs, use_intent=config.use_intent, max_length=config.max_length)
+    if not train_rows:
+        raise UserError(f"{data}/train.jsonl gave no training sequences within --max-length {config.max_length}.")
+
+    lr = config.learning_rate or (1e-3 if config.from_scratch else 2e-5)
+    per_device = min(config.per_device_batch_size, len(train_rows))
+    effective = config.effective_batch_size or max(per_device, min(1024, len(train_rows) // 32))
+    accumulation = max(1, math.ceil(effective / per_device))
+    steps_per_epoch = max(1, len(train_rows) // (per_device * accumulation))
+    total_steps = config.max_steps if config.max_steps > 0 else math.ceil(steps_per_epoch * config.epochs)
+    eval_steps = config.eval_steps or max(1, total_steps // 10)
+    on_gpu = torch.cuda.is_available()
+    bf16 = (config.bf16 == "true") or (config.bf16 == "auto" and on_gpu and torch.cuda.is_bf16_supported())
+
+    if config.lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
+    before = target_perplexity(model, tokenizer, valid_convs, use_intent=config.use_intent, max_length=config.max_length) if valid_convs else None
+
+    args = TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=per_device,
+        per_device_eval_batch_size=per_device,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=lr,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=int(config.warmup_ratio * total_steps),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        bf16=bf16,
+        gradient_checkpointing=config.gradient_checkpointing,
+        eval_strategy="steps" if valid_rows else "no",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps or eval_steps,
+        save_total_limit=2,
+        logging_steps=config.logging_steps,
+        report_to=[],
+        seed=config.seed,
+        remove_unused_columns=False,
+        use_cpu=not on_gpu,
+        **config.extra,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(valid_rows) if valid_rows else None,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+    )
+    checkpoint = config.resume and any((out / "checkpoints").glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=True if checkpoint else None)
+
+    if config.lora:
+        model = trainer.model.merge_and_unload()
+    model = model.to(torch.float32) if not bf16 else model
+    after = target_perplexity(model, tokenizer, valid_convs, use_intent=config.use_intent, max_length=config.max_length) if valid_convs else None
+    save_together(model, tokenizer, out)
+    metrics = {
+        "train_conversations": len(train_convs),
+        "train_sequences": len(train_rows),
+        "train_targets": train_stats.targets,
+        "dropped_targets": train_stats.dropped_targets,
+        "effective_batch_size": per_device * accumulation,
+        "learning_rate": lr,
+        "optimizer_steps": trainer.state.global_step,
+        "validation_user_turn_perplexity_before": before.perplexity if before else None,
+        "validation_user_turn_perplexity_after": after.perplexity if after else None,
+        "log_history": trainer.state.log_history,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    (out / "userlm_train_config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False), encoding="utf-8")
+    return metrics
