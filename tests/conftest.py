@@ -20,6 +20,12 @@ def shared(relative: str) -> Path:
 
 
 @pytest.fixture(scope="session")
+def shared_data():
+    """The path of a file in the shared real data (the test skips when it is absent)."""
+    return shared
+
+
+@pytest.fixture(scope="session")
 def real_prompts() -> list[str]:
     """250 real first-turn user prompts (Open-Assistant)."""
     with open(shared("oasst/prompt_lottery_en_250_text.jsonl"), encoding="utf-8") as f:

@@ -1,55 +1,99 @@
-"""``userlm demo``: the whole simulation pipeline offline, on small local models.
+"""``userlm demo``: the main job end to end, offline, on this machine.
 
     userlm demo --out demo/
 
-Builds a small user model and a small assistant on this machine (no downloads, no GPU),
-simulates two conversations per example intent under the guardrails, and prints one
-transcript. Everything lands under ``--out``.
+1. prepares the real Open-Assistant conversations in ``../shared/data/oasst`` (filters, near-
+   duplicates, split by user);
+2. trains a small user model from scratch on their user turns (the no-intent variant: writing
+   intents needs a chat model, which an offline machine does not have) and reports the
+   validation user-turn perplexity before and after;
+3. simulates conversations between that user model and an assistant that answers with the
+   most fitting real assistant reply from the training data, under the guardrails, and prints
+   one transcript.
+
+Everything lands under ``--out``; running it again reuses what is there.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from importlib.resources import files
 from pathlib import Path
+
+DEFAULT_DATA = "../shared/data/oasst/en_100_tree.jsonl"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("demo", help="run the simulation pipeline offline on small local models", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="demo", metavar="DIR", help="where models and conversations go (default: demo/)")
-    p.add_argument("--intents", metavar="FILE", help="intents to simulate (default: the bundled examples)")
-    p.add_argument("--samples", type=int, default=2, metavar="N")
+    p = commands.add_parser("demo", help="prepare, train and simulate end to end, offline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="demo", metavar="DIR", help="where data, model and conversations go (default: demo/)")
+    p.add_argument("--data", default=DEFAULT_DATA, metavar="FILE", help=f"chat logs to train on (default: {DEFAULT_DATA})")
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--conversations", type=int, default=8, metavar="N")
     p.add_argument("--max-turns", type=int, default=4, metavar="N")
     p.set_defaults(run=run)
 
 
+class RetrievalAssistant:
+    """Answers with the real assistant reply whose user turn shares the most words with the
+    latest user message (a stand-in assistant that needs no model)."""
+
+    name = "retrieval:oasst"
+
+    def __init__(self, conversations):
+        from ..guardrails import normalise
+
+        self._normalise = normalise
+        self.pairs = []
+        for conv in conversations:
+            for user, reply in zip(conv.messages[::2], conv.messages[1::2]):
+                self.pairs.append((set(normalise(user.content).split()), reply.content))
+
+    async def reply(self, messages, *, seed=None):
+        from ..models.base import ChatReply
+
+        words = set(self._normalise(messages[-1]["content"]).split())
+        best = max(self.pairs, key=lambda p: (len(words & p[0]) / (1 + len(p[0])), -len(p[1])))
+        return ChatReply(text=best[1])
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..conversation import read_conversations, write_conversations
+    from ..errors import UserError
     from ..guardrails import GuardrailConfig
-    from ..intents import load_intents
+    from ..intents import Intent
     from ..models.base import SamplingSettings
-    from ..models.local import LocalChatModel, LocalUserModel
+    from ..models.local import LocalUserModel
+    from ..prepare.filters import filter_and_split
+    from ..prepare.ingest import conversations_from
     from ..simulation import RunSettings, simulate
-    from ..training.scratch import build_random_model
+    from ..training.train import TrainConfig, train
     from ..user import SimulatedUser
     from .show import format_conversation
 
     out = Path(args.out)
-    intents_path = Path(args.intents) if args.intents else Path(str(files("userlm").joinpath("data/example_intents.jsonl")))
-    intents = load_intents(intents_path)
-    texts = [i.text or "" for i in intents]
-    models = {}
-    for role in ("user", "assistant"):
-        path = out / "models" / role
-        if not (path / "config.json").exists():
-            print(f"building a small {role} model in {path}", file=sys.stderr)
-            build_random_model(path, texts * 20, role=role, vocab_size=512, seed=1 if role == "user" else 2)
-        models[role] = path
-    sampling = SamplingSettings(temperature=1.0, top_p=0.8, max_new_tokens=32)
-    user = SimulatedUser(LocalUserModel(str(models["user"]), sampling=sampling), GuardrailConfig())
-    assistant = LocalChatModel(str(models["assistant"]), sampling=SamplingSettings(0.7, 1.0, 48))
+    if not Path(args.data).exists():
+        raise UserError(f"{args.data}: no such file; point --data at chat logs (e.g. the Open-Assistant trees).")
+    prepared = out / "prepared"
+    if not (prepared / "train.jsonl").exists():
+        print(f"[1/3] preparing {args.data}", file=sys.stderr)
+        splits, report = filter_and_split(conversations_from(args.data))
+        for name, rows in splits.items():
+            write_conversations(prepared / f"{name}.jsonl", rows)
+        print(report.table(), file=sys.stderr)
+    model_dir = out / "models" / "user"
+    if not (model_dir / "config.json").exists():
+        print("[2/3] training a small user model from scratch on the user turns (a few minutes on a CPU)", file=sys.stderr)
+        metrics = train(TrainConfig(data=str(prepared), out=str(model_dir), from_scratch="tiny", use_intent=False,
+                                    max_length=1024, epochs=args.epochs, per_device_batch_size=8, effective_batch_size=8,
+                                    vocab_size=2048, logging_steps=20))
+        print(f"validation user-turn perplexity: {metrics['validation_user_turn_perplexity_before']:.1f} untrained, "
+              f"{metrics['validation_user_turn_perplexity_after']:.1f} trained", file=sys.stderr)
+    print("[3/3] simulating", file=sys.stderr)
+    user = SimulatedUser(LocalUserModel(str(model_dir), sampling=SamplingSettings(1.0, 0.8, 48)), GuardrailConfig(min_turns=2))
+    assistant = RetrievalAssistant(read_conversations(prepared / "train.jsonl"))
+    intents = [Intent(id=f"open-{i}", text=None) for i in range(args.conversations)]
     run_file = out / "runs" / "demo.jsonl"
-    summary = simulate(intents, user, assistant, out=run_file, settings=RunSettings(samples=args.samples, max_turns=args.max_turns))
+    summary = simulate(intents, user, assistant, out=run_file, settings=RunSettings(max_turns=args.max_turns))
     print(format_conversation(summary.conversations[0]))
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.end_reasons.items())) or "none new"
     print(f"\n{run_file}: {summary.total} conversations ({reasons}); read them with: userlm show {run_file}", file=sys.stderr)

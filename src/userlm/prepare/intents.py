@@ -1,6 +1,7 @@
 """Write a high-level intent for each conversation with any chat model.
 
-Concurrent, cached (by model and prompt, in a JSONL cache next to the output), and resumable
+Concurrent, cached (by model and prompt, in a JSONL file shared by all runs: ``$USERLM_CACHE_DIR``
+or ``~/.cache/userlm``, ``intents.jsonl``), and resumable
 (conversations already in the output are skipped). Conversations whose intent could not be
 produced are listed in ``<out>.failed.jsonl`` and counted, never dropped silently.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,11 @@ from ..prompts import load_prompt
 
 PREFIX = "You are a user chatting with an assistant to"
 _MAX_TURN_CHARS = 600  #: turns are shortened in the prompt: the goal shows without the details
+
+
+def default_cache() -> Path:
+    root = os.environ.get("USERLM_CACHE_DIR") or Path.home() / ".cache" / "userlm"
+    return Path(root) / "intents.jsonl"
 
 
 def intent_prompt(conv: Conversation) -> str:
@@ -77,7 +84,7 @@ class _Cache:
 
 async def write_intents(
     conversations: Sequence[Conversation], model: ChatModel, out: str | Path, *, concurrency: int = 16,
-    overwrite_existing: bool = False, progress: bool = True,
+    overwrite_existing: bool = False, progress: bool = True, cache: str | Path | None = None,
 ) -> IntentRun:
     """Fill in ``intent`` for every conversation and append the records to ``out``.
 
@@ -89,7 +96,9 @@ async def write_intents(
     done = {c.id for c in iter_conversations(out, tolerate_truncated_tail=True)} if out.exists() else set()
     run = IntentRun(skipped=sum(1 for c in conversations if c.id in done))
     todo = [c for c in conversations if c.id not in done]
-    cache = _Cache(out.with_name(out.name + ".cache.jsonl"))
+    cache_path = Path(cache) if cache is not None else default_cache()
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    cache = _Cache(cache_path)
     writer = ConversationWriter(out)
     limit = asyncio.Semaphore(concurrency)
     bar = tqdm(total=len(conversations), initial=run.skipped, unit="conv", desc="intents", disable=not progress)

@@ -1,0 +1,70 @@
+"""``userlm prepare``: chat logs in, filtered conversation records split by user out.
+
+    userlm prepare wildchat.jsonl --out prepared/
+    userlm prepare ../shared/data/oasst/en_100_tree.jsonl --out prepared/
+    userlm prepare allenai/WildChat-1M --out prepared/       # a hub dataset, where a network is available
+
+Writes ``train.jsonl``, ``validation.jsonl``, ``test.jsonl`` and ``report.json`` (how many
+conversations each step removed), and prints the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("prepare", help="ingest chat logs, filter them and split them by user", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help=".json/.jsonl/.parquet files or hub dataset names")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--format", default="auto", choices=["auto", "wildchat", "sharegpt", "openai", "oasst", "userlm"])
+    p.add_argument("--hub-split", default="train", help="split of a hub dataset to read (default: train)")
+    p.add_argument("--languages", default="en,english", help="languages to keep, comma-separated ('' keeps all)")
+    p.add_argument("--keep-toxic", action="store_true")
+    p.add_argument("--keep-redacted", action="store_true")
+    p.add_argument("--max-turn-chars", type=int, default=16000, help="drop conversations with a longer turn (0: no limit)")
+    p.add_argument("--min-user-turns", type=int, default=1)
+    p.add_argument("--max-user-turns", type=int)
+    p.add_argument("--dedup-threshold", type=float, default=0.8, help="MinHash Jaccard threshold (0: no dedup)")
+    p.add_argument("--dedup-on", choices=["all", "user"], default="all")
+    p.add_argument("--split", default="0.9,0.05,0.05", help="train,validation,test fractions by user")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..conversation import write_conversations
+    from ..errors import UserError
+    from ..prepare.filters import FilterConfig, filter_and_split
+    from ..prepare.ingest import IngestStats, conversations_from
+
+    try:
+        split = tuple(float(x) for x in args.split.split(","))
+        assert len(split) == 3 and abs(sum(split) - 1) < 1e-6 and min(split) >= 0
+    except (ValueError, AssertionError):
+        raise UserError(f"--split {args.split!r}: give three fractions that add up to 1, e.g. 0.9,0.05,0.05.") from None
+    languages = tuple(x.strip() for x in args.languages.split(",") if x.strip())
+    config = FilterConfig(
+        languages=languages or None, drop_toxic=not args.keep_toxic, drop_redacted=not args.keep_redacted,
+        max_turn_chars=args.max_turn_chars or None, min_user_turns=args.min_user_turns, max_user_turns=args.max_user_turns,
+        dedup_threshold=args.dedup_threshold or None, dedup_on=args.dedup_on, split=split, seed=args.seed,
+    )
+    stats = IngestStats()
+    convs = []
+    for source in args.sources:
+        convs.extend(conversations_from(source, fmt=args.format, split=args.hub_split, oasst_languages=languages, stats=stats))
+    splits, report = filter_and_split(convs, config)
+    out = Path(args.out)
+    for name, rows in splits.items():
+        write_conversations(out / f"{name}.jsonl", rows)
+    summary = {"sources": args.sources, "rows": stats.rows, "oasst_dropped_messages": stats.dropped_messages, **report.to_dict()}
+    (out / "report.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    print(report.table())
+    if report.dedup_method:
+        print(f"near-duplicates: {report.dedup_method}")
+    print(f"wrote {out}/train.jsonl, validation.jsonl, test.jsonl and report.json", file=sys.stderr)
+    return 0
