@@ -18,7 +18,7 @@ def prepare_tokenizer(tokenizer) -> list[str]:
     vocab = tokenizer.get_vocab()
     missing = [t for t in USERLM_SPECIAL_TOKENS if t not in vocab]
     if missing:
-        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_additional_special_tokens=False)
+        tokenizer.add_tokens(missing, special_tokens=True)
     tokenizer.chat_template = USERLM_CHAT_TEMPLATE
     if tokenizer.pad_token is None:
         tokenizer.pad_token = END_OF_TURN
