@@ -137,9 +137,11 @@ def test_prepare_train_simulate_on_real_open_assistant_threads(tmp_path, shared_
 
     intents = tmp_path / "intents.jsonl"
     intents.write_text('{"id": "a", "intent": null}\n{"id": "b", "intent": null}\n')
+    replies = tmp_path / "replies.txt"
+    replies.write_text("Could you say more?\n")
     runs = tmp_path / "runs.jsonl"
-    done = userlm_cli("simulate", "--intents", intents, "--user", f"hf:{model_dir}", "--assistant", "scripted:" + str(prepared / "a.txt"),
-                      "--out", runs, "--max-turns", 2, "--min-words", 1) if (prepared / "a.txt").write_text("Could you say more?\n") else None
+    done = userlm_cli("simulate", "--intents", intents, "--user", f"hf:{model_dir}", "--assistant", f"scripted:{replies}",
+                      "--out", runs, "--max-turns", 2, "--min-words", 1)
     assert done.returncode == 0, done.stderr[-2000:]
     records = [json.loads(line) for line in runs.read_text().splitlines()]
     assert len(records) == 2 and all(r["messages"] or r["final_turn"] for r in records)

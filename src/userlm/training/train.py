@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -135,8 +136,9 @@ def train(config: TrainConfig) -> dict:
     lr = config.learning_rate or (1e-3 if config.from_scratch else 2e-5)
     per_device = min(config.per_device_batch_size, len(train_rows))
     effective = config.effective_batch_size or max(per_device, min(1024, len(train_rows) // 32))
-    accumulation = max(1, math.ceil(effective / per_device))
-    steps_per_epoch = max(1, len(train_rows) // (per_device * accumulation))
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate/torchrun on several GPUs
+    accumulation = max(1, math.ceil(effective / (per_device * world)))
+    steps_per_epoch = max(1, len(train_rows) // (per_device * accumulation * world))
     total_steps = config.max_steps if config.max_steps > 0 else math.ceil(steps_per_epoch * config.epochs)
     eval_steps = config.eval_steps or max(1, total_steps // 10)
     on_gpu = torch.cuda.is_available()
@@ -187,19 +189,20 @@ def train(config: TrainConfig) -> dict:
         model = trainer.model.merge_and_unload()
     model = model.to(torch.float32) if not bf16 else model
     after = target_perplexity(model, tokenizer, valid_convs, use_intent=config.use_intent, max_length=config.max_length) if valid_convs else None
-    save_together(model, tokenizer, out)
     metrics = {
         "train_conversations": len(train_convs),
         "train_sequences": len(train_rows),
         "train_targets": train_stats.targets,
         "dropped_targets": train_stats.dropped_targets,
-        "effective_batch_size": per_device * accumulation,
+        "effective_batch_size": per_device * accumulation * world,
         "learning_rate": lr,
         "optimizer_steps": trainer.state.global_step,
         "validation_user_turn_perplexity_before": before.perplexity if before else None,
         "validation_user_turn_perplexity_after": after.perplexity if after else None,
         "log_history": trainer.state.log_history,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    (out / "userlm_train_config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False), encoding="utf-8")
+    if trainer.is_world_process_zero():  # one writer when several processes train together
+        save_together(model, tokenizer, out)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        (out / "userlm_train_config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False), encoding="utf-8")
     return metrics
