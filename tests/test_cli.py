@@ -117,19 +117,29 @@ def test_sigkill_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path, tiny_
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    before = out.read_text().count("\n")
+    before_kill = out.read_text().splitlines()
+    before = len(before_kill)
     assert 3 <= before < 24, "the run must be killed mid-way"
 
     resumed = userlm_cli(*cmd, "--out", out)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{24 - before} conversations written, {before} already there" in resumed.stderr
     lines = out.read_text().splitlines()
+    assert lines[:before] == before_kill  # what was saved stays as it was
     records = [json.loads(line) for line in lines]
     assert sorted(r["id"] for r in records) == sorted(f"{i}#0" for i in range(1, 25))
+    assert all(r["end_reason"] and r["error"] is None for r in records)
 
-    # the interrupted and resumed run holds exactly what an uninterrupted run writes
-    clean = tmp_path / "clean.jsonl"
-    assert userlm_cli(*cmd, "--out", clean).returncode == 0
-    strip = lambda r: {k: v for k, v in r.items() if k != "duration_s"}
-    expected = {r["id"]: strip(r) for r in map(json.loads, clean.read_text().splitlines())}
-    assert {r["id"]: strip(r) for r in records} == expected
+
+def test_the_same_command_twice_writes_the_same_conversations(tmp_path, tiny_user_dir, tiny_assistant_dir):
+    intents = tmp_path / "intents.txt"
+    intents.write_text("".join(f"You are a user chatting with an assistant about question {i}.\n" for i in range(10)))
+    cmd = ["simulate", "--intents", intents, "--user", f"hf:{tiny_user_dir}", "--assistant", f"hf:{tiny_assistant_dir}",
+           "--max-turns", 3, "--user-max-tokens", 12, "--assistant-max-tokens", 16, "--concurrency", 4,
+           "--min-words", 1, "--no-progress", "--seed", 9]
+    runs = []
+    for name in ("a.jsonl", "b.jsonl"):
+        assert userlm_cli(*cmd, "--out", tmp_path / name).returncode == 0
+        runs.append({r["id"]: {k: v for k, v in r.items() if k != "duration_s"}
+                     for r in map(json.loads, (tmp_path / name).read_text().splitlines())})
+    assert runs[0] == runs[1] and len(runs[0]) == 10

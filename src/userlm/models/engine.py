@@ -7,6 +7,8 @@ the same transcript however the batches fall.
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -26,6 +28,7 @@ class Row:
     end_threshold: float | None = None  #: stop as "ended" once P(end) at content start reaches this
     want_end_prob: bool = False  #: record P(end) at the start of the content
     content_offset: int = 0  #: generated whitespace tokens expected before content (UserLM: the newline)
+    key: str | None = None  #: the conversation this row continues, for the prefix cache
 
 
 @dataclass
@@ -74,6 +77,62 @@ def _banned_first_ids(tokenizer, words: tuple[str, ...]) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
+@dataclass
+class EngineStats:
+    """What the engine did, for benchmarks and logs."""
+
+    batches: int = 0
+    rows: int = 0
+    prefill_tokens: int = 0  #: prompt tokens computed
+    reused_tokens: int = 0  #: prompt tokens whose keys and values came from the prefix cache
+    decode_tokens: int = 0  #: tokens generated (one forward position each)
+    seconds: float = 0.0
+
+
+@dataclass
+class _Entry:
+    ids: list[int]
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  #: per layer, keys and values [kv_heads, len, head_dim]
+
+
+class PrefixCache:
+    """Keys and values of each conversation's last sequence, so its next turn only computes what
+    is new. Reuse covers the longest common prefix of the stored ids and the new prompt, so a
+    stale or mismatched entry costs speed, never correctness. Least recently used entries go
+    first once ``max_entries`` are held."""
+
+    def __init__(self, max_entries: int = 512):
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+
+    def lookup(self, key: str, prompt: list[int]) -> tuple[_Entry | None, int]:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None, 0
+        self._entries.move_to_end(key)
+        n = 0
+        for a, b in zip(entry.ids, prompt):
+            if a != b:
+                break
+            n += 1
+        return entry, min(n, len(prompt) - 1)  # at least one prompt token is computed, for its logits
+
+    def store(self, key: str, ids: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self._entries[key] = _Entry(ids, layers)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _past(rows: list[Row], cache: PrefixCache | None) -> list[tuple[_Entry | None, int]]:
+    if cache is None:
+        return [(None, 0)] * len(rows)
+    return [cache.lookup(r.key, r.prompt) if r.key is not None else (None, 0) for r in rows]
+
+
 @torch.inference_mode()
 def generate(
     model,
@@ -86,21 +145,35 @@ def generate(
     temperature: float,
     top_p: float,
     max_new_tokens: int,
+    prefix_cache: PrefixCache | None = None,
+    stats: EngineStats | None = None,
 ) -> list[RowResult]:
-    """Continue every row until a stop token or ``max_new_tokens``, in one batch."""
+    """Continue every row until a stop token or ``max_new_tokens``, in one batch.
+
+    With a ``prefix_cache``, rows with a ``key`` start from the keys and values stored for that
+    key (the common prefix with their prompt) and leave theirs behind for the next turn.
+    """
     from transformers import DynamicCache
 
+    started_at = time.perf_counter()
     device = next(model.parameters()).device
     batch = len(rows)
-    width = max(len(r.prompt) for r in rows)
-    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
-    attention = torch.zeros((batch, width), dtype=torch.long)
-    for b, row in enumerate(rows):
-        input_ids[b, width - len(row.prompt) :] = torch.tensor(row.prompt)
-        attention[b, width - len(row.prompt) :] = 1
-    input_ids, attention = input_ids.to(device), attention.to(device)
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    pasts = _past(rows, prefix_cache)
+    reused = [n for _, n in pasts]
+    fresh = [row.prompt[n:] for row, n in zip(rows, reused)]
+    p_max, n_max = max(reused), max(len(f) for f in fresh)
+    input_ids = torch.full((batch, n_max), pad_id, dtype=torch.long)
+    attention = torch.zeros((batch, p_max + n_max), dtype=torch.long)
+    positions = torch.zeros((batch, n_max), dtype=torch.long)
+    for b, (tokens, n) in enumerate(zip(fresh, reused)):
+        input_ids[b, n_max - len(tokens) :] = torch.tensor(tokens)
+        attention[b, p_max - n : p_max] = 1
+        attention[b, p_max + n_max - len(tokens) :] = 1
+        positions[b, n_max - len(tokens) :] = torch.arange(n, n + len(tokens))
     cache = DynamicCache()
+    if p_max:
+        cache = DynamicCache(ddp_cache_data=_batched_past(pasts, p_max, device))
+    input_ids, attention, positions = input_ids.to(device), attention.to(device), positions.to(device)
     logits = model(
         input_ids=input_ids, attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True
     ).logits[:, -1, :].float()
@@ -111,38 +184,37 @@ def generate(
     started = torch.zeros(batch, dtype=torch.bool)
     whitespace = whitespace.to(logits.device)
     suppress = torch.tensor([r.suppress_end for r in rows], device=logits.device)
+    banned = _banned_mask(rows, logits.shape[-1], logits.device)
+    wants_end_prob = [end_id is not None and (r.want_end_prob or r.end_threshold is not None) for r in rows]
     last_position = positions[:, -1:]
+    decoded = 0
 
     for step in range(max_new_tokens):
-        if end_id is not None:
-            end_probs = torch.softmax(logits, dim=-1)[:, end_id].cpu()
-            for b, row in enumerate(rows):
-                if done[b] or started[b] or results[b].end_prob is not None or step < row.content_offset:
-                    continue
-                if row.want_end_prob or row.end_threshold is not None:
-                    results[b].end_prob = float(end_probs[b])
+        awaiting = [wants_end_prob[b] and not done[b] and not started[b] and results[b].end_prob is None for b in range(batch)]
+        end_probs = torch.softmax(logits, dim=-1)[:, end_id].cpu() if any(awaiting) else None
+        for b, row in enumerate(rows):
+            if awaiting[b] and step >= row.content_offset:
+                results[b].end_prob = float(end_probs[b])
                 if row.end_threshold is not None and results[b].end_prob >= row.end_threshold:
                     results[b].ended, results[b].finished = True, True
                     done[b] = True
-            if suppress.any():
-                logits[suppress, end_id] = float("-inf")
-        for b, row in enumerate(rows):
-            if row.banned_first is not None and not started[b] and len(row.banned_first):
-                logits[b, row.banned_first] = float("-inf")
+        if end_id is not None and suppress.any():
+            logits[suppress, end_id] = float("-inf")
+        if banned is not None and not bool(started.all()):
+            logits.masked_fill_(banned & ~started.to(logits.device)[:, None], float("-inf"))
         next_tokens = _sample(logits, generators, temperature, top_p).cpu()
         for b in range(batch):
             if done[b]:
                 continue
             token = int(next_tokens[b])
             row = rows[b]
-            if end_id is not None and results[b].end_prob is None and (row.want_end_prob or row.end_threshold):
-                if token == end_id or not whitespace[token]:
-                    # the turn ends or its content starts before the expected newline: this was its start
-                    results[b].end_prob = float(end_probs[b])
-                    if row.end_threshold is not None and results[b].end_prob >= row.end_threshold:
-                        results[b].ended, results[b].finished = True, True
-                        done[b] = True
-                        continue
+            if awaiting[b] and results[b].end_prob is None and (token == end_id or not whitespace[token]):
+                # the turn ends or its content starts before the expected newline: this was its start
+                results[b].end_prob = float(end_probs[b])
+                if row.end_threshold is not None and results[b].end_prob >= row.end_threshold:
+                    results[b].ended, results[b].finished = True, True
+                    done[b] = True
+                    continue
             if token in stop_ids or token == end_id:
                 results[b].finished = True
                 # an end token after some text just closes the turn; as the whole turn it ends the conversation
@@ -158,6 +230,7 @@ def generate(
         next_tokens[done.to(device)] = pad_id
         attention = torch.cat([attention, (~done).long().to(device)[:, None]], dim=1)
         last_position = last_position + 1
+        decoded += int((~done).sum())
         logits = model(
             input_ids=next_tokens[:, None],
             attention_mask=attention,
@@ -165,7 +238,57 @@ def generate(
             past_key_values=cache,
             use_cache=True,
         ).logits[:, -1, :].float()
+
+    if prefix_cache is not None:
+        _store(prefix_cache, rows, results, cache, attention)
+    if stats is not None:
+        stats.batches += 1
+        stats.rows += batch
+        stats.prefill_tokens += sum(len(f) for f in fresh)
+        stats.reused_tokens += sum(reused)
+        stats.decode_tokens += sum(len(r.tokens) + int(r.finished and r.end_prob is None or bool(r.tokens)) for r in results)
+        stats.seconds += time.perf_counter() - started_at
     return results
+
+
+def _batched_past(pasts, p_max: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Stored keys and values of each row, left-padded to one batch."""
+    template = next(entry for entry, n in pasts if n)
+    layers = []
+    for index, (k0, v0) in enumerate(template.layers):
+        keys = torch.zeros((len(pasts), k0.shape[0], p_max, k0.shape[2]), dtype=k0.dtype, device=device)
+        values = torch.zeros((len(pasts), v0.shape[0], p_max, v0.shape[2]), dtype=v0.dtype, device=device)
+        for b, (entry, n) in enumerate(pasts):
+            if n:
+                k, v = entry.layers[index]
+                keys[b, :, p_max - n :] = k[:, :n]
+                values[b, :, p_max - n :] = v[:, :n]
+        layers.append((keys, values))
+    return layers
+
+
+def _store(prefix_cache: PrefixCache, rows, results, cache, attention) -> None:
+    layers = getattr(cache, "layers", None)
+    if not layers or any(getattr(layer, "keys", None) is None or layer.keys.dim() != 4 for layer in layers):
+        return  # a cache of another shape (sliding windows, ...): no reuse
+    for b, row in enumerate(rows):
+        if row.key is None:
+            continue
+        where = attention[b].nonzero().squeeze(-1)
+        generated = len(where) - len(row.prompt)
+        ids = row.prompt + results[b].tokens[: max(generated, 0)]
+        kept = [(layer.keys[b, :, where].clone(), layer.values[b, :, where].clone()) for layer in layers]
+        prefix_cache.store(row.key, ids, kept)
+
+
+def _banned_mask(rows: list[Row], vocab: int, device) -> torch.Tensor | None:
+    if not any(r.banned_first is not None and len(r.banned_first) for r in rows):
+        return None
+    mask = torch.zeros((len(rows), vocab), dtype=torch.bool)
+    for b, r in enumerate(rows):
+        if r.banned_first is not None and len(r.banned_first):
+            mask[b, r.banned_first[r.banned_first < vocab]] = True
+    return mask.to(device)
 
 
 def _sample(logits: torch.Tensor, generators: list[torch.Generator], temperature: float, top_p: float) -> torch.Tensor:

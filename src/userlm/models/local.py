@@ -25,6 +25,7 @@ class LoadOptions:
     dtype: str = "auto"  #: "auto" (bf16 on GPU, fp32 on CPU), "float32", "bfloat16", "float16"
     trust_remote_code: bool = False
     max_batch_size: int = 64
+    reuse_cache: bool = True  #: keep each conversation's keys and values between its turns
 
 
 _loaded: dict[tuple, LoadedModel] = {}
@@ -89,44 +90,72 @@ def load(path: str, options: LoadOptions) -> LoadedModel:
         return _loaded[key]
 
 
-class _Batcher:
-    """Gathers concurrent requests and runs them as one batch in a worker thread."""
+def _prefix_cache(options: LoadOptions):
+    from .engine import PrefixCache
 
-    def __init__(self, run_batch: Callable[[list[Any]], list[Any]], max_batch_size: int):
+    return PrefixCache(max_entries=8 * options.max_batch_size) if options.reuse_cache else None
+
+
+def _stats():
+    from .engine import EngineStats
+
+    return EngineStats()
+
+
+class _Batcher:
+    """Gathers concurrent requests and runs them as one batch in a worker thread, when the
+    lockstep gate says so (see :mod:`userlm.models.lockstep`)."""
+
+    def __init__(self, run_batch: Callable[[list[Any]], list[Any]], max_batch_size: int, order: Callable[[Any], Any]):
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
-        self._queue: asyncio.Queue | None = None
+        self.order = order  #: a fixed order for the requests of a batch
+        self._pending: list[tuple[Any, asyncio.Future]] = []
         self._worker: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def submit(self, item: Any) -> Any:
+        from .lockstep import gate
+
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # a new event loop (another asyncio.run): start afresh
-            self._loop, self._queue = loop, asyncio.Queue()
-            self._worker = loop.create_task(self._work())
+            self._loop, self._pending = loop, []
+            self._worker = loop.create_task(self._work(gate()))
+        g = gate()
         future = loop.create_future()
-        await self._queue.put((item, future))
+        self._pending.append((item, future))
+        g.waiting[id(self)] = len(self._pending)
+        async with g.changed:
+            g.changed.notify_all()
         return await future
 
-    async def _work(self) -> None:
-        assert self._queue is not None
+    async def _work(self, g) -> None:
+        me = id(self)
+        g.waiting.setdefault(me, 0)
         while True:
-            batch = [await self._queue.get()]
-            for _ in range(3):  # let every conversation that is ready submit before the batch starts
-                await asyncio.sleep(0)
-            while not self._queue.empty() and len(batch) < self.max_batch_size:
-                batch.append(self._queue.get_nowait())
-            items = [item for item, _ in batch]
+            async with g.changed:
+                await g.changed.wait_for(lambda: g.may_run(me))
+                g.running = True
+            if g.active == 0:
+                for _ in range(3):  # outside a simulation: let every caller that is ready submit first
+                    await asyncio.sleep(0)
+            self._pending.sort(key=lambda p: self.order(p[0]))
+            batch, self._pending = self._pending[: self.max_batch_size], self._pending[self.max_batch_size :]
+            g.waiting[me] = len(self._pending)
             try:
-                results = await asyncio.to_thread(self.run_batch, items)
+                results = await asyncio.to_thread(self.run_batch, [item for item, _ in batch])
             except BaseException as exc:  # the batch failed: every caller in it gets the error
+                results = None
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
-                continue
-            for (_, future), result in zip(batch, results):
-                if not future.done():
-                    future.set_result(result)
+            if results is not None:
+                for (_, future), result in zip(batch, results):
+                    if not future.done():
+                        future.set_result(result)
+            g.running = False
+            async with g.changed:
+                g.changed.notify_all()
 
 
 class LocalUserModel:
@@ -141,7 +170,9 @@ class LocalUserModel:
         eot = self.loaded.token_id(END_OF_TURN)
         self.stop_ids = self.loaded.eos_ids() | ({eot} if eot is not None else set())
         self.content_offset = 0 if prompt_ends_with_whitespace(tok) else 1
-        self._batcher = _Batcher(self._run, options.max_batch_size)
+        self._batcher = _Batcher(self._run, options.max_batch_size, order=lambda r: (r.conversation_key or "", r.seed))
+        self.prefix_cache = _prefix_cache(options)
+        self.stats = _stats()
 
     def prompt_ids(self, request: UserTurnRequest) -> list[int]:
         return user_prompt_ids(self.loaded.tokenizer, request.intent, request.messages)
@@ -165,6 +196,7 @@ class LocalUserModel:
                     end_threshold=r.end_threshold if r.allow_end else None,
                     want_end_prob=True,
                     content_offset=self.content_offset,
+                    key=r.conversation_key,
                 )
             )
         results = generate(
@@ -177,6 +209,8 @@ class LocalUserModel:
             temperature=self.sampling.temperature,
             top_p=self.sampling.top_p,
             max_new_tokens=self.sampling.max_new_tokens,
+            prefix_cache=self.prefix_cache,
+            stats=self.stats,
         )
         drafts = []
         for row, res in zip(rows, results):
@@ -203,7 +237,9 @@ class LocalChatModel:
         self.loaded = load(path, options)
         if not self.loaded.tokenizer.chat_template:
             raise ConfigurationError(f"hf:{path} has no chat template, so it cannot play the assistant.")
-        self._batcher = _Batcher(self._run, options.max_batch_size)
+        self._batcher = _Batcher(self._run, options.max_batch_size, order=lambda item: item[1])
+        self.prefix_cache = _prefix_cache(options)
+        self.stats = _stats()
 
     async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None) -> ChatReply:
         return await self._batcher.submit((messages, seed or 0))
@@ -224,6 +260,8 @@ class LocalChatModel:
                     )
                 ),
                 seed=seed,
+                # the first message identifies the conversation well enough: reuse is checked token by token
+                key=messages[0]["content"] if messages else None,
             )
             for messages, seed in items
         ]
@@ -237,6 +275,8 @@ class LocalChatModel:
             temperature=self.sampling.temperature,
             top_p=self.sampling.top_p,
             max_new_tokens=self.sampling.max_new_tokens,
+            prefix_cache=self.prefix_cache,
+            stats=self.stats,
         )
         return [
             ChatReply(
