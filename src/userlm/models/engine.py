@@ -127,6 +127,35 @@ class PrefixCache:
         return len(self._entries)
 
 
+def _reserved_cache(capacity: int, past: list[tuple[torch.Tensor, torch.Tensor]] | None):
+    """A cache whose layers write into buffers allocated once for the whole generation, instead
+    of concatenating (copying the whole cache) at every step."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    class ReservedLayer(DynamicLayer):
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+                shape = (*key_states.shape[:2], capacity, key_states.shape[-1])
+                self._keys = key_states.new_empty(shape)
+                self._values = value_states.new_empty((*value_states.shape[:2], capacity, value_states.shape[-1]))
+                self._length = 0
+            n = key_states.shape[-2]
+            end = self._length + n
+            self._keys[:, :, self._length : end] = key_states
+            self._values[:, :, self._length : end] = value_states
+            self._length = end
+            self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
+            return self.keys, self.values
+
+    cache = DynamicCache()
+    cache.layers, cache.layer_class_to_replicate = [], ReservedLayer
+    for index, (k, v) in enumerate(past or []):
+        cache.update(k, v, index)
+    return cache
+
+
 def _past(rows: list[Row], cache: PrefixCache | None) -> list[tuple[_Entry | None, int]]:
     if cache is None:
         return [(None, 0)] * len(rows)
@@ -153,8 +182,6 @@ def generate(
     With a ``prefix_cache``, rows with a ``key`` start from the keys and values stored for that
     key (the common prefix with their prompt) and leave theirs behind for the next turn.
     """
-    from transformers import DynamicCache
-
     started_at = time.perf_counter()
     device = next(model.parameters()).device
     batch = len(rows)
@@ -170,9 +197,7 @@ def generate(
         attention[b, p_max - n : p_max] = 1
         attention[b, p_max + n_max - len(tokens) :] = 1
         positions[b, n_max - len(tokens) :] = torch.arange(n, n + len(tokens))
-    cache = DynamicCache()
-    if p_max:
-        cache = DynamicCache(ddp_cache_data=_batched_past(pasts, p_max, device))
+    cache = _reserved_cache(p_max + n_max + max_new_tokens, _batched_past(pasts, p_max, device) if p_max else None)
     input_ids, attention, positions = input_ids.to(device), attention.to(device), positions.to(device)
     logits = model(
         input_ids=input_ids, attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True
@@ -249,6 +274,32 @@ def generate(
         stats.decode_tokens += sum(len(r.tokens) + int(r.finished and r.end_prob is None or bool(r.tokens)) for r in results)
         stats.seconds += time.perf_counter() - started_at
     return results
+
+
+def length_groups(rows: list[Row], waste: float = 1.3) -> list[list[int]]:
+    """Indices of ``rows`` in groups of similar prompt length, so that padding every prompt of a
+    group to its longest costs at most ``waste`` times the real tokens."""
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i].prompt))
+    groups: list[list[int]] = []
+    total = 0
+    for i in order:
+        n = len(rows[i].prompt)
+        if groups and n * (len(groups[-1]) + 1) <= waste * (total + n):
+            groups[-1].append(i)
+            total += n
+        else:
+            groups.append([i])
+            total = n
+    return groups
+
+
+def generate_grouped(model, rows: list[Row], **kwargs) -> list[RowResult]:
+    """:func:`generate` over groups of similar length (see :func:`length_groups`), results in row order."""
+    results: list[RowResult | None] = [None] * len(rows)
+    for group in length_groups(rows):
+        for i, result in zip(group, generate(model, [rows[i] for i in group], **kwargs)):
+            results[i] = result
+    return results  # type: ignore[return-value]
 
 
 def _batched_past(pasts, p_max: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:

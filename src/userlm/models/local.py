@@ -181,7 +181,7 @@ class LocalUserModel:
         return await self._batcher.submit(request)
 
     def _run(self, requests: list[UserTurnRequest]) -> list[UserDraft]:
-        from .engine import Row, banned_first_ids, generate, vocab_tables
+        from .engine import Row, banned_first_ids, generate_grouped, vocab_tables
 
         tok = self.loaded.tokenizer
         tables = vocab_tables(tok)
@@ -199,7 +199,7 @@ class LocalUserModel:
                     key=r.conversation_key,
                 )
             )
-        results = generate(
+        results = generate_grouped(
             self.loaded.model,
             rows,
             stop_ids=self.stop_ids,
@@ -245,7 +245,7 @@ class LocalChatModel:
         return await self._batcher.submit((messages, seed or 0))
 
     def _run(self, items: list[tuple[list[dict[str, str]], int]]) -> list[ChatReply]:
-        from .engine import Row, generate, vocab_tables
+        from .engine import Row, generate_grouped, vocab_tables
 
         tok = self.loaded.tokenizer
         rows = [
@@ -265,7 +265,7 @@ class LocalChatModel:
             )
             for messages, seed in items
         ]
-        results = generate(
+        results = generate_grouped(
             self.loaded.model,
             rows,
             stop_ids=self.loaded.eos_ids(),

@@ -1,0 +1,166 @@
+"""B1 and B2: simulation throughput with local models on the CPU.
+
+    python benchmarks/local_models.py            # B1 (64 intents, 4 turns) and B2 (2..16 turns)
+    python benchmarks/local_models.py --quick    # fewer conversations, for a smoke run
+
+Baseline: the UserLM-8b model card's snippet in a loop: one conversation at a time,
+``apply_chat_template`` on the whole history and ``generate`` at every turn, for the user model
+and for the assistant. Ours: ``userlm.simulate`` with local models (every waiting conversation in
+one batch, each conversation's keys and values kept between turns). Same models, intents, turn
+counts and token budgets, in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import build_models, intents, machine, parameters, peak_matmul_flops, peak_memory, save  # noqa: E402
+
+USER_TOKENS, ASSISTANT_TOKENS = 32, 64
+
+
+def baseline(user_dir: Path, assistant_dir: Path, prompts: list[str], turns: int) -> dict:
+    """The model card's snippet, looped."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    user_tok, asst_tok = AutoTokenizer.from_pretrained(user_dir), AutoTokenizer.from_pretrained(assistant_dir)
+    user_lm, asst_lm = AutoModelForCausalLM.from_pretrained(user_dir).eval(), AutoModelForCausalLM.from_pretrained(assistant_dir).eval()
+    eot = user_tok.convert_tokens_to_ids("<|eot_id|>")
+    end = user_tok.convert_tokens_to_ids("<|endconversation|>")
+    torch.manual_seed(0)
+    prefilled = generated = 0
+    start = time.perf_counter()
+    for intent in prompts:
+        messages = [{"role": "system", "content": intent}]
+        for _ in range(turns):
+            inputs = user_tok.apply_chat_template(messages, return_tensors="pt", add_generation_prompt=True, return_dict=False)
+            output = user_lm.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), do_sample=True, top_p=0.8,
+                                      temperature=1.0, max_new_tokens=USER_TOKENS, eos_token_id=eot, pad_token_id=eot,
+                                      bad_words_ids=[[end]])
+            new = output[0, inputs.shape[1]:]
+            prefilled, generated = prefilled + inputs.shape[1], generated + len(new)
+            messages.append({"role": "user", "content": user_tok.decode(new, skip_special_tokens=True).strip()})
+            chat = messages[1:]
+            inputs = asst_tok.apply_chat_template(chat, return_tensors="pt", add_generation_prompt=True, return_dict=False)
+            output = asst_lm.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), do_sample=True, top_p=1.0,
+                                      temperature=0.7, max_new_tokens=ASSISTANT_TOKENS, eos_token_id=eot, pad_token_id=eot)
+            new = output[0, inputs.shape[1]:]
+            prefilled, generated = prefilled + inputs.shape[1], generated + len(new)
+            messages.append({"role": "assistant", "content": asst_tok.decode(new, skip_special_tokens=True).strip()})
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "conversations": len(prompts), "prefilled_tokens": prefilled, "generated_tokens": generated}
+
+
+def ours(user_dir: Path, assistant_dir: Path, prompts: list[str], turns: int, guardrails: bool) -> dict:
+    import userlm
+    from userlm.guardrails import OFF, GuardrailConfig
+    from userlm.models.base import SamplingSettings
+    from userlm.models.local import LoadOptions, LocalChatModel, LocalUserModel
+
+    options = LoadOptions(max_batch_size=len(prompts))
+    user_model = LocalUserModel(str(user_dir), sampling=SamplingSettings(1.0, 0.8, USER_TOKENS), options=options)
+    asst = LocalChatModel(str(assistant_dir), sampling=SamplingSettings(0.7, 1.0, ASSISTANT_TOKENS), options=options)
+    for model in (user_model, asst):  # fresh counters and caches: each measurement on its own
+        model.stats.__init__()
+        model.prefix_cache._entries.clear()
+    config = GuardrailConfig() if guardrails else OFF
+    user = userlm.SimulatedUser(user_model, config)
+    start = time.perf_counter()
+    run = userlm.simulate(prompts, user, asst, settings=userlm.RunSettings(max_turns=turns, concurrency=len(prompts), seed=0),
+                          progress=False)
+    seconds = time.perf_counter() - start
+    drafts = sum(m.attempts or 1 for c in run.conversations for m in c.user_turns())
+    turns_done = sum(len(c.user_turns()) for c in run.conversations)
+    stats = [user_model.stats, asst.stats]
+    return {
+        "seconds": seconds,
+        "conversations": len(run.conversations),
+        "prefilled_tokens": sum(s.prefill_tokens for s in stats),
+        "reused_tokens": sum(s.reused_tokens for s in stats),
+        "generated_tokens": sum(s.decode_tokens for s in stats),
+        "user_turns": turns_done,
+        "drafts_per_user_turn": drafts / max(turns_done, 1),
+        "end_reasons": dict(run.end_reasons),
+    }
+
+
+def summarise(result: dict, matmul_params: float, peak: float) -> dict:
+    tokens = result["prefilled_tokens"] + result["generated_tokens"]
+    flops = 2 * matmul_params * tokens
+    return {
+        **result,
+        "conversations_per_s": result["conversations"] / result["seconds"],
+        "generated_tokens_per_s": result["generated_tokens"] / result["seconds"],
+        "prefilled_tokens_per_s": result["prefilled_tokens"] / result["seconds"],
+        "model_flops_per_s": flops / result["seconds"],
+        "mfu": flops / result["seconds"] / peak,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--conversations", type=int, default=64)
+    parser.add_argument("--turns", type=int, default=4)
+    parser.add_argument("--scaling", default="2,4,8,16", help="B2 turn counts ('' skips B2)")
+    parser.add_argument("--baseline-scaling-conversations", type=int, default=4)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--models", default=str(Path(__file__).resolve().parent / "models"))
+    args = parser.parse_args()
+    if args.quick:
+        args.conversations, args.scaling = 8, "2,4"
+    import torch
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    user_dir, asst_dir = build_models(Path(args.models))
+    params = parameters(user_dir)
+    peak = peak_matmul_flops()
+    prompts = intents(args.conversations)
+    print(f"machine: {machine()}; peak float32 matmul {peak / 1e9:.1f} GFLOP/s; models: {params['total'] / 1e6:.1f}M parameters each")
+
+    b1 = {}
+    with peak_memory() as mem:
+        b1["baseline"] = baseline(user_dir, asst_dir, prompts, args.turns)
+    b1["baseline"]["peak_memory_mb"] = mem["peak_bytes"] / 2**20
+    for name, guard in (("ours_guardrails_off", False), ("ours_guardrails_on", True)):
+        with peak_memory() as mem:
+            b1[name] = ours(user_dir, asst_dir, prompts, args.turns, guard)
+        b1[name]["peak_memory_mb"] = mem["peak_bytes"] / 2**20
+    b1 = {k: summarise(v, params["matmul"], peak) for k, v in b1.items()}
+    base = b1["baseline"]["conversations_per_s"]
+    print(f"\nB1: {args.conversations} conversations x {args.turns} user turns, user {USER_TOKENS} / assistant {ASSISTANT_TOKENS} new tokens")
+    print(f"{'run':<22}{'conv/s':>9}{'x base':>8}{'gen tok/s':>11}{'prefill tok/s':>15}{'MFU':>7}{'peak MB':>9}{'drafts/turn':>12}")
+    for name, r in b1.items():
+        print(f"{name:<22}{r['conversations_per_s']:>9.3f}{r['conversations_per_s'] / base:>8.1f}{r['generated_tokens_per_s']:>11.0f}"
+              f"{r['prefilled_tokens_per_s']:>15.0f}{r['mfu']:>7.3f}{r['peak_memory_mb']:>9.0f}{r.get('drafts_per_user_turn', 1.0):>12.2f}")
+    on, off = b1["ours_guardrails_on"]["seconds"], b1["ours_guardrails_off"]["seconds"]
+    print(f"guardrails on / off wall time: {on / off:.2f}")
+
+    b2 = []
+    if args.scaling:
+        print("\nB2: prefilled tokens per user turn as conversations grow")
+        print(f"{'turns':>6}{'ours prefill/turn':>19}{'ours s/turn':>13}{'baseline prefill/turn':>23}{'baseline s/turn':>17}")
+        for turns in [int(t) for t in args.scaling.split(",")]:
+            mine = ours(user_dir, asst_dir, prompts, turns, False)
+            theirs = baseline(user_dir, asst_dir, prompts[: args.baseline_scaling_conversations], turns)
+            row = {
+                "turns": turns,
+                "ours_prefilled_per_turn": mine["prefilled_tokens"] / mine["user_turns"],
+                "ours_seconds_per_turn": mine["seconds"] / mine["user_turns"],
+                "baseline_prefilled_per_turn": theirs["prefilled_tokens"] / (theirs["conversations"] * turns),
+                "baseline_seconds_per_turn": theirs["seconds"] / (theirs["conversations"] * turns),
+            }
+            b2.append(row)
+            print(f"{turns:>6}{row['ours_prefilled_per_turn']:>19.0f}{row['ours_seconds_per_turn']:>13.4f}"
+                  f"{row['baseline_prefilled_per_turn']:>23.0f}{row['baseline_seconds_per_turn']:>17.4f}")
+    path = save("local_models", {"machine": machine(), "peak_matmul_flops": peak, "parameters": params, "b1": b1, "b2": b2})
+    print(f"\nsaved {path}")
+
+
+if __name__ == "__main__":
+    main()
