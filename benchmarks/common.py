@@ -24,7 +24,7 @@ def texts() -> list[str]:
 def intents(n: int) -> list[str]:
     """``n`` real Arena prompts, phrased as intents."""
     rows = [json.loads(line) for line in (SHARED / "arena-hard" / "question_v0.1.jsonl").read_text().splitlines()]
-    prompts = [" ".join(r["prompt"].split()[:40]) for r in rows]
+    prompts = [" ".join(r["prompt"].split())[:240] for r in rows]
     return [f"You are a user chatting with an assistant about this: {p}" for p in prompts[:n]]
 
 

@@ -44,6 +44,7 @@ class VocabTables:
     """Per-tokenizer lookups, computed once."""
 
     whitespace: torch.Tensor  #: bool[vocab]: the token decodes to whitespace only
+    wordless: torch.Tensor  #: bool[vocab]: the token holds no letter or digit (spaces, punctuation)
     texts: tuple[str, ...]  #: each token's text, for the first-word filter
 
 
@@ -57,7 +58,8 @@ def _vocab_tables(tokenizer) -> VocabTables:
     texts = tuple(tokenizer.batch_decode([[i] for i in range(size)], skip_special_tokens=False))
     special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}).keys())
     ws = torch.tensor([(t.strip() == "" and t != "" and i not in special) for i, t in enumerate(texts)])
-    return VocabTables(whitespace=ws, texts=texts)
+    wordless = torch.tensor([(i not in special and not any(c.isalnum() for c in t)) for i, t in enumerate(texts)])
+    return VocabTables(whitespace=ws, texts=texts, wordless=wordless)
 
 
 def banned_first_ids(tokenizer, words: tuple[str, ...]) -> torch.Tensor:
@@ -87,6 +89,7 @@ class EngineStats:
     reused_tokens: int = 0  #: prompt tokens whose keys and values came from the prefix cache
     decode_tokens: int = 0  #: tokens generated (one forward position each)
     seconds: float = 0.0
+    prefill_seconds: float = 0.0
 
 
 @dataclass
@@ -171,6 +174,7 @@ def generate(
     end_id: int | None,
     pad_id: int,
     whitespace: torch.Tensor,
+    wordless: torch.Tensor | None = None,
     temperature: float,
     top_p: float,
     max_new_tokens: int,
@@ -185,34 +189,27 @@ def generate(
     started_at = time.perf_counter()
     device = next(model.parameters()).device
     batch = len(rows)
-    pasts = _past(rows, prefix_cache)
-    reused = [n for _, n in pasts]
-    fresh = [row.prompt[n:] for row, n in zip(rows, reused)]
-    p_max, n_max = max(reused), max(len(f) for f in fresh)
-    input_ids = torch.full((batch, n_max), pad_id, dtype=torch.long)
-    attention = torch.zeros((batch, p_max + n_max), dtype=torch.long)
-    positions = torch.zeros((batch, n_max), dtype=torch.long)
-    for b, (tokens, n) in enumerate(zip(fresh, reused)):
-        input_ids[b, n_max - len(tokens) :] = torch.tensor(tokens)
-        attention[b, p_max - n : p_max] = 1
-        attention[b, p_max + n_max - len(tokens) :] = 1
-        positions[b, n_max - len(tokens) :] = torch.arange(n, n + len(tokens))
-    cache = _reserved_cache(p_max + n_max + max_new_tokens, _batched_past(pasts, p_max, device) if p_max else None)
-    input_ids, attention, positions = input_ids.to(device), attention.to(device), positions.to(device)
-    logits = model(
-        input_ids=input_ids, attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True
-    ).logits[:, -1, :].float()
+    logits, per_row, prefilled, reused = _prefill(model, rows, prefix_cache, pad_id, device)
+    prefill_seconds = time.perf_counter() - started_at
+    lengths = [len(r.prompt) for r in rows]
+    width = max(lengths)
+    attention = torch.zeros((batch, width), dtype=torch.long, device=device)
+    for b, n in enumerate(lengths):
+        attention[b, width - n :] = 1
+    cache = _reserved_cache(width + max_new_tokens, _left_padded(per_row, lengths, width, device))
+    del per_row
+    positions = torch.tensor(lengths, device=device)[:, None] - 1
 
     generators = [torch.Generator().manual_seed(r.seed) for r in rows]
     results = [RowResult() for _ in rows]
     done = torch.zeros(batch, dtype=torch.bool)
     started = torch.zeros(batch, dtype=torch.bool)
+    worded = torch.zeros(batch, dtype=torch.bool)  # a letter or digit was written: the first word has begun
     whitespace = whitespace.to(logits.device)
     suppress = torch.tensor([r.suppress_end for r in rows], device=logits.device)
     banned = _banned_mask(rows, logits.shape[-1], logits.device)
     wants_end_prob = [end_id is not None and (r.want_end_prob or r.end_threshold is not None) for r in rows]
-    last_position = positions[:, -1:]
-    decoded = 0
+    last_position = positions
 
     for step in range(max_new_tokens):
         awaiting = [wants_end_prob[b] and not done[b] and not started[b] and results[b].end_prob is None for b in range(batch)]
@@ -225,8 +222,8 @@ def generate(
                     done[b] = True
         if end_id is not None and suppress.any():
             logits[suppress, end_id] = float("-inf")
-        if banned is not None and not bool(started.all()):
-            logits.masked_fill_(banned & ~started.to(logits.device)[:, None], float("-inf"))
+        if banned is not None and not bool(worded.all()):
+            logits.masked_fill_(banned & ~worded.to(logits.device)[:, None], float("-inf"))
         next_tokens = _sample(logits, generators, temperature, top_p).cpu()
         for b in range(batch):
             if done[b]:
@@ -249,13 +246,14 @@ def generate(
             results[b].tokens.append(token)
             if not whitespace[token]:
                 started[b] = True
+            if wordless is None or not wordless[token]:
+                worded[b] = True
         if bool(done.all()) or step == max_new_tokens - 1:
             break
         next_tokens = next_tokens.to(device)
         next_tokens[done.to(device)] = pad_id
         attention = torch.cat([attention, (~done).long().to(device)[:, None]], dim=1)
         last_position = last_position + 1
-        decoded += int((~done).sum())
         logits = model(
             input_ids=next_tokens[:, None],
             attention_mask=attention,
@@ -269,8 +267,9 @@ def generate(
     if stats is not None:
         stats.batches += 1
         stats.rows += batch
-        stats.prefill_tokens += sum(len(f) for f in fresh)
-        stats.reused_tokens += sum(reused)
+        stats.prefill_tokens += prefilled
+        stats.prefill_seconds += prefill_seconds
+        stats.reused_tokens += reused
         stats.decode_tokens += sum(len(r.tokens) + int(r.finished and r.end_prob is None or bool(r.tokens)) for r in results)
         stats.seconds += time.perf_counter() - started_at
     return results
@@ -293,29 +292,54 @@ def length_groups(rows: list[Row], waste: float = 1.3) -> list[list[int]]:
     return groups
 
 
-def generate_grouped(model, rows: list[Row], **kwargs) -> list[RowResult]:
-    """:func:`generate` over groups of similar length (see :func:`length_groups`), results in row order."""
-    results: list[RowResult | None] = [None] * len(rows)
+def _prefill(model, rows: list[Row], prefix_cache: PrefixCache | None, pad_id: int, device):
+    """Compute every prompt, in groups of similar length (no padding waste), starting from what
+    the prefix cache holds. Returns the last logits of every row, each row's keys and values
+    (per layer, [kv_heads, prompt length, head_dim]), and the tokens computed and reused."""
+    logits = [None] * len(rows)
+    per_row: list[list[tuple[torch.Tensor, torch.Tensor]] | None] = [None] * len(rows)
+    computed = reused_total = 0
     for group in length_groups(rows):
-        for i, result in zip(group, generate(model, [rows[i] for i in group], **kwargs)):
-            results[i] = result
-    return results  # type: ignore[return-value]
+        members = [rows[i] for i in group]
+        pasts = _past(members, prefix_cache)
+        reused = [n for _, n in pasts]
+        fresh = [row.prompt[n:] for row, n in zip(members, reused)]
+        p_max, n_max = max(reused), max(len(f) for f in fresh)
+        input_ids = torch.full((len(group), n_max), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(group), p_max + n_max), dtype=torch.long)
+        positions = torch.zeros((len(group), n_max), dtype=torch.long)
+        for b, (tokens, n) in enumerate(zip(fresh, reused)):
+            input_ids[b, n_max - len(tokens) :] = torch.tensor(tokens)
+            attention[b, p_max - n : p_max] = 1
+            attention[b, p_max + n_max - len(tokens) :] = 1
+            positions[b, n_max - len(tokens) :] = torch.arange(n, n + len(tokens))
+        past = _left_padded([e.layers if e is not None and n else None for e, n in pasts], reused, p_max, device) if p_max else None
+        cache = _reserved_cache(p_max + n_max, past)
+        out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
+                    past_key_values=cache, use_cache=True).logits[:, -1, :].float()
+        for b, i in enumerate(group):
+            where = attention[b].nonzero().squeeze(-1).to(device)
+            per_row[i] = [(layer.keys[b, :, where], layer.values[b, :, where]) for layer in cache.layers]
+            logits[i] = out[b]
+        computed += sum(len(f) for f in fresh)
+        reused_total += sum(reused)
+    return torch.stack(logits), per_row, computed, reused_total
 
 
-def _batched_past(pasts, p_max: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Stored keys and values of each row, left-padded to one batch."""
-    template = next(entry for entry, n in pasts if n)
-    layers = []
-    for index, (k0, v0) in enumerate(template.layers):
-        keys = torch.zeros((len(pasts), k0.shape[0], p_max, k0.shape[2]), dtype=k0.dtype, device=device)
-        values = torch.zeros((len(pasts), v0.shape[0], p_max, v0.shape[2]), dtype=v0.dtype, device=device)
-        for b, (entry, n) in enumerate(pasts):
-            if n:
-                k, v = entry.layers[index]
-                keys[b, :, p_max - n :] = k[:, :n]
-                values[b, :, p_max - n :] = v[:, :n]
-        layers.append((keys, values))
-    return layers
+def _left_padded(per_row, lengths: list[int], width: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-row keys and values (the first ``lengths[b]`` positions of each) as one batch, left-padded to ``width``."""
+    template = next(layers for layers, n in zip(per_row, lengths) if layers is not None and n)
+    out = []
+    for index, (k0, v0) in enumerate(template):
+        keys = torch.zeros((len(per_row), k0.shape[0], width, k0.shape[2]), dtype=k0.dtype, device=device)
+        values = torch.zeros((len(per_row), v0.shape[0], width, v0.shape[2]), dtype=v0.dtype, device=device)
+        for b, (layers, n) in enumerate(zip(per_row, lengths)):
+            if layers is not None and n:
+                k, v = layers[index]
+                keys[b, :, width - n :] = k[:, :n]
+                values[b, :, width - n :] = v[:, :n]
+        out.append((keys, values))
+    return out
 
 
 def _store(prefix_cache: PrefixCache, rows, results, cache, attention) -> None:

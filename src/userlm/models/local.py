@@ -22,10 +22,50 @@ class LoadOptions:
     """How to load a local checkpoint."""
 
     device: str = "auto"  #: "auto" (GPU when there is one), "cpu", "cuda", "cuda:1", "mps"
-    dtype: str = "auto"  #: "auto" (bf16 on GPU, fp32 on CPU), "float32", "bfloat16", "float16"
+    dtype: str = "auto"  #: "auto" (bf16 where it is fast: GPUs, CPUs with AMX; else fp32), "float32", ...
     trust_remote_code: bool = False
     max_batch_size: int = 64
     reuse_cache: bool = True  #: keep each conversation's keys and values between its turns
+
+
+def _fast_bf16(device: str) -> bool:
+    """Whether bf16 matrix work is fast on ``device``: GPUs that support it, and CPUs with AMX
+    tiles (about four times the float32 matmul rate there)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    if device == "cpu":
+        try:
+            return bool(torch.cpu._is_amx_tile_supported())
+        except AttributeError:  # an older torch: read the CPU flags
+            try:
+                return " amx_bf16 " in open("/proc/cpuinfo").read().replace("\n", " ")
+            except OSError:
+                return False
+    return False
+
+
+def _attention_for(device: str) -> dict:
+    """On CPUs, attention through SDPA with grouped key/value heads and a boolean mask, which
+    reads each cached key and value once per step instead of repeating them per query head."""
+    if device != "cpu":
+        return {}
+    import torch
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    def grouped_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+        causal = query.shape[2] > 1 and attention_mask is None
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, scale=scaling, is_causal=causal,
+            enable_gqa=key.shape[1] != query.shape[1],
+        )
+        return out.transpose(1, 2).contiguous(), None
+
+    AttentionInterface.register("userlm_grouped_sdpa", grouped_sdpa)
+    AttentionMaskInterface.register("userlm_grouped_sdpa", sdpa_mask)
+    return {"attn_implementation": "userlm_grouped_sdpa"}
 
 
 _loaded: dict[tuple, LoadedModel] = {}
@@ -47,7 +87,7 @@ class LoadedModel:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if options.dtype == "auto":
-            dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+            dtype = torch.bfloat16 if _fast_bf16(device) else torch.float32
         else:
             dtype = getattr(torch, options.dtype, None)
             if not isinstance(dtype, torch.dtype):
@@ -55,7 +95,7 @@ class LoadedModel:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=options.trust_remote_code)
             self.model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=dtype, trust_remote_code=options.trust_remote_code
+                path, dtype=dtype, trust_remote_code=options.trust_remote_code, **_attention_for(device)
             )
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -181,7 +221,7 @@ class LocalUserModel:
         return await self._batcher.submit(request)
 
     def _run(self, requests: list[UserTurnRequest]) -> list[UserDraft]:
-        from .engine import Row, banned_first_ids, generate_grouped, vocab_tables
+        from .engine import Row, banned_first_ids, generate, vocab_tables
 
         tok = self.loaded.tokenizer
         tables = vocab_tables(tok)
@@ -199,13 +239,14 @@ class LocalUserModel:
                     key=r.conversation_key,
                 )
             )
-        results = generate_grouped(
+        results = generate(
             self.loaded.model,
             rows,
             stop_ids=self.stop_ids,
             end_id=self.end_id,
             pad_id=self.loaded.pad_id,
             whitespace=tables.whitespace,
+            wordless=tables.wordless,
             temperature=self.sampling.temperature,
             top_p=self.sampling.top_p,
             max_new_tokens=self.sampling.max_new_tokens,
@@ -245,7 +286,7 @@ class LocalChatModel:
         return await self._batcher.submit((messages, seed or 0))
 
     def _run(self, items: list[tuple[list[dict[str, str]], int]]) -> list[ChatReply]:
-        from .engine import Row, generate_grouped, vocab_tables
+        from .engine import Row, generate, vocab_tables
 
         tok = self.loaded.tokenizer
         rows = [
@@ -265,7 +306,7 @@ class LocalChatModel:
             )
             for messages, seed in items
         ]
-        results = generate_grouped(
+        results = generate(
             self.loaded.model,
             rows,
             stop_ids=self.loaded.eos_ids(),
