@@ -53,11 +53,12 @@ def parameters(path: Path) -> dict:
     return {"total": total, "matmul": total - embedding + model.get_output_embeddings().weight.numel()}
 
 
-def peak_matmul_flops(seconds: float = 3.0, n: int = 1024) -> float:
-    """Peak float32 matmul FLOP/s of this machine, measured now."""
+def peak_matmul_flops(seconds: float = 3.0, n: int = 1024, dtype=None) -> float:
+    """Peak matmul FLOP/s of this machine in ``dtype`` (float32 by default), measured now."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    dtype = dtype or torch.float32
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
         a @ b
     count, start = 0, time.perf_counter()

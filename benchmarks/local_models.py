@@ -24,13 +24,15 @@ from common import build_models, intents, machine, parameters, peak_matmul_flops
 USER_TOKENS, ASSISTANT_TOKENS = 32, 64
 
 
-def baseline(user_dir: Path, assistant_dir: Path, prompts: list[str], turns: int) -> dict:
-    """The model card's snippet, looped."""
+def baseline(user_dir: Path, assistant_dir: Path, prompts: list[str], turns: int, dtype: str = "float32") -> dict:
+    """The model card's snippet, looped (the card loads the model in its default float32)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     user_tok, asst_tok = AutoTokenizer.from_pretrained(user_dir), AutoTokenizer.from_pretrained(assistant_dir)
-    user_lm, asst_lm = AutoModelForCausalLM.from_pretrained(user_dir).eval(), AutoModelForCausalLM.from_pretrained(assistant_dir).eval()
+    kind = getattr(torch, dtype)
+    user_lm = AutoModelForCausalLM.from_pretrained(user_dir, dtype=kind).eval()
+    asst_lm = AutoModelForCausalLM.from_pretrained(assistant_dir, dtype=kind).eval()
     eot = user_tok.convert_tokens_to_ids("<|eot_id|>")
     end = user_tok.convert_tokens_to_ids("<|endconversation|>")
     torch.manual_seed(0)
@@ -54,7 +56,8 @@ def baseline(user_dir: Path, assistant_dir: Path, prompts: list[str], turns: int
             prefilled, generated = prefilled + inputs.shape[1], generated + len(new)
             messages.append({"role": "assistant", "content": asst_tok.decode(new, skip_special_tokens=True).strip()})
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "conversations": len(prompts), "prefilled_tokens": prefilled, "generated_tokens": generated}
+    return {"seconds": seconds, "conversations": len(prompts), "prefilled_tokens": prefilled, "generated_tokens": generated,
+            "dtype": dtype}
 
 
 def ours(user_dir: Path, assistant_dir: Path, prompts: list[str], turns: int, guardrails: bool) -> dict:
@@ -75,6 +78,7 @@ def ours(user_dir: Path, assistant_dir: Path, prompts: list[str], turns: int, gu
     run = userlm.simulate(prompts, user, asst, settings=userlm.RunSettings(max_turns=turns, concurrency=len(prompts), seed=0),
                           progress=False)
     seconds = time.perf_counter() - start
+    dtype = str(user_model.loaded.model.dtype).removeprefix("torch.")
     drafts = sum(m.attempts or 1 for c in run.conversations for m in c.user_turns())
     turns_done = sum(len(c.user_turns()) for c in run.conversations)
     stats = [user_model.stats, asst.stats]
@@ -87,10 +91,14 @@ def ours(user_dir: Path, assistant_dir: Path, prompts: list[str], turns: int, gu
         "user_turns": turns_done,
         "drafts_per_user_turn": drafts / max(turns_done, 1),
         "end_reasons": dict(run.end_reasons),
+        "dtype": dtype,
+        "prefill_seconds": user_model.stats.prefill_seconds + asst.stats.prefill_seconds,
+        "engine_seconds": user_model.stats.seconds + asst.stats.seconds,
     }
 
 
-def summarise(result: dict, matmul_params: float, peak: float) -> dict:
+def summarise(result: dict, matmul_params: float, peaks: dict) -> dict:
+    peak = peaks[result["dtype"]]
     tokens = result["prefilled_tokens"] + result["generated_tokens"]
     flops = 2 * matmul_params * tokens
     return {
@@ -119,25 +127,32 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     user_dir, asst_dir = build_models(Path(args.models))
     params = parameters(user_dir)
-    peak = peak_matmul_flops()
+    peaks = {"float32": peak_matmul_flops(dtype=torch.float32), "bfloat16": peak_matmul_flops(dtype=torch.bfloat16)}
     prompts = intents(args.conversations)
-    print(f"machine: {machine()}; peak float32 matmul {peak / 1e9:.1f} GFLOP/s; models: {params['total'] / 1e6:.1f}M parameters each")
+    print(f"machine: {machine()}; peak matmul {peaks['float32'] / 1e9:.0f} GFLOP/s float32, {peaks['bfloat16'] / 1e9:.0f} "
+          f"GFLOP/s bfloat16; models: {params['total'] / 1e6:.1f}M parameters each")
 
     b1 = {}
-    with peak_memory() as mem:
-        b1["baseline"] = baseline(user_dir, asst_dir, prompts, args.turns)
-    b1["baseline"]["peak_memory_mb"] = mem["peak_bytes"] / 2**20
+    for name, dtype in (("baseline", "float32"), ("baseline_bf16", "bfloat16")):
+        with peak_memory() as mem:
+            b1[name] = baseline(user_dir, asst_dir, prompts, args.turns, dtype)
+        b1[name]["peak_memory_mb"] = mem["peak_bytes"] / 2**20
     for name, guard in (("ours_guardrails_off", False), ("ours_guardrails_on", True)):
         with peak_memory() as mem:
             b1[name] = ours(user_dir, asst_dir, prompts, args.turns, guard)
         b1[name]["peak_memory_mb"] = mem["peak_bytes"] / 2**20
-    b1 = {k: summarise(v, params["matmul"], peak) for k, v in b1.items()}
+    b1 = {k: summarise(v, params["matmul"], peaks) for k, v in b1.items()}
     base = b1["baseline"]["conversations_per_s"]
+    base16 = b1["baseline_bf16"]["conversations_per_s"]
     print(f"\nB1: {args.conversations} conversations x {args.turns} user turns, user {USER_TOKENS} / assistant {ASSISTANT_TOKENS} new tokens")
-    print(f"{'run':<22}{'conv/s':>9}{'x base':>8}{'gen tok/s':>11}{'prefill tok/s':>15}{'MFU':>7}{'peak MB':>9}{'drafts/turn':>12}")
+    print(f"{'run':<22}{'dtype':>9}{'conv/s':>9}{'x base':>8}{'x bf16 base':>12}{'gen tok/s':>11}{'prefill tok/s':>15}"
+          f"{'MFU':>7}{'peak MB':>9}{'drafts/turn':>12}")
     for name, r in b1.items():
-        print(f"{name:<22}{r['conversations_per_s']:>9.3f}{r['conversations_per_s'] / base:>8.1f}{r['generated_tokens_per_s']:>11.0f}"
+        print(f"{name:<22}{r['dtype']:>9}{r['conversations_per_s']:>9.3f}{r['conversations_per_s'] / base:>8.1f}"
+              f"{r['conversations_per_s'] / base16:>12.1f}{r['generated_tokens_per_s']:>11.0f}"
               f"{r['prefilled_tokens_per_s']:>15.0f}{r['mfu']:>7.3f}{r['peak_memory_mb']:>9.0f}{r.get('drafts_per_user_turn', 1.0):>12.2f}")
+    print("MFU: model FLOPs (2 x matmul parameters x tokens computed; attention scores not counted) per second, "
+          "over the peak matmul FLOP/s of the run's dtype measured above")
     on, off = b1["ours_guardrails_on"]["seconds"], b1["ours_guardrails_off"]["seconds"]
     print(f"guardrails on / off wall time: {on / off:.2f}")
 
@@ -147,7 +162,7 @@ def main() -> None:
         print(f"{'turns':>6}{'ours prefill/turn':>19}{'ours s/turn':>13}{'baseline prefill/turn':>23}{'baseline s/turn':>17}")
         for turns in [int(t) for t in args.scaling.split(",")]:
             mine = ours(user_dir, asst_dir, prompts, turns, False)
-            theirs = baseline(user_dir, asst_dir, prompts[: args.baseline_scaling_conversations], turns)
+            theirs = baseline(user_dir, asst_dir, prompts[: args.baseline_scaling_conversations], turns, "bfloat16")
             row = {
                 "turns": turns,
                 "ours_prefilled_per_turn": mine["prefilled_tokens"] / mine["user_turns"],
@@ -158,7 +173,7 @@ def main() -> None:
             b2.append(row)
             print(f"{turns:>6}{row['ours_prefilled_per_turn']:>19.0f}{row['ours_seconds_per_turn']:>13.4f}"
                   f"{row['baseline_prefilled_per_turn']:>23.0f}{row['baseline_seconds_per_turn']:>17.4f}")
-    path = save("local_models", {"machine": machine(), "peak_matmul_flops": peak, "parameters": params, "b1": b1, "b2": b2})
+    path = save("local_models", {"machine": machine(), "peak_matmul_flops": peaks, "parameters": params, "b1": b1, "b2": b2})
     print(f"\nsaved {path}")
 
 

@@ -138,6 +138,10 @@ async def simulate_async(
         bar.close()
         if writer:
             writer.close()
+        for model in (user.model, assistant):
+            close = getattr(model, "aclose", None)
+            if close is not None:
+                await close()
     order = [conversation_id(i.id, s) for i, s in jobs]
     summary.conversations = [finished.get(k) or previous[k] for k in order]
     return summary

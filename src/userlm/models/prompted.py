@@ -24,6 +24,11 @@ class PromptedUser:
         self._system = load_prompt("prompted_user.txt")
         self._start = load_prompt("prompted_user_start.txt").strip()
 
+    async def aclose(self) -> None:
+        close = getattr(self.chat, "aclose", None)
+        if close is not None:
+            await close()
+
     def messages_for(self, request: UserTurnRequest) -> list[dict[str, str]]:
         system = self._system.replace("{intent}", request.intent or "Chat about whatever you like.")
         system = system.replace("{ending}", _MAY_END if request.allow_end else _MAY_NOT_END)

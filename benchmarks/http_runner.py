@@ -1,0 +1,88 @@
+"""B3: the simulation runner against OpenAI-compatible servers.
+
+    python benchmarks/http_runner.py          # 512 conversations x 4 turns, concurrency 128, 100 ms per request
+
+A stand-in server (benchmarks/standin_server.py, its own process) answers every request after a
+fixed delay, so the ideal wall time is requests x delay / concurrency. Reports the efficiency
+(ideal / measured wall time) and this process's CPU time per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import save  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--conversations", type=int, default=512)
+    parser.add_argument("--turns", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=128)
+    parser.add_argument("--delay", type=float, default=0.1)
+    args = parser.parse_args()
+
+    import userlm
+    from userlm.models.base import SamplingSettings
+    from userlm.models.openai_compat import Endpoint, OpenAIChatModel, OpenAIUserModel
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("standin_server.py")), "--port", str(port), "--delay", str(args.delay)])
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        for _ in range(100):
+            try:
+                httpx.post(f"{url}/chat/completions", json={}, timeout=2)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        endpoint = Endpoint(base_url=url, concurrency=args.concurrency, max_retries=0)
+        sampling = SamplingSettings(1.0, 0.8, 32)
+        user = userlm.SimulatedUser(OpenAIUserModel("standin-user", endpoint=endpoint, sampling=sampling, end_token_id=128256))
+        assistant = OpenAIChatModel("standin-assistant", endpoint=endpoint, sampling=sampling)
+        intents = [f"You are a user chatting with an assistant about topic {i}." for i in range(args.conversations)]
+        # warm-up, untimed: imports, clients and TLS contexts are made once per process
+        userlm.simulate(intents[:4], user, assistant, settings=userlm.RunSettings(max_turns=1), progress=False)
+        cpu, wall = time.process_time(), time.perf_counter()
+        run = userlm.simulate(intents, user, assistant, settings=userlm.RunSettings(max_turns=args.turns, concurrency=args.concurrency), progress=False)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    finally:
+        server.terminate()
+        server.wait()
+    requests = sum(c.usage["user"].calls + c.usage["assistant"].calls for c in run.conversations)
+    ideal = requests * args.delay / args.concurrency
+    result = {
+        "conversations": len(run.conversations),
+        "requests": requests,
+        "delay_s": args.delay,
+        "concurrency": args.concurrency,
+        "ideal_wall_s": ideal,
+        "wall_s": wall,
+        "efficiency": ideal / wall,
+        "runner_cpu_ms_per_request": 1000 * cpu / requests,
+        "end_reasons": dict(run.end_reasons),
+    }
+    print(f"B3: {result['conversations']} conversations x {args.turns} turns, {requests} requests, concurrency {args.concurrency}, "
+          f"{args.delay * 1000:.0f} ms per request")
+    print(f"ideal wall {ideal:.2f} s, measured {wall:.2f} s, efficiency {result['efficiency']:.3f}, "
+          f"runner CPU {result['runner_cpu_ms_per_request']:.3f} ms per request; end reasons {result['end_reasons']}")
+    print(f"saved {save('http_runner', result)}")
+
+
+if __name__ == "__main__":
+    main()
