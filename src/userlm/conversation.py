@@ -19,7 +19,7 @@ from .errors import UserError
 
 SCHEMA_VERSION = 1
 
-EndReason = Literal["user_ended", "max_turns", "guardrail_exhausted", "user_error", "assistant_error"]
+EndReason = Literal["user_ended", "max_turns", "guardrail_exhausted", "user_error", "assistant_error", "task_solved"]
 END_REASONS: tuple[str, ...] = EndReason.__args__  # type: ignore[attr-defined]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,7 @@ async def simulate_async(
     generation: dict[str, Any] | None = None,
     progress: bool = True,
     on_finish: Callable[[Conversation], None] | None = None,
+    after_reply: Callable[[Conversation], Awaitable[bool]] | None = None,
 ) -> RunSummary:
     """Simulate ``settings.samples`` conversations per intent; see :func:`simulate`."""
     from tqdm.auto import tqdm
@@ -115,7 +116,7 @@ async def simulate_async(
         async with limit:
             await flight.enter()
             try:
-                conversation = await run_conversation(intent, sample, user, assistant, settings, recorded)
+                conversation = await run_conversation(intent, sample, user, assistant, settings, recorded, after_reply)
             finally:
                 await flight.leave()
         finished[conversation.id] = conversation
@@ -154,8 +155,11 @@ async def run_conversation(
     assistant: ChatModel,
     settings: RunSettings,
     recorded: dict[str, Any],
+    after_reply: Callable[[Conversation], Awaitable[bool]] | None = None,
 ) -> Conversation:
-    """One conversation, from the first user turn to its end reason."""
+    """One conversation, from the first user turn to its end reason. ``after_reply`` sees the
+    conversation after each assistant reply (it may add events to it) and returns True when the
+    task is solved, which ends the conversation with ``task_solved``."""
     cid = conversation_id(intent.id, sample)
     seed = derive_seed(settings.seed, cid)
     conv = Conversation(
@@ -196,6 +200,9 @@ async def run_conversation(
             break
         conv.usage["assistant"].add(reply.prompt_tokens, reply.completion_tokens)
         conv.messages.append(Message(role="assistant", content=reply.text))
+        if after_reply is not None and await after_reply(conv):
+            conv.end_reason = "task_solved"
+            break
     else:
         conv.end_reason = "max_turns"
     conv.duration_s = round(time.perf_counter() - started, 4)

@@ -11,9 +11,9 @@ from ..models.openai_compat import Endpoint
 from ..models.registry import ProviderOptions
 
 
-def add_model_options(parser: argparse.ArgumentParser, *, assistant: bool = True) -> None:
+def add_model_options(parser: argparse.ArgumentParser, *, assistant: bool = True, user_required: bool = True) -> None:
     g = parser.add_argument_group("user model")
-    g.add_argument("--user", required=True, metavar="SPEC", help="hf:PATH_OR_ID, openai:MODEL, prompted:SPEC or scripted:FILE")
+    g.add_argument("--user", required=user_required, metavar="SPEC", help="hf:PATH_OR_ID, openai:MODEL, prompted:SPEC or scripted:FILE")
     g.add_argument("--user-base-url", metavar="URL", help="OpenAI-compatible server of the user model (default: OPENAI_BASE_URL)")
     g.add_argument("--user-temperature", type=float, default=1.0, metavar="T", help="(default: 1.0, as on the UserLM-8b card)")
     g.add_argument("--user-top-p", type=float, default=0.8, metavar="P", help="(default: 0.8, as on the UserLM-8b card)")

@@ -1,0 +1,226 @@
+"""Evaluate an assistant on tasks reaching it in different ways (``userlm eval-assistant``).
+
+Modes, side by side on the same tasks:
+
+* ``full`` -- the whole task in one turn (the single-turn baseline);
+* ``concat`` -- all shards in one turn;
+* ``sharded`` -- one shard per turn, first shard first, the rest in order (or rephrased by a
+  chat model as a user would say them);
+* ``simulated`` -- a user model gets the task as its intent and talks to the assistant under
+  the guardrails.
+
+After every assistant reply an answer attempt is looked for (last number for math, the code
+block defining the entry point for code, the reply for translation; or a chat model as
+extractor) and scored; the conversation ends when the task is solved, when the user ends, or at
+the turn limit. Every attempt and its score is an event on that reply in the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+from ..conversation import Conversation
+from ..guardrails import GuardrailConfig
+from ..intents import Intent
+from ..models.base import ChatModel, UserDraft, UserTurnRequest
+from ..simulation import RunSettings, simulate_async
+from ..user import SimulatedUser
+from .metrics import aptitude_unreliability, describe, mean_ci, paired_difference_ci
+from .tasks import Task, extract_answer, score
+from .text import content_words, words
+
+MODES = ("full", "concat", "sharded", "simulated")
+_SCRIPTED_GUARDRAILS = GuardrailConfig(first_words=(), min_turns=0, min_words=None, max_words=None, block_repetition=False)
+
+
+class TaskUser:
+    """Plays the user by the book: the task's turns for a mode, then the end."""
+
+    def __init__(self, tasks: dict[str, Task], mode: str, rephrase: ChatModel | None = None):
+        self.tasks, self.mode, self.rephrase = tasks, mode, rephrase
+        self.name = f"task:{mode}" + (f"+rephrased:{rephrase.name}" if rephrase else "")
+
+    def turns(self, task: Task) -> list[str]:
+        if self.mode == "full":
+            return [task.text]
+        if self.mode == "concat":
+            return ["\n".join(f"- {s}" for s in task.shards)]
+        return task.shards
+
+    async def draft(self, request: UserTurnRequest) -> UserDraft:
+        task = self.tasks[request.intent or ""]
+        turns = self.turns(task)
+        index = sum(1 for m in request.messages if m["role"] == "user")
+        if index >= len(turns):
+            return UserDraft(text="", ended=True)
+        text = turns[index]
+        if self.rephrase is not None and self.mode == "sharded" and index > 0:
+            prompt = (
+                "Rewrite this piece of information as the short message a user would send next in the chat below. "
+                "Keep every fact; reply with the message only.\n\nChat so far:\n"
+                + "\n".join(f"{m['role'].upper()}: {m['content']}" for m in request.messages)
+                + f"\n\nInformation: {text}"
+            )
+            text = (await self.rephrase.reply([{"role": "user", "content": prompt}], seed=request.seed)).text.strip() or text
+        return UserDraft(text=text)
+
+
+@dataclass
+class EvalSettings:
+    modes: tuple[str, ...] = MODES
+    samples: int = 1
+    max_turns: int = 8
+    seed: int = 0
+    concurrency: int = 32
+    sandbox_parallel: int = 2  #: code runs in parallel
+    guardrails: GuardrailConfig = field(default_factory=GuardrailConfig)
+
+
+async def evaluate(
+    tasks: list[Task], assistant: ChatModel, out: str | Path, *, user_model=None, extractor: ChatModel | None = None,
+    rephrase: ChatModel | None = None, settings: EvalSettings = EvalSettings(), progress: bool = True,
+) -> dict:
+    """Run every mode, write transcripts, ``assistant.json`` and ``assistant.md``; return the report."""
+    out = Path(out)
+    by_intent = {t.intent: t for t in tasks}
+    if len(by_intent) != len(tasks):
+        raise ValueError("two tasks have the same text")
+    sandbox = asyncio.Semaphore(settings.sandbox_parallel)
+
+    async def after_reply(conv: Conversation) -> bool:
+        task = by_intent[conv.intent or ""]
+        reply = conv.messages[-1]
+        answer = await _extract(task, reply.content, extractor)
+        if answer is None:
+            return False
+        async with sandbox:
+            value = await asyncio.to_thread(score, task, answer)
+        reply.events = (reply.events or []) + [{"type": "answer_attempt", "answer": answer[:4000], "score": value}]
+        return task.binary and value >= 1.0
+
+    records: dict[str, list[Conversation]] = {}
+    for mode in settings.modes:
+        if mode == "simulated":
+            if user_model is None:
+                raise ValueError("the simulated mode needs a user model")
+            user = SimulatedUser(user_model, settings.guardrails)
+        else:
+            user = SimulatedUser(TaskUser(by_intent, mode, rephrase), _SCRIPTED_GUARDRAILS)
+        intents = [Intent(id=t.id, text=t.intent, metadata={"task_id": t.id, "suite": t.suite, "mode": mode}) for t in tasks]
+        run = await simulate_async(
+            intents, user, assistant, out=out / "transcripts" / f"{mode}.jsonl",
+            settings=RunSettings(samples=settings.samples, max_turns=settings.max_turns, seed=settings.seed,
+                                 concurrency=settings.concurrency),
+            progress=progress, after_reply=after_reply,
+        )
+        records[mode] = run.conversations
+    report = summarise(tasks, records)
+    report["settings"] = {"modes": list(settings.modes), "samples": settings.samples, "max_turns": settings.max_turns,
+                          "seed": settings.seed, "assistant": assistant.name,
+                          "user": getattr(user_model, "name", None), "extractor": getattr(extractor, "name", None),
+                          "rephrase": getattr(rephrase, "name", None)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "assistant.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    (out / "assistant.md").write_text(markdown(report), encoding="utf-8")
+    return report
+
+
+async def _extract(task: Task, reply: str, extractor: ChatModel | None) -> str | None:
+    if extractor is None:
+        return extract_answer(task, reply)
+    prompt = (
+        "Below is an assistant's reply to a task. If it gives a final answer, reply with that answer only "
+        "(for code: the complete code); if it gives none, reply with NONE.\n\n"
+        f"Task:\n{task.text}\n\nReply:\n{reply}"
+    )
+    text = (await extractor.reply([{"role": "user", "content": prompt}], seed=0)).text.strip()
+    return None if not text or text.upper() == "NONE" else (extract_answer(task, text) or text)
+
+
+def conversation_score(conv: Conversation) -> float:
+    """The score of the last answer attempt (0 when there was none)."""
+    attempts = [e for m in conv.messages for e in (m.events or []) if e.get("type") == "answer_attempt"]
+    return float(attempts[-1]["score"]) if attempts else 0.0
+
+
+def summarise(tasks: list[Task], records: dict[str, list[Conversation]]) -> dict:
+    by_id = {t.id: t for t in tasks}
+    rows, per_conversation = [], []
+    task_means: dict[tuple[str, str], dict[str, float]] = {}
+    for mode, convs in records.items():
+        groups: dict[str, list[Conversation]] = defaultdict(list)
+        for c in convs:
+            groups[c.metadata["suite"]].append(c)
+        for suite, items in sorted(groups.items()):
+            scores = [conversation_score(c) for c in items]
+            per_task: dict[str, list[float]] = defaultdict(list)
+            for c, s in zip(items, scores):
+                per_task[c.metadata["task_id"]].append(s)
+            task_means[(suite, mode)] = {k: sum(v) / len(v) for k, v in per_task.items()}
+            row = {"suite": suite, "mode": mode, "conversations": len(items), "score": mean_ci(scores),
+                   **aptitude_unreliability(per_task), "turns": describe([len(c.user_turns()) for c in items]),
+                   "end_reasons": dict(sorted(_count(c.end_reason for c in items).items()))}
+            if mode == "simulated":
+                row["intent_coverage"] = describe([intent_coverage(by_id[c.metadata["task_id"]], c) for c in items])
+                row["lexical_difference"] = describe([lexical_difference(by_id[c.metadata["task_id"]], c) for c in items])
+            rows.append(row)
+            for c, s in zip(items, scores):
+                per_conversation.append({"id": c.id, "task_id": c.metadata["task_id"], "suite": suite, "mode": mode,
+                                         "score": s, "turns": len(c.user_turns()), "end_reason": c.end_reason})
+    for row in rows:
+        full = task_means.get((row["suite"], "full"))
+        if full is not None and row["mode"] != "full":
+            row["drop_vs_full"] = paired_difference_ci(full, task_means[(row["suite"], row["mode"])])
+    return {"results": rows, "conversations": per_conversation}
+
+
+def _count(items) -> dict:
+    counts: dict = defaultdict(int)
+    for x in items:
+        counts[x] += 1
+    return counts
+
+
+def intent_coverage(task: Task, conv: Conversation) -> float:
+    """Share of the task's content words that the user's turns conveyed."""
+    wanted = content_words(task.text)
+    said = content_words(" ".join(m.content for m in conv.user_turns()))
+    return len(wanted & said) / len(wanted) if wanted else 0.0
+
+
+def lexical_difference(task: Task, conv: Conversation) -> float:
+    """Share of the words in the user's turns that do not appear in the task text."""
+    said = words(" ".join(m.content for m in conv.user_turns()))
+    task_words = set(words(task.text))
+    return sum(1 for w in said if w not in task_words) / len(said) if said else 0.0
+
+
+def _fmt(ci: dict | None, scale: float = 100.0) -> str:
+    if not ci or ci.get("mean") is None:
+        return "-"
+    return f"{scale * ci['mean']:.1f} [{scale * ci['low']:.1f}, {scale * ci['high']:.1f}]"
+
+
+def markdown(report: dict) -> str:
+    lines = ["# Assistant evaluation", "", f"Assistant: `{report['settings']['assistant']}`; user model (simulated mode): "
+             f"`{report['settings']['user']}`; samples per task: {report['settings']['samples']}.", "",
+             "| suite | mode | n | score (95% CI) | drop vs full | aptitude | unreliability | turns (mean) | intent coverage | lexical difference |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        cov = r.get("intent_coverage", {}).get("mean")
+        lex = r.get("lexical_difference", {}).get("mean")
+        lines.append(
+            f"| {r['suite']} | {r['mode']} | {r['conversations']} | {_fmt(r['score'])} | {_fmt(r.get('drop_vs_full'))} | "
+            f"{r['aptitude']:.1f} | {r['unreliability']:.1f} | {r['turns']['mean']:.2f} | "
+            f"{'-' if cov is None else f'{100 * cov:.1f}'} | {'-' if lex is None else f'{100 * lex:.1f}'} |"
+        )
+    lines += ["", "Scores and drops are percentages; intervals are percentile bootstraps over conversations (drops: over tasks).",
+              "Transcripts: `transcripts/<mode>.jsonl` (open them with `userlm show` or `userlm report`)."]
+    return "\n".join(lines) + "\n"
+
+

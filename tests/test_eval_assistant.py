@@ -1,0 +1,158 @@
+"""Assistant evaluation: the task suites on their real data, and an end-to-end run whose
+scores are known in advance."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from userlm.evaluation.assistant import EvalSettings, evaluate, intent_coverage, lexical_difference
+from userlm.evaluation.metrics import aptitude_unreliability, mean_ci, percentile
+from userlm.evaluation.tasks import Task, extract_answer, load_gsm8k, load_humaneval, load_sharded, score
+from userlm.models.function import FunctionAssistant
+from userlm.models.scripted import ScriptedUser
+
+
+def test_gsm8k_gold_answers_are_extracted_and_scored_correct_for_all_items(shared_data):
+    tasks = load_gsm8k(shared_data("gsm8k/test.jsonl"))
+    assert len(tasks) == 1319
+    assert all(score(t, extract_answer(t, t.reference["solution"])) == 1.0 for t in tasks)
+    assert extract_answer(tasks[0], "So she makes $1,234.50 a day.") == "1234.50"
+    assert score(tasks[0], "17") == 0.0
+
+
+@pytest.fixture(scope="module")
+def humaneval(shared_data):
+    return load_humaneval(shared_data("humaneval/HumanEval.jsonl.gz"))
+
+
+def test_every_canonical_humaneval_solution_passes_in_the_sandbox(humaneval):
+    assert len(humaneval) == 164
+
+    async def all_runs():
+        gate = asyncio.Semaphore(4)
+
+        async def one(task):
+            reply = f"Here you go:\n```python\n{task.text}{task.reference['canonical_solution']}```"
+            async with gate:
+                return await asyncio.to_thread(score, task, extract_answer(task, reply))
+
+        return await asyncio.gather(*(one(t) for t in humaneval))
+
+    scores = asyncio.run(all_runs())
+    failed = [t.id for t, s in zip(humaneval, scores) if s != 1.0]
+    assert failed == []
+
+
+def test_broken_humaneval_solutions_fail(humaneval):
+    for task in humaneval[:12]:
+        body = task.reference["canonical_solution"]
+        broken = [
+            task.text + "    return None\n",  # wrong answers
+            task.text + body.replace("return", "return not", 1) if "return" in body else task.text + "    return 0\n",
+            task.text + "    raise NotImplementedError\n",
+        ]
+        for code in broken:
+            assert score(task, code) == 0.0, (task.id, code[-200:])
+    assert extract_answer(humaneval[0], "I think you should loop over the pairs.") is None
+
+
+def test_lost_in_conversation_sharded_records(shared_data):
+    tasks = load_sharded(shared_data("lost_in_conversation/sharded_translation.json"))
+    assert len(tasks) == 30 and all(len(t.shards) >= 2 for t in tasks)
+    assert tasks[0].shards[0].startswith("Translate this German text into English:\nMünchen 1856")
+    assert not tasks[0].binary
+    assert score(tasks[0], tasks[0].reference["document_en"]) == pytest.approx(1.0)
+    assert score(tasks[0], "Something else entirely.") < 0.1
+
+
+def test_bootstrap_and_percentiles_on_hand_computed_cases():
+    ci = mean_ci([0.0, 1.0, 1.0, 1.0], resamples=4000)
+    assert ci["mean"] == 0.75 and 0.0 <= ci["low"] <= 0.75 <= ci["high"] <= 1.0
+    assert percentile([0, 10, 20, 30, 40], 90) == pytest.approx(36.0)
+    au = aptitude_unreliability({"a": [0.0] * 5 + [1.0] * 5, "b": [1.0] * 10})
+    # task a: P90 = 1, P10 = 0; task b: P90 = P10 = 1
+    assert au == {"aptitude": 100.0, "unreliability": 50.0}
+
+
+def gsm_task(n: int, question: str, answer: str) -> Task:
+    from userlm.evaluation.tasks import _question_first
+
+    return Task(id=f"t{n}", suite="gsm8k", text=question, shards=_question_first(question), reference={"answer": answer})
+
+
+TASKS = [
+    gsm_task(1, "Tom has 3 apples. He buys 4 more. How many apples does he have?", "7"),
+    gsm_task(2, "A box holds 6 eggs. Sara has 5 boxes. How many eggs does she have?", "30"),
+]
+
+
+def knowing_assistant(messages):
+    """Answers right only once it has seen every sentence of the task; wrong before."""
+    seen = " ".join(m["content"] for m in messages if m["role"] == "user")
+    if "apples" in seen:
+        return "The answer is 7." if "buys 4" in seen and "has 3" in seen else "Maybe 3?"
+    if "eggs" in seen:
+        return "That makes 30 eggs." if "Sara has 5" in seen and "holds 6" in seen else "I need more details."
+    return "Hello"
+
+
+def test_end_to_end_scores_are_exactly_as_expected(tmp_path):
+    user = ScriptedUser([["How many apples does Tom end up with?"], ["He has 3 and buys 4 more."]])
+    report = asyncio.run(evaluate(TASKS, FunctionAssistant(knowing_assistant), tmp_path, user_model=user,
+                                  settings=EvalSettings(samples=2, max_turns=5), progress=False))
+    rows = {(r["suite"], r["mode"]): r for r in report["results"]}
+    assert rows[("gsm8k", "full")]["score"]["mean"] == 1.0
+    assert rows[("gsm8k", "concat")]["score"]["mean"] == 1.0
+    # sharded: question first, then the details; solved once all are shown
+    sharded = [c for c in report["conversations"] if c["mode"] == "sharded"]
+    assert all(c["score"] == 1.0 and c["end_reason"] == "task_solved" and c["turns"] == 3 for c in sharded)
+    # simulated: the scripted user mentions the apples in full but never the eggs task
+    simulated = {c["task_id"]: c for c in report["conversations"] if c["mode"] == "simulated"}
+    assert simulated["t1"]["score"] == 1.0 and simulated["t2"]["score"] == 0.0
+    assert rows[("gsm8k", "simulated")]["score"]["mean"] == 0.5
+    assert rows[("gsm8k", "simulated")]["drop_vs_full"]["mean"] == -0.5
+    assert rows[("gsm8k", "simulated")]["unreliability"] == 0.0
+    assert 0 < rows[("gsm8k", "simulated")]["intent_coverage"]["mean"] < 1
+    # the record holds every attempt with its score
+    transcript = {r["id"]: r for r in map(json.loads, (tmp_path / "transcripts" / "sharded.jsonl").read_text().splitlines())}
+    apples = [e for m in transcript["t1#0"]["messages"] for e in m.get("events", [])]
+    assert [(e["answer"], e["score"]) for e in apples] == [("3", 0.0), ("3", 0.0), ("7", 1.0)]
+    eggs = [e for m in transcript["t2#0"]["messages"] for e in m.get("events", [])]
+    assert [(e["answer"], e["score"]) for e in eggs] == [("30", 1.0)]  # no number, no attempt, until solved
+    md = (tmp_path / "assistant.md").read_text()
+    assert "| gsm8k | simulated | 4 | 50.0" in md
+
+
+def test_descriptors_on_a_hand_computed_case():
+    from userlm.conversation import Conversation, Message
+
+    task = TASKS[0]
+    conv = Conversation(id="x", intent_id="x", intent=task.intent,
+                        messages=[Message(role="user", content="tom bought apples"), Message(role="assistant", content="ok")])
+    # content words of the task (stopwords removed): tom, 3, apples, buys, 4, many; the user said tom and apples
+    assert intent_coverage(task, conv) == pytest.approx(2 / 6)
+    assert lexical_difference(task, conv) == pytest.approx(1 / 3)  # "bought" is not in the task
+
+
+def test_the_command_runs_custom_tasks_with_a_users_scorer(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "tasks.jsonl").write_text(
+        json.dumps({"id": "cap", "prompt": "What is the capital of France?", "answer": "Paris"}) + "\n"
+        + json.dumps({"id": "col", "prompt": "What colour is the sky on a clear day?", "answer": "blue"}) + "\n")
+    (tmp_path / "scoring.py").write_text("def score(task, answer):\n    return float(task.reference['answer'].lower() in answer.lower())\n")
+    (tmp_path / "bot.py").write_text("def reply(messages):\n    return 'It is Paris.'\n")
+    done = subprocess.run([sys.executable, "-m", "userlm", "eval-assistant", "--tasks", f"custom:{tmp_path / 'tasks.jsonl'}",
+                           "--scorer", f"{tmp_path / 'scoring.py'}:score", "--assistant", f"python:{tmp_path / 'bot.py'}:reply",
+                           "--modes", "full,concat", "--out", tmp_path / "eval", "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "eval" / "assistant.json").read_text())
+    assert [(r["mode"], r["score"]["mean"]) for r in report["results"]] == [("full", 0.5), ("concat", 0.5)]
+    assert "| custom | full | 2 | 50.0" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "userlm", "eval-assistant", "--tasks", "mmlu:x.jsonl", "--assistant", "openai:m",
+                          "--out", tmp_path / "e2"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown task suite 'mmlu:x.jsonl'" in bad.stderr
