@@ -153,6 +153,6 @@ def test_the_command_runs_custom_tasks_with_a_users_scorer(tmp_path):
     report = json.loads((tmp_path / "eval" / "assistant.json").read_text())
     assert [(r["mode"], r["score"]["mean"]) for r in report["results"]] == [("full", 0.5), ("concat", 0.5)]
     assert "| custom | full | 2 | 50.0" in done.stdout
-    bad = subprocess.run([sys.executable, "-m", "userlm", "eval-assistant", "--tasks", "mmlu:x.jsonl", "--assistant", "openai:m",
+    bad = subprocess.run([sys.executable, "-m", "userlm", "eval-assistant", "--tasks", "mmlu:x.jsonl", "--assistant", "openai:m", "--modes", "full",
                           "--out", tmp_path / "e2"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown task suite 'mmlu:x.jsonl'" in bad.stderr
