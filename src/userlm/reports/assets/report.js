@@ -1,0 +1,198 @@
+"use strict";
+(function () {
+  const DATA = JSON.parse(document.getElementById("data").textContent);
+  const PAGE = 50;
+  const esc = (s) => String(s == null ? "" : s).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
+  const pct = (x) => (x == null ? "-" : (100 * x).toFixed(1));
+  const convs = DATA.conversations;
+  convs.forEach((c, i) => { c._i = i; });
+  let haystack = null; // built on first search: lower-cased text of each conversation
+
+  // ---------------------------------------------------------------- summary
+  function summary() {
+    const rows = DATA.runs.map((r, i) => {
+      const ends = Object.entries(r.end_reasons).map(([k, v]) => `${esc(k)} ${v}`).join(", ");
+      const rej = Object.entries(r.rejections).sort((a, b) => b[1] - a[1])
+        .map(([k, v]) => `${esc(k)} ${pct(v / Math.max(r.drafts, 1))}%`).join(", ") || "none";
+      const s = r.settings || {};
+      const g = s.guardrails || {};
+      const settings = `max turns ${s.max_turns ?? "-"}, samples ${s.samples ?? "-"}, seed ${s.run_seed ?? "-"}; ` +
+        `guardrails: first words [${(g.first_words || []).join(", ")}], words ${g.min_words ?? "-"}-${g.max_words ?? "-"}, ` +
+        `min turns ${g.min_turns ?? "never"}, repetition ${g.block_repetition ? "on" : "off"}`;
+      return `<tr><td>${i + 1}. ${esc(r.name)}</td><td>${esc(r.user_models.join(", "))}</td><td>${esc(r.assistant_models.join(", "))}</td>` +
+        `<td>${r.conversations}</td><td>${r.intents}</td><td>${r.user_turns}</td><td>${esc(ends)}</td>` +
+        `<td>${pct(1 - r.user_turns / Math.max(r.drafts, 1))}% of ${r.drafts} drafts: ${rej}</td><td>${esc(settings)}</td></tr>`;
+    }).join("");
+    document.getElementById("summary-body").innerHTML =
+      `<table id="summary-table"><tr><th>run</th><th>user model</th><th>assistant</th><th>conversations</th><th>intents</th>` +
+      `<th>user turns</th><th>end reasons</th><th>guardrail rejections</th><th>settings</th></tr>${rows}</table>`;
+  }
+
+  // ---------------------------------------------------------------- plots
+  const layout = (title, x, y) => ({title: {text: title, font: {size: 14}}, xaxis: {title: {text: x}}, yaxis: {title: {text: y}},
+    barmode: "overlay", margin: {t: 40, r: 10, b: 50, l: 55}, legend: {orientation: "h", y: -0.25}});
+  const config = {displaylogo: false, responsive: true};
+
+  function plots() {
+    const runs = DATA.runs;
+    Plotly.newPlot("plot-turns", runs.map((r) => ({type: "histogram", x: r.turns_per_conversation, name: r.name, opacity: 0.6,
+      histnorm: "probability", xbins: {size: 1}})), layout("User turns per conversation", "user turns", "share"), config);
+    const words = runs.map((r) => ({type: "histogram", x: r.words_per_user_turn, name: r.name, opacity: 0.6, histnorm: "probability", xbins: {size: 2}}));
+    if (DATA.reference_words) {
+      words.push({type: "histogram", x: DATA.reference_words, name: `real users (${DATA.reference_name})`, opacity: 0.5, histnorm: "probability", xbins: {size: 2}});
+    }
+    const all = words.flatMap((w) => w.x).sort((a, b) => a - b);
+    const p99 = all.length ? all[Math.floor(0.99 * (all.length - 1))] : 10;
+    const wordsLayout = layout("Words per user turn (up to the 99th percentile)", "words", "share");
+    wordsLayout.xaxis.range = [0, p99 + 2];
+    Plotly.newPlot("plot-words", words, wordsLayout, config);
+    const ends = [];
+    runs.forEach((r) => {
+      const t = r.end_probability_by_turn;
+      ends.push({type: "scatter", mode: "lines+markers", x: t.map((e) => e.turn), y: t.map((e) => e.mean_end_prob), name: `${r.name}: mean P(end)`});
+      ends.push({type: "scatter", mode: "lines", line: {dash: "dot"}, x: t.map((e) => e.turn), y: t.map((e) => e.ended_share), name: `${r.name}: share ended`});
+    });
+    Plotly.newPlot("plot-end", ends, layout("Probability of ending, by user turn", "user turn", "probability"), config);
+    const reasons = [...new Set(runs.flatMap((r) => Object.keys(r.rejections)))];
+    Plotly.newPlot("plot-rejections", runs.map((r) => ({type: "bar", x: reasons, y: reasons.map((k) => (r.rejections[k] || 0) / Math.max(r.drafts, 1)), name: r.name})),
+      Object.assign(layout("Guardrail rejections, share of drafts", "reason", "share of drafts"), {barmode: "group"}), config);
+  }
+
+  // ---------------------------------------------------------------- evaluations
+  function ci(x) { return x && x.mean != null ? `${pct(x.mean)} [${pct(x.low)}, ${pct(x.high)}]` : "-"; }
+
+  function evaluations() {
+    const box = document.getElementById("evaluations-body");
+    if (!DATA.evaluations.length) { box.innerHTML = '<p class="hint">No evaluation results given (pass the JSON of userlm eval-assistant or eval-user).</p>'; return; }
+    box.innerHTML = DATA.evaluations.map((e, k) => {
+      if (e.kind === "assistant") {
+        const rows = e.results.map((r) => `<tr><td>${esc(r.suite)}</td><td>${esc(r.mode)}</td><td>${r.conversations}</td><td>${ci(r.score)}</td>` +
+          `<td>${ci(r.drop_vs_full)}</td><td>${r.aptitude == null ? "-" : r.aptitude.toFixed(1)}</td><td>${r.unreliability == null ? "-" : r.unreliability.toFixed(1)}</td>` +
+          `<td>${r.turns && r.turns.mean != null ? r.turns.mean.toFixed(2) : "-"}</td></tr>`).join("");
+        return `<h3>${esc(e.name)} (assistant)</h3><table class="eval-table"><tr><th>suite</th><th>mode</th><th>n</th><th>score % (95% CI)</th>` +
+          `<th>drop vs full</th><th>aptitude</th><th>unreliability</th><th>turns</th></tr>${rows}</table><div class="plot" id="eval-plot-${k}"></div>`;
+      }
+      const keys = [...new Set(e.results.flatMap((r) => Object.keys(r).filter((x) => x !== "simulator")))];
+      const cell = (v) => (v && typeof v === "object" ? ci(v) : esc(v));
+      const rows = e.results.map((r) => `<tr><td>${esc(r.simulator)}</td>${keys.map((key) => `<td>${cell(r[key])}</td>`).join("")}</tr>`).join("");
+      return `<h3>${esc(e.name)} (user simulators)</h3><table class="eval-table"><tr><th>simulator</th>${keys.map((x) => `<th>${esc(x)}</th>`).join("")}</tr>${rows}</table>`;
+    }).join("");
+    DATA.evaluations.forEach((e, k) => {
+      if (e.kind !== "assistant") return;
+      const suites = [...new Set(e.results.map((r) => r.suite))];
+      const modes = [...new Set(e.results.map((r) => r.mode))];
+      const traces = modes.map((m) => {
+        const rs = suites.map((s) => e.results.find((r) => r.suite === s && r.mode === m));
+        return {type: "bar", name: m, x: suites, y: rs.map((r) => (r ? 100 * r.score.mean : null)),
+          error_y: {type: "data", symmetric: false, array: rs.map((r) => (r ? 100 * (r.score.high - r.score.mean) : null)),
+            arrayminus: rs.map((r) => (r ? 100 * (r.score.mean - r.score.low) : null))}};
+      });
+      Plotly.newPlot(`eval-plot-${k}`, traces, Object.assign(layout("Score by suite and mode (95% CI)", "suite", "score %"), {barmode: "group"}), config);
+    });
+  }
+
+  // ---------------------------------------------------------------- browser
+  const els = (id) => document.getElementById(id);
+  const state = {page: 0, selected: null};
+
+  function fillSelect(id, values, label) {
+    const sel = els(id);
+    [...new Set(values.filter((v) => v != null && v !== ""))].sort().forEach((v) => {
+      const o = document.createElement("option"); o.value = String(v); o.textContent = label ? label(v) : String(v); sel.appendChild(o);
+    });
+  }
+
+  function text(c) {
+    if (!haystack) haystack = convs.map((x) => [x.id, x.intent, ...x.m.map((m) => m.c)].join("\n").toLowerCase());
+    return haystack[c._i];
+  }
+
+  function scoreClass(c) {
+    if (c.score == null) return "none";
+    if (c.score >= 1) return "solved";
+    return c.score > 0 ? "partial" : "zero";
+  }
+
+  function filtered() {
+    const q = els("search").value.trim().toLowerCase();
+    const f = {run: els("filter-run").value, end: els("filter-end").value, intent: els("filter-intent").value,
+      task: els("filter-task").value, mode: els("filter-mode").value, score: els("filter-score").value};
+    return convs.filter((c) => (!f.run || String(c.run) === f.run) && (!f.end || c.end === f.end) &&
+      (!f.intent || c.intent_id === f.intent) && (!f.task || c.task === f.task) && (!f.mode || c.mode === f.mode) &&
+      (!f.score || scoreClass(c) === f.score) && (!q || text(c).includes(q)));
+  }
+
+  function firstUser(c) { const m = c.m.find((x) => x.r === "u"); return m ? m.c : ""; }
+
+  function renderList() {
+    let items = filtered();
+    const paired = els("pair").checked && DATA.runs.length > 1;
+    if (paired) { // one row per intent and sample present in the first run
+      const seen = new Set(); items = items.filter((c) => c.run === 0 && !seen.has(c.id) && seen.add(c.id));
+    }
+    const pages = Math.max(1, Math.ceil(items.length / PAGE));
+    state.page = Math.min(state.page, pages - 1);
+    const shown = items.slice(state.page * PAGE, (state.page + 1) * PAGE);
+    els("count").textContent = `${items.length} of ${convs.length} conversations`;
+    els("list").innerHTML = shown.map((c) => `<li data-i="${c._i}"${state.selected === c._i ? ' class="active"' : ""}>` +
+      `<div><b>${esc(c.id)}</b>${DATA.runs.length > 1 && !paired ? `<span class="badge">run ${c.run + 1}</span>` : ""}` +
+      `<span class="badge">${esc(c.end)}</span>${c.score != null ? `<span class="badge">score ${(+c.score).toFixed(2)}</span>` : ""}</div>` +
+      `<div class="meta">${esc(firstUser(c).slice(0, 120))}</div></li>`).join("");
+    els("page").textContent = `page ${state.page + 1} of ${pages}`;
+    els("prev").disabled = state.page === 0; els("next").disabled = state.page >= pages - 1;
+  }
+
+  function notes(m) {
+    const parts = [];
+    if (m.x && m.x.length) parts.push(`<div class="notes guardrails">${m.x.length} draft(s) refused: ` +
+      m.x.map(([reason, draft]) => `<div>&bull; <b>${esc(reason)}</b> <span class="draft">${esc(draft)}</span></div>`).join("") + "</div>");
+    if (m.p != null) parts.push(`<div class="notes">P(end) = ${(+m.p).toFixed(3)}</div>`);
+    (m.a || []).forEach(([answer, score]) => parts.push(`<div class="attempt ${score >= 1 ? "ok" : "bad"}">answer attempt: ` +
+      `<code>${esc(String(answer).slice(0, 300))}</code> &rarr; score ${score == null ? "-" : (+score).toFixed(2)}</div>`));
+    return parts.join("");
+  }
+
+  function chat(c) {
+    const turns = c.m.map((m) => `<div class="turn ${m.r === "u" ? "user" : "assistant"}"><div class="who">${m.r === "u" ? "user" : "assistant"}</div>` +
+      `${esc(m.c)}${notes(m)}</div>`).join("");
+    const fin = c.f ? `<div class="turn user"><div class="who">user</div>${c.end === "user_ended" ? "&lt;|endconversation|&gt;" : "(every draft refused)"}${notes(c.f)}</div>` : "";
+    return `<h3>${esc(c.id)} <span class="badge">${esc(c.end)}</span>${DATA.runs.length > 1 ? `<span class="badge">${esc(DATA.runs[c.run].name)}</span>` : ""}</h3>` +
+      `<p><b>intent:</b> ${esc(c.intent) || "<i>none</i>"}</p>${c.error ? `<p class="notes">error: ${esc(c.error)}</p>` : ""}${turns}${fin}`;
+  }
+
+  function open(i) {
+    state.selected = i;
+    const c = convs[i];
+    if (els("pair").checked && DATA.runs.length > 1) {
+      const twins = convs.filter((x) => x.id === c.id);
+      els("detail").innerHTML = `<div class="pair">${DATA.runs.map((r, k) => {
+        const t = twins.find((x) => x.run === k);
+        return `<div>${t ? chat(t) : `<p class="hint">${esc(r.name)} has no conversation ${esc(c.id)}</p>`}</div>`;
+      }).join("")}</div>`;
+    } else {
+      els("detail").innerHTML = chat(c);
+    }
+    renderList();
+  }
+
+  function browser() {
+    fillSelect("filter-run", DATA.runs.map((r, i) => i), (i) => `run ${+i + 1}: ${DATA.runs[i].name}`);
+    fillSelect("filter-end", convs.map((c) => c.end));
+    fillSelect("filter-intent", convs.map((c) => c.intent_id));
+    fillSelect("filter-task", convs.map((c) => c.task));
+    fillSelect("filter-mode", convs.map((c) => c.mode));
+    if (DATA.runs.length < 2) els("pair-label").style.display = "none";
+    ["search", "filter-run", "filter-end", "filter-intent", "filter-task", "filter-mode", "filter-score", "pair"].forEach((id) =>
+      els(id).addEventListener(id === "search" ? "input" : "change", () => { state.page = 0; renderList(); }));
+    els("prev").addEventListener("click", () => { state.page -= 1; renderList(); });
+    els("next").addEventListener("click", () => { state.page += 1; renderList(); });
+    els("list").addEventListener("click", (e) => { const li = e.target.closest("li"); if (li) open(+li.dataset.i); });
+    renderList();
+  }
+
+  summary();
+  plots();
+  evaluations();
+  browser();
+  document.body.dataset.ready = "1";
+})();

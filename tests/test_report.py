@@ -1,0 +1,174 @@
+"""The HTML report: self-contained, and used in a real headless browser (Debian's chromium
+driven by Playwright): loads without console errors, plots render, filters and search narrow the
+list, a conversation opens with its guardrail notes, two runs line up side by side."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+import userlm
+from userlm.evaluation.assistant import EvalSettings, evaluate
+from userlm.evaluation.tasks import Task
+from userlm.guardrails import GuardrailConfig
+from userlm.models.function import FunctionAssistant
+from userlm.models.scripted import ScriptedAssistant, ScriptedUser
+from userlm.reports.data import build
+from userlm.reports.html import render, write
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def make_run(path: Path, n: int, reply: str, phrase_at: int = 7) -> Path:
+    intents = [userlm.Intent(id=f"i{k}", text=f"You are a user chatting with an assistant about subject {k}.") for k in range(n)]
+
+    class Users:
+        name = "scripted-users"
+
+        async def draft(self, request):
+            k = int(request.intent.split("subject ")[1].rstrip("."))
+            turn = sum(1 for m in request.messages if m["role"] == "user")
+            if k % 10 == 3:  # these always start with a banned word: every draft refused
+                return userlm.UserDraft(text="I want help with this")
+            if turn == 0 and request.attempt == 0 and k % 2 == 0:
+                return userlm.UserDraft(text="Here is my question for you")  # refused once, then resampled
+            text = f"tell me about subject {k} turn {turn}"
+            if k == phrase_at:
+                text += " with purple elephants"
+            return userlm.UserDraft(text=text, end_prob=0.1 * turn)
+
+    user = userlm.SimulatedUser(Users(), GuardrailConfig(max_attempts=3))
+    userlm.simulate(intents, user, ScriptedAssistant([reply]), out=path, settings=userlm.RunSettings(max_turns=2), progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def report_inputs(tmp_path_factory, shared_data):
+    root = tmp_path_factory.mktemp("report")
+    a = make_run(root / "a.jsonl", 64, "Answer from the first assistant.")
+    b = make_run(root / "b.jsonl", 64, "Answer from the second assistant.", phrase_at=8)
+    tasks = [Task(id="t1", suite="gsm8k", text="Tom has 3 apples. He buys 4 more. How many now?", shards=["How many now?", "Tom has 3 apples.", "He buys 4 more."], reference={"answer": "7"})]
+    asyncio.run(evaluate(tasks, FunctionAssistant(lambda m: "It is 7."), root / "eval", settings=EvalSettings(modes=("full", "sharded")), progress=False))
+    reference = root / "reference.jsonl"
+    from userlm.conversation import write_conversations
+    from userlm.prepare.ingest import conversations_from
+
+    write_conversations(reference, list(conversations_from(str(shared_data("oasst/en_100_tree.jsonl"))))[:200])
+    return a, b, root / "eval" / "assistant.json", reference, root
+
+
+def test_report_is_self_contained(report_inputs):
+    a, b, ev, ref, root = report_inputs
+    html = render(build([a, b], [ev], ref))
+    assert not re.search(r"<(script|link|img)[^>]+(src|href)=[\"']?(https?:)?//", html)
+    assert "Plotly" in html and html.count("<script") == 3
+    data = json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>', html, re.S).group(1).replace("<\\/", "</"))
+    assert len(data["conversations"]) == 128 and data["runs"][0]["rejections"]["first_word"] > 0
+    assert data["evaluations"][0]["kind"] == "assistant" and len(data["reference_words"]) > 100
+
+
+def test_the_command_writes_the_report_and_refuses_bad_input(report_inputs, capsys):
+    from userlm.cli.main import main
+
+    a, b, ev, ref, root = report_inputs
+    assert main(["report", str(a), str(ev), "--reference", str(ref), "--out", str(root / "r.html")]) == 0
+    assert (root / "r.html").stat().st_size > 1_000_000
+    assert main(["report", str(root / "missing.jsonl"), "--out", str(root / "x.html")]) == 2
+    assert "missing.jsonl: no such file" in capsys.readouterr().err and not (root / "x.html").exists()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    required = os.environ.get("USERLM_REQUIRE_BROWSER") == "1"  # CI sets it: there a missing browser is a failure
+    if CHROMIUM is None:
+        message = "no chromium here: install Debian's chromium package (apt-get install chromium) to run the browser tests"
+        pytest.fail(message) if required else pytest.skip(message)
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                                                     "--disable-component-update", "--no-first-run", "--disable-sync"])
+        yield browser
+        browser.close()
+
+
+def open_report(browser, path: Path):
+    errors: list[str] = []
+    tab = browser.new_page()
+    tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    tab.on("pageerror", lambda e: errors.append(str(e)))
+    tab.goto(path.as_uri())
+    tab.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    return tab, errors
+
+
+@pytest.fixture(scope="module")
+def page(browser, report_inputs):
+    a, b, ev, ref, root = report_inputs
+    return open_report(browser, write(build([a, b], [ev], ref), root / "report.html"))
+
+
+def test_page_loads_without_console_errors_and_plots_render(page):
+    tab, errors = page
+    assert errors == []
+    for plot in ("plot-turns", "plot-words", "plot-end", "plot-rejections", "eval-plot-0"):
+        assert tab.locator(f"#{plot} .main-svg").count() > 0, plot
+    assert "real users (reference.jsonl)" in tab.locator("#plot-words").inner_text()
+    assert tab.locator("#summary-table tr").count() == 3
+
+
+def test_filters_and_search_narrow_the_list(page):
+    tab, _ = page
+    assert tab.locator("#count").inner_text() == "128 of 128 conversations"
+    assert tab.locator("#page").inner_text() == "page 1 of 3"
+    tab.select_option("#filter-end", "guardrail_exhausted")
+    assert tab.locator("#count").inner_text() == "14 of 128 conversations"  # subjects 3, 13, ..., 63 in both runs
+    tab.select_option("#filter-run", "1")
+    assert tab.locator("#count").inner_text() == "7 of 128 conversations"
+    tab.select_option("#filter-end", "")
+    tab.select_option("#filter-run", "")
+    tab.fill("#search", "purple elephants")
+    assert tab.locator("#count").inner_text() == "2 of 128 conversations"
+    ids = tab.locator("#list li b").all_inner_texts()
+    assert sorted(ids) == ["i7#0", "i8#0"]
+    tab.fill("#search", "")
+
+
+def test_a_conversation_opens_with_its_guardrail_notes(page):
+    tab, _ = page
+    tab.fill("#search", "subject 4 turn 0")
+    tab.locator("#list li").first.click()
+    detail = tab.locator("#detail")
+    assert "1 draft(s) refused" in detail.inner_text()
+    assert "first_word" in detail.inner_text() and "Here is my question for you" in detail.inner_text()
+    assert "P(end) = 0.100" in detail.inner_text()
+    tab.fill("#search", "")
+
+
+def test_two_runs_side_by_side(page):
+    tab, _ = page
+    tab.check("#pair")
+    assert tab.locator("#count").inner_text().startswith("64 of")
+    tab.locator("#list li").first.click()
+    columns = tab.locator("#detail .pair > div")
+    assert columns.count() == 2
+    assert "Answer from the first assistant." in columns.nth(0).inner_text()
+    assert "Answer from the second assistant." in columns.nth(1).inner_text()
+    tab.uncheck("#pair")
+
+
+def test_answer_attempts_show_with_their_scores(browser, report_inputs):
+    a, b, ev, ref, root = report_inputs
+    tab, errors = open_report(browser, write(build([root / "eval" / "transcripts" / "sharded.jsonl"], [ev]), root / "eval.html"))
+    tab.select_option("#filter-mode", "sharded")
+    tab.select_option("#filter-score", "solved")
+    assert tab.locator("#count").inner_text() == "1 of 1 conversations"
+    tab.locator("#list li").first.click()
+    text = tab.locator("#detail").inner_text().replace("\n", " ")
+    assert "answer attempt: 7" in text and "score 1.00" in text
+    assert errors == []
