@@ -8,8 +8,9 @@
    intents needs a chat model, which an offline machine does not have) and reports the
    validation user-turn perplexity before and after;
 3. simulates conversations between that user model and an assistant that answers with the
-   most fitting real assistant reply from the training data, under the guardrails, and prints
-   one transcript.
+   most fitting real assistant reply from the training data, under the guardrails, prints one
+   transcript, and writes ``report.html`` (plots against the held-out real users, and a
+   transcript browser).
 
 Everything lands under ``--out``; running it again reuses what is there.
 """
@@ -97,4 +98,9 @@ def run(args: argparse.Namespace) -> int:
     print(format_conversation(summary.conversations[0]))
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.end_reasons.items())) or "none new"
     print(f"\n{run_file}: {summary.total} conversations ({reasons}); read them with: userlm show {run_file}", file=sys.stderr)
+    from ..reports.data import build
+    from ..reports.html import write
+
+    report = write(build([run_file], [], prepared / "test.jsonl"), out / "report.html", "userlm demo")
+    print(f"{report}: open it in a browser", file=sys.stderr)
     return 0

@@ -270,7 +270,7 @@ def generate(
         stats.prefill_tokens += prefilled
         stats.prefill_seconds += prefill_seconds
         stats.reused_tokens += reused
-        stats.decode_tokens += sum(len(r.tokens) + int(r.finished and r.end_prob is None or bool(r.tokens)) for r in results)
+        stats.decode_tokens += sum(len(r.tokens) + int(r.finished) for r in results)  # stop tokens count too
         stats.seconds += time.perf_counter() - started_at
     return results
 

@@ -1,0 +1,70 @@
+"""Write benchmarks/RESULTS.md from the JSON files the benchmarks saved in benchmarks/results/.
+
+    python benchmarks/write_results.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def load(name: str) -> dict | None:
+    path = HERE / "results" / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def main() -> None:
+    lines = ["# Benchmark results", "", "Written by `python benchmarks/write_results.py` from `benchmarks/results/*.json`;",
+             "each benchmark measures its baseline and ours in the same process run.", ""]
+    local = load("local_models")
+    if local:
+        b1 = local["b1"]
+        base, base16 = b1["baseline"]["conversations_per_s"], b1["baseline_bf16"]["conversations_per_s"]
+        peaks = local["peak_matmul_flops"]
+        lines += ["## B1: local models on the CPU", "",
+                  f"Machine: {local['machine']}; peak matmul measured in the run: {peaks['float32'] / 1e9:.0f} GFLOP/s float32, "
+                  f"{peaks['bfloat16'] / 1e9:.0f} GFLOP/s bfloat16. Models: Llama architecture, hidden 512, 8 layers, 8 heads, "
+                  f"4 key-value heads, {local['parameters']['total'] / 1e6:.1f}M parameters each, random weights with fixed seeds. "
+                  "64 intents (real Arena prompts), 4 user turns, user turns up to 32 new tokens, assistant turns up to 64.", "",
+                  "| run | dtype | conv/s | x baseline (card, fp32) | x baseline in bf16 | generated tok/s | prefilled tok/s | MFU | peak memory MB | drafts per user turn |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for name, r in b1.items():
+            lines.append(f"| {name} | {r['dtype']} | {r['conversations_per_s']:.3f} | {r['conversations_per_s'] / base:.1f} | "
+                         f"{r['conversations_per_s'] / base16:.1f} | {r['generated_tokens_per_s']:.0f} | {r['prefilled_tokens_per_s']:.0f} | "
+                         f"{r['mfu']:.3f} | {r['peak_memory_mb']:.0f} | {r.get('drafts_per_user_turn', 1.0):.2f} |")
+        on, off = b1["ours_guardrails_on"]["seconds"], b1["ours_guardrails_off"]["seconds"]
+        lines += ["", f"Guardrails on / off wall time: {on / off:.2f}.",
+                  "MFU counts 2 x matmul parameters per computed token (attention scores not counted), over the peak of the run's dtype.", ""]
+        if local["b2"]:
+            lines += ["## B2: cost per turn as conversations grow", "",
+                      "| user turns | ours: prefilled tokens per user turn | ours: seconds per user turn | baseline: prefilled tokens per user turn | baseline: seconds per user turn |",
+                      "|---|---|---|---|---|"]
+            for r in local["b2"]:
+                lines.append(f"| {r['turns']} | {r['ours_prefilled_per_turn']:.0f} | {r['ours_seconds_per_turn']:.4f} | "
+                             f"{r['baseline_prefilled_per_turn']:.0f} | {r['baseline_seconds_per_turn']:.4f} |")
+            lines.append("")
+    http = load("http_runner")
+    if http:
+        lines += ["## B3: HTTP runner", "",
+                  f"{http['conversations']} conversations x 4 turns ({http['requests']} requests), concurrency {http['concurrency']}, "
+                  f"stand-in server answering after {http['delay_s'] * 1000:.0f} ms, on the same machine.", "",
+                  "| ideal wall s | measured wall s | efficiency | runner CPU ms per request |", "|---|---|---|---|",
+                  f"| {http['ideal_wall_s']:.2f} | {http['wall_s']:.2f} | {http['efficiency']:.3f} | {http['runner_cpu_ms_per_request']:.3f} |", ""]
+    scale = load("report_scale")
+    if scale:
+        lines += ["## Report at scale", "",
+                  "| conversations | HTML MB | build s | load in headless Chromium s | first search s | filter s |", "|---|---|---|---|---|---|",
+                  f"| {scale['conversations']} | {scale['html_mb']:.1f} | {scale['build_s']:.1f} | {scale['load_s']:.2f} | "
+                  f"{scale['first_search_s']:.2f} | {scale['filter_s']:.2f} |", ""]
+    notes = HERE / "NOTES.md"
+    if notes.exists():
+        lines += [notes.read_text().strip(), ""]
+    (HERE / "RESULTS.md").write_text("\n".join(lines))
+    print(f"wrote {HERE / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()
