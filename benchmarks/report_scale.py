@@ -60,8 +60,8 @@ def main() -> None:
         search = time.perf_counter() - started
         tab.fill("#search", "")
         started = time.perf_counter()
-        tab.select_option("#filter-end", "guardrail_exhausted")
-        tab.wait_for_function("!document.getElementById('count').textContent.startsWith('" + str(args.conversations) + " of')")
+        tab.select_option("#filter-intent", "c17")
+        tab.wait_for_function("document.getElementById('count').textContent.startsWith('1 of')")
         filtering = time.perf_counter() - started
         browser.close()
     result = {"conversations": args.conversations, "html_mb": size_mb, "build_s": built, "load_s": load,

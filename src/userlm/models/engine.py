@@ -1,8 +1,14 @@
 """Batched sampling for local causal LMs, with the user-turn guardrails as logit constraints.
 
 Every row carries its own random generator, seeded per conversation, turn and attempt, so a
-row's tokens do not depend on which other conversations share its batch: the same seed gives
-the same transcript however the batches fall.
+row's random draws do not depend on which other conversations share its batch. (Its logits can
+still differ in the last bits with the batch's shape; the lockstep batching of
+:mod:`userlm.models.lockstep` makes batches fall the same way on every run, so a seed reproduces
+transcripts exactly.)
+
+Prompts are computed in groups of similar length (no compute spent on padding), starting from
+each conversation's keys and values kept from its previous turn (:class:`PrefixCache`); then all
+rows decode together in one batch, writing into key/value buffers allocated once.
 """
 
 from __future__ import annotations
