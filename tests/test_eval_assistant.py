@@ -156,3 +156,28 @@ def test_the_command_runs_custom_tasks_with_a_users_scorer(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "userlm", "eval-assistant", "--tasks", "mmlu:x.jsonl", "--assistant", "openai:m", "--modes", "full",
                           "--out", tmp_path / "e2"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown task suite 'mmlu:x.jsonl'" in bad.stderr
+
+
+def test_a_chat_model_can_extract_answers_and_rephrase_shards(tmp_path):
+    seen = []
+
+    def extractor(messages):
+        reply = messages[0]["content"].split("Reply:\n", 1)[1]
+        return "7" if "seven" in reply else "NONE"
+
+    def rephraser(messages):
+        seen.append(messages[0]["content"])
+        return "oh and " + messages[0]["content"].rsplit("Information: ", 1)[1].lower()
+
+    def assistant(messages):
+        said = " ".join(m["content"] for m in messages if m["role"] == "user")
+        return "That is seven apples." if "buys 4" in said and "has 3" in said else "Tell me more."
+
+    report = asyncio.run(evaluate(TASKS[:1], FunctionAssistant(assistant), tmp_path, extractor=FunctionAssistant(extractor),
+                                  rephrase=FunctionAssistant(rephraser), settings=EvalSettings(modes=("sharded",)), progress=False))
+    [conv] = report["conversations"]
+    assert conv["score"] == 1.0 and conv["turns"] == 3
+    transcript = json.loads((tmp_path / "transcripts" / "sharded.jsonl").read_text())
+    users = [m["content"] for m in transcript["messages"] if m["role"] == "user"]
+    assert users == ["How many apples does he have?", "oh and tom has 3 apples.", "oh and he buys 4 more."]
+    assert len(seen) == 2 and "Chat so far:" in seen[0]
