@@ -152,3 +152,29 @@ def test_prefix_cache_reuses_a_conversations_keys_and_values_exactly(tiny_user_d
     assert stats.prefill_tokens == len(first) + len(other) + (len(nxt[0]) + len(nxt[1]) - stats.reused_tokens)
     # a key whose stored sequence does not match reuses only the common prefix
     assert cache.lookup("a", other)[1] < len(other)
+
+
+def test_a_slow_remote_assistant_does_not_hold_up_the_other_conversations(tiny_user_dir):
+    class SlowRemote:
+        name, remote = "remote-assistant", True
+
+        async def reply(self, messages, *, seed=None):
+            if "topic number 0" in request_intent.get(messages[0]["content"], ""):
+                await asyncio.sleep(2.0)
+            return userlm.ChatReply(text="ok, go on")
+
+    request_intent: dict[str, str] = {}
+    user = userlm.load_user(f"hf:{tiny_user_dir}", GuardrailConfig(min_words=1, max_words=None), sampling=SAMPLING)
+    original = user.next_turn
+
+    async def remember(intent, messages, *, seed=0):
+        turn = await original(intent, messages, seed=seed)
+        if turn.text is not None:
+            request_intent[turn.text] = intent
+        return turn
+
+    user.next_turn = remember
+    run = userlm.simulate(INTENTS, user, SlowRemote(), settings=RunSettings(max_turns=2), progress=False)
+    durations = {c.intent_id: c.duration_s for c in run.conversations}
+    assert durations["0"] >= 2.0
+    assert min(d for k, d in durations.items() if k != "0") < 1.5  # they did not wait for conversation 0

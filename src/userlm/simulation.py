@@ -111,6 +111,7 @@ async def simulate_async(
     bar = tqdm(total=len(jobs), initial=summary.skipped, unit="conv", desc="simulating", disable=not progress)
     limit = asyncio.Semaphore(settings.concurrency)
     flight = lockstep.gate()  # local models batch in lockstep with the conversations in flight
+    flight.strict = not (lockstep.is_remote(user.model) or lockstep.is_remote(assistant))
 
     async def one(intent: Intent, sample: int) -> None:
         async with limit:

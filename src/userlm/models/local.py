@@ -176,8 +176,8 @@ class _Batcher:
             async with g.changed:
                 await g.changed.wait_for(lambda: g.may_run(me))
                 g.running = True
-            if g.active == 0:
-                for _ in range(3):  # outside a simulation: let every caller that is ready submit first
+            if g.active == 0 or not g.strict:
+                for _ in range(3):  # let every caller that is ready submit first
                     await asyncio.sleep(0)
             self._pending.sort(key=lambda p: self.order(p[0]))
             batch, self._pending = self._pending[: self.max_batch_size], self._pending[self.max_batch_size :]

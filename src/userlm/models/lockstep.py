@@ -7,7 +7,10 @@ in a fixed order. Batches then fall the same way on every run, so the same seed 
 transcripts even though a row's floating-point results depend on the batch it shares; and every
 batch is as full as it can be.
 
-Outside a simulation (a single session, direct calls) batches form from whatever is waiting.
+Outside a simulation (a single session, direct calls), and in simulations that also talk to a
+model over HTTP (whose answers come back in no fixed order, so exact reproducibility is out of
+reach anyway and waiting for the slowest reply would only cost time), batches form from
+whatever is waiting.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ class Gate:
 
     def __init__(self) -> None:
         self.active = 0
+        self.strict = True  #: wait until every conversation in flight waits on a local model
         self.running = False
         self.waiting: dict[int, int] = {}  #: batcher id -> requests waiting (in registration order)
         self.changed = asyncio.Condition()
@@ -40,8 +44,8 @@ class Gate:
     def may_run(self, batcher_id: int) -> bool:
         if self.running or self.waiting.get(batcher_id, 0) == 0:
             return False
-        if self.active == 0:
-            return True  # not inside a simulation
+        if self.active == 0 or not self.strict:
+            return True  # not inside a simulation, or one whose timing is not ours to fix
         if sum(self.waiting.values()) < self.active:
             return False  # someone is still busy elsewhere (an HTTP call, a Python function, ...)
         most = max(self.waiting.values())
@@ -58,3 +62,8 @@ def gate() -> Gate:
     if loop not in _gates:
         _gates[loop] = Gate()
     return _gates[loop]
+
+
+def is_remote(model) -> bool:
+    """Whether a model answers over the network (directly, or through the chat model it wraps)."""
+    return bool(getattr(model, "remote", False) or getattr(getattr(model, "chat", None), "remote", False))

@@ -127,6 +127,8 @@ def _refused(exc: BaseException) -> bool:
 
 
 class _OpenAIModel:
+    remote = True  #: answers over the network
+
     def __init__(self, model: str, *, endpoint: Endpoint, sampling: SamplingSettings, client: Any = None):
         self.model = model
         self.endpoint = endpoint
