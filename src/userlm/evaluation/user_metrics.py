@@ -1,0 +1,72 @@
+"""Intrinsic measures of a user simulator, as pure functions of text and probabilities.
+
+* first-turn diversity: 100 x (1 - mean pairwise Jaccard similarity of the unigram sets of N
+  first turns), with distinct-1 and distinct-2 (distinct n-grams over all n-grams);
+* intent decomposition: the share of the intent's content words (stopwords removed) that a
+  generated turn repeats; lower means the user reveals the task gradually, as people do;
+* dialogue termination: precision, recall and F1 of the "end" class at a threshold on the
+  model's probability of ending, the whole threshold curve, and the threshold with the best F1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import combinations
+
+from .text import content_words, words
+
+
+def jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+def first_turn_diversity(turns: Sequence[str]) -> float:
+    """100 x (1 - mean pairwise Jaccard similarity of the turns' unigram sets)."""
+    sets = [set(words(t)) for t in turns]
+    pairs = list(combinations(sets, 2))
+    if not pairs:
+        return 0.0
+    return 100.0 * (1.0 - sum(jaccard(a, b) for a, b in pairs) / len(pairs))
+
+
+def distinct_n(turns: Sequence[str], n: int) -> float:
+    """Distinct n-grams over all n-grams, pooled over the turns."""
+    grams = [tuple(ws[i : i + n]) for ws in map(words, turns) for i in range(len(ws) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def intent_overlap(turn: str, intent: str) -> float:
+    """Share of the intent's content words that the turn repeats."""
+    wanted = content_words(intent)
+    return len(wanted & content_words(turn)) / len(wanted) if wanted else 0.0
+
+
+@dataclass(frozen=True)
+class EndScores:
+    threshold: float
+    precision: float
+    recall: float
+    f1: float
+
+
+def end_scores(probabilities: Sequence[float], ended: Sequence[bool], threshold: float) -> EndScores:
+    """Precision, recall and F1 of predicting "the user ends here" when P(end) >= threshold."""
+    tp = sum(1 for p, y in zip(probabilities, ended) if p >= threshold and y)
+    fp = sum(1 for p, y in zip(probabilities, ended) if p >= threshold and not y)
+    fn = sum(1 for p, y in zip(probabilities, ended) if p < threshold and y)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return EndScores(threshold, precision, recall, f1)
+
+
+def end_curve(probabilities: Sequence[float], ended: Sequence[bool]) -> list[EndScores]:
+    """Scores at every distinct probability used as the threshold (the whole curve)."""
+    return [end_scores(probabilities, ended, t) for t in sorted(set(probabilities))]
+
+
+def best_threshold(probabilities: Sequence[float], ended: Sequence[bool]) -> EndScores:
+    """The point of the curve with the highest F1 (the lowest threshold among ties)."""
+    curve = end_curve(probabilities, ended)
+    return max(curve, key=lambda s: (s.f1, -s.threshold)) if curve else EndScores(0.5, 0.0, 0.0, 0.0)
