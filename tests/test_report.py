@@ -18,7 +18,7 @@ from userlm.evaluation.assistant import EvalSettings, evaluate
 from userlm.evaluation.tasks import Task
 from userlm.guardrails import GuardrailConfig
 from userlm.models.function import FunctionAssistant
-from userlm.models.scripted import ScriptedAssistant, ScriptedUser
+from userlm.models.scripted import ScriptedAssistant
 from userlm.reports.data import build
 from userlm.reports.html import render, write
 
