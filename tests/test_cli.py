@@ -103,12 +103,17 @@ def test_import_userlm_stays_light():
     assert done.stdout.strip() == "[]"
 
 
+def local_simulate_command(tmp_path, user_dir, assistant_dir, intents: int, *, assistant_tokens: int, concurrency: int, seed: int):
+    """A ``userlm simulate`` command line between the tiny local models (without --out)."""
+    path = tmp_path / "intents.txt"
+    path.write_text("".join(f"You are a user chatting with an assistant about question {i}.\n" for i in range(intents)))
+    return ["simulate", "--intents", path, "--user", f"hf:{user_dir}", "--assistant", f"hf:{assistant_dir}",
+            "--max-turns", 3, "--user-max-tokens", 12, "--assistant-max-tokens", assistant_tokens,
+            "--concurrency", concurrency, "--min-words", 1, "--no-progress", "--seed", seed]
+
+
 def test_sigkill_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path, tiny_user_dir, tiny_assistant_dir):
-    intents = tmp_path / "intents.txt"
-    intents.write_text("".join(f"You are a user chatting with an assistant about question {i}.\n" for i in range(24)))
-    cmd = ["simulate", "--intents", intents, "--user", f"hf:{tiny_user_dir}", "--assistant", f"hf:{tiny_assistant_dir}",
-           "--max-turns", 3, "--user-max-tokens", 12, "--assistant-max-tokens", 24, "--concurrency", 2,
-           "--min-words", 1, "--no-progress", "--seed", 5]
+    cmd = local_simulate_command(tmp_path, tiny_user_dir, tiny_assistant_dir, 24, assistant_tokens=24, concurrency=2, seed=5)
     out = tmp_path / "killed.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "userlm", *map(str, cmd), "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -132,11 +137,7 @@ def test_sigkill_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path, tiny_
 
 
 def test_the_same_command_twice_writes_the_same_conversations(tmp_path, tiny_user_dir, tiny_assistant_dir):
-    intents = tmp_path / "intents.txt"
-    intents.write_text("".join(f"You are a user chatting with an assistant about question {i}.\n" for i in range(10)))
-    cmd = ["simulate", "--intents", intents, "--user", f"hf:{tiny_user_dir}", "--assistant", f"hf:{tiny_assistant_dir}",
-           "--max-turns", 3, "--user-max-tokens", 12, "--assistant-max-tokens", 16, "--concurrency", 4,
-           "--min-words", 1, "--no-progress", "--seed", 9]
+    cmd = local_simulate_command(tmp_path, tiny_user_dir, tiny_assistant_dir, 10, assistant_tokens=16, concurrency=4, seed=9)
     runs = []
     for name in ("a.jsonl", "b.jsonl"):
         assert userlm_cli(*cmd, "--out", tmp_path / name).returncode == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
@@ -54,8 +53,7 @@ def test_no_network():
 
 def test_it_cannot_kill_its_parent():
     result = run_program("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", FAST)
-    assert not result.ok and "signalling other processes is not allowed" in result.output
-    assert os.getpid() > 0  # we are still here
+    assert not result.ok and "signalling other processes is not allowed" in result.output  # and pytest lives on
 
 
 def test_huge_output_is_capped():
