@@ -97,7 +97,7 @@ def load_evaluation(path: Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"{path}: not a readable evaluation JSON ({exc}).") from None
     if not isinstance(data, dict) or "results" not in data:
-        raise UserError(f"{path}: not an evaluation result (no 'results'); give the JSON that userlm eval-* wrote.")
+        raise UserError(f"{path}: not an evaluation result (no 'results'); give the JSON that userlm eval-assistant wrote.")
     kind = "assistant" if any("mode" in r for r in data["results"]) else "user"
     return {"name": path.name, "kind": kind, "results": data["results"], "settings": data.get("settings", {})}
 

@@ -63,7 +63,7 @@
 
   function evaluations() {
     const box = document.getElementById("evaluations-body");
-    if (!DATA.evaluations.length) { box.innerHTML = '<p class="hint">No evaluation results given (pass the JSON of userlm eval-assistant or eval-user).</p>'; return; }
+    if (!DATA.evaluations.length) { box.innerHTML = '<p class="hint">No evaluation results given (pass the assistant.json that userlm eval-assistant writes).</p>'; return; }
     box.innerHTML = DATA.evaluations.map((e, k) => {
       if (e.kind === "assistant") {
         const rows = e.results.map((r) => `<tr><td>${esc(r.suite)}</td><td>${esc(r.mode)}</td><td>${r.conversations}</td><td>${ci(r.score)}</td>` +
