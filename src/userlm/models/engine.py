@@ -322,7 +322,7 @@ def _prefill(model, rows: list[Row], prefix_cache: PrefixCache | None, pad_id: i
         past = _left_padded([e.layers if e is not None and n else None for e, n in pasts], reused, p_max, device) if p_max else None
         cache = _reserved_cache(p_max + n_max, past)
         out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
-                    past_key_values=cache, use_cache=True).logits[:, -1, :].float()
+                    past_key_values=cache, use_cache=True, **_last_logits_only(model)).logits[:, -1, :].float()
         for b, i in enumerate(group):
             where = attention[b].nonzero().squeeze(-1).to(device)
             per_row[i] = [(layer.keys[b, :, where], layer.values[b, :, where]) for layer in cache.layers]
@@ -330,6 +330,14 @@ def _prefill(model, rows: list[Row], prefix_cache: PrefixCache | None, pad_id: i
         computed += sum(len(f) for f in fresh)
         reused_total += sum(reused)
     return torch.stack(logits), per_row, computed, reused_total
+
+
+def _last_logits_only(model) -> dict:
+    """Ask for the logits of the last position only, where the model supports it (saves the
+    output projection of every other prompt token)."""
+    import inspect
+
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
 def _left_padded(per_row, lengths: list[int], width: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
