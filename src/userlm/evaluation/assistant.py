@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,7 +164,7 @@ def summarise(tasks: list[Task], records: dict[str, list[Conversation]]) -> dict
             task_means[(suite, mode)] = {k: sum(v) / len(v) for k, v in per_task.items()}
             row = {"suite": suite, "mode": mode, "conversations": len(items), "score": mean_ci(scores),
                    **aptitude_unreliability(per_task), "turns": describe([len(c.user_turns()) for c in items]),
-                   "end_reasons": dict(sorted(_count(c.end_reason for c in items).items()))}
+                   "end_reasons": dict(sorted(Counter(c.end_reason for c in items).items()))}
             if mode == "simulated":
                 row["intent_coverage"] = describe([intent_coverage(by_id[c.metadata["task_id"]], c) for c in items])
                 row["lexical_difference"] = describe([lexical_difference(by_id[c.metadata["task_id"]], c) for c in items])
@@ -177,13 +177,6 @@ def summarise(tasks: list[Task], records: dict[str, list[Conversation]]) -> dict
         if full is not None and row["mode"] != "full":
             row["drop_vs_full"] = paired_difference_ci(full, task_means[(row["suite"], row["mode"])])
     return {"results": rows, "conversations": per_conversation}
-
-
-def _count(items) -> dict:
-    counts: dict = defaultdict(int)
-    for x in items:
-        counts[x] += 1
-    return counts
 
 
 def intent_coverage(task: Task, conv: Conversation) -> float:

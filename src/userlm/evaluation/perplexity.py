@@ -37,7 +37,6 @@ def target_perplexity(
     start = 0
     with torch.inference_mode():
         while start < len(rows):
-            width = len(rows[start]["input_ids"])
             end = start + 1
             while end < len(rows) and len(rows[end]["input_ids"]) * (end - start + 1) <= max_batch_tokens:
                 end += 1
