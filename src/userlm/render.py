@@ -165,3 +165,36 @@ def _opened_user_turn(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> int
     if ids[-len(header) :] != header:
         raise ValueError("the chat template does not end its prompts by opening a user turn")
     return len(header)
+
+
+def chat_target_ids(tokenizer: PreTrainedTokenizerBase, chat: Sequence[Mapping[str, str]]) -> list[tuple[list[int], list[bool]]]:
+    """Token ids and target mask for a chat model scored on its own (``assistant``) turns.
+
+    Used to score instruction-tuned chat models as users through the flipped view: each
+    ``assistant`` message is a target given everything before it, rendered with the model's
+    own chat template (the prompt opened by ``add_generation_prompt``, then the message and the
+    template's end-of-turn tokens). When the template renders the conversation as growing
+    prefixes, one sequence holds every target; otherwise each target gets its own sequence.
+    """
+    chat = _as_chat(chat)
+
+    def render(messages: Chat, opened: bool) -> list[int]:
+        return list(tokenizer.apply_chat_template(
+            messages, add_generation_prompt=opened, tokenize=True, return_dict=False
+        ))
+
+    pieces: list[tuple[list[int], list[bool]]] = []
+    for i, message in enumerate(chat):
+        if message["role"] != "assistant":
+            continue
+        prompt = render(chat[:i], True)
+        whole = render(chat[: i + 1], False)
+        if whole[: len(prompt)] != prompt:
+            raise ValueError("the chat template does not render an assistant turn as a continuation of its prompt")
+        pieces.append((whole, [False] * len(prompt) + [True] * (len(whole) - len(prompt))))
+    merged: tuple[list[int], list[bool]] = ([], [])
+    for ids, mask in pieces:
+        if ids[: len(merged[0])] != merged[0]:
+            return pieces  # not growing prefixes (e.g. a template that drops earlier reasoning)
+        merged = (ids, merged[1] + mask[len(merged[1]) :])
+    return [merged] if pieces else []

@@ -11,9 +11,11 @@ from ..models.openai_compat import Endpoint
 from ..models.registry import ProviderOptions
 
 
-def add_model_options(parser: argparse.ArgumentParser, *, assistant: bool = True, user_required: bool = True) -> None:
+def add_model_options(parser: argparse.ArgumentParser, *, assistant: bool = True, user_required: bool = True,
+                      many_users: bool = False, assistant_required: bool = True) -> None:
     g = parser.add_argument_group("user model")
-    g.add_argument("--user", required=user_required, metavar="SPEC", help="hf:PATH_OR_ID, openai:MODEL, prompted:SPEC or scripted:FILE")
+    g.add_argument("--user", required=user_required, metavar="SPEC", action="append" if many_users else "store",
+                   help="hf:PATH_OR_ID, openai:MODEL, prompted:SPEC or scripted:FILE" + (" (repeatable)" if many_users else ""))
     g.add_argument("--user-base-url", metavar="URL", help="OpenAI-compatible server of the user model (default: OPENAI_BASE_URL)")
     g.add_argument("--user-temperature", type=float, default=1.0, metavar="T", help="(default: 1.0, as on the UserLM-8b card)")
     g.add_argument("--user-top-p", type=float, default=0.8, metavar="P", help="(default: 0.8, as on the UserLM-8b card)")
@@ -21,7 +23,7 @@ def add_model_options(parser: argparse.ArgumentParser, *, assistant: bool = True
     g.add_argument("--user-end-token-id", type=int, metavar="ID", help="id of <|endconversation|> on the user model's server")
     if assistant:
         g = parser.add_argument_group("assistant")
-        g.add_argument("--assistant", required=True, metavar="SPEC", help="hf:PATH_OR_ID, openai:MODEL, python:MODULE:FN or scripted:FILE")
+        g.add_argument("--assistant", required=assistant_required, metavar="SPEC", help="hf:PATH_OR_ID, openai:MODEL, python:MODULE:FN or scripted:FILE")
         g.add_argument("--assistant-base-url", metavar="URL", help="OpenAI-compatible server of the assistant (default: OPENAI_BASE_URL)")
         g.add_argument("--assistant-temperature", type=float, default=0.7, metavar="T", help="(default: 0.7)")
         g.add_argument("--assistant-top-p", type=float, default=1.0, metavar="P", help="(default: 1.0)")

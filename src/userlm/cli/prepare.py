@@ -14,12 +14,14 @@ import argparse
 import json
 import sys
 
+from ..prepare.ingest import FORMATS
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("prepare", help="ingest chat logs, filter them and split them by user", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sources", nargs="+", metavar="SOURCE", help=".json/.jsonl/.parquet files or hub dataset names")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--format", default="auto", choices=["auto", "wildchat", "sharegpt", "openai", "oasst", "userlm"])
+    p.add_argument("--format", default="auto", choices=FORMATS)
     p.add_argument("--hub-split", default="train", help="split of a hub dataset to read (default: train)")
     p.add_argument("--languages", default="en,english", help="languages to keep, comma-separated ('' keeps all)")
     p.add_argument("--keep-toxic", action="store_true")

@@ -51,3 +51,19 @@ def describe(values: Sequence[float]) -> dict:
     if not values:
         return {"mean": None, "variance": None, "min": None, "max": None}
     return {"mean": statistics.fmean(values), "variance": statistics.pvariance(values), "min": min(values), "max": max(values)}
+
+
+def bootstrap(n: int, statistic, *, resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile-bootstrap interval of ``statistic(indices)`` over ``n`` units resampled with
+    replacement (``statistic`` takes a numpy array of indices)."""
+    import numpy as np
+
+    if n == 0:
+        return {"low": None, "high": None}
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(rng.integers(0, n, n)) for _ in range(resamples)], dtype=float)
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return {"low": None, "high": None}
+    tail = (1 - level) / 2
+    return {"low": float(np.quantile(values, tail)), "high": float(np.quantile(values, 1 - tail))}

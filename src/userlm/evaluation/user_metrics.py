@@ -62,11 +62,26 @@ def end_scores(probabilities: Sequence[float], ended: Sequence[bool], threshold:
 
 
 def end_curve(probabilities: Sequence[float], ended: Sequence[bool]) -> list[EndScores]:
-    """Scores at every distinct probability used as the threshold (the whole curve)."""
-    return [end_scores(probabilities, ended, t) for t in sorted(set(probabilities))]
+    """Scores at every distinct probability used as the threshold (the whole curve), in one sweep."""
+    positives = sum(1 for y in ended if y)
+    ordered = sorted(zip(probabilities, ended), key=lambda x: -x[0])
+    curve, tp, fp, i = [], 0, 0, 0
+    while i < len(ordered):
+        threshold = ordered[i][0]
+        while i < len(ordered) and ordered[i][0] == threshold:
+            tp += ordered[i][1]
+            fp += not ordered[i][1]
+            i += 1
+        precision = tp / (tp + fp)
+        recall = tp / positives if positives else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        curve.append(EndScores(threshold, precision, recall, f1))
+    return curve[::-1]
 
 
 def best_threshold(probabilities: Sequence[float], ended: Sequence[bool]) -> EndScores:
-    """The point of the curve with the highest F1 (the lowest threshold among ties)."""
-    curve = end_curve(probabilities, ended)
-    return max(curve, key=lambda s: (s.f1, -s.threshold)) if curve else EndScores(0.5, 0.0, 0.0, 0.0)
+    """The point of the curve with the highest F1 (the lowest threshold among ties). A threshold of
+    0 ends everywhere whatever the model says, so it is not a choice the model made: a model that
+    never gives the end any probability scores 0."""
+    curve = [s for s in end_curve(probabilities, ended) if s.threshold > 0]
+    return max(curve, key=lambda s: (s.f1, -s.threshold)) if curve else end_scores(probabilities, ended, 0.5)

@@ -13,6 +13,17 @@ _MAY_END = (
 _MAY_NOT_END = "- Keep the conversation going: always write a message."
 
 
+def prompted_messages(intent: str | None, messages: list[dict[str, str]], *, allow_end: bool) -> list[dict[str, str]]:
+    """The chat a prompted user model sees: the role-play system prompt with the intent, then the
+    conversation with roles flipped (opened by a fixed first message when the user speaks first)."""
+    system = load_prompt("prompted_user.txt").replace("{intent}", intent or "Chat about whatever you like.")
+    system = system.replace("{ending}", _MAY_END if allow_end else _MAY_NOT_END)
+    flipped = flipped_view(messages)
+    if not flipped or flipped[0]["role"] != "user":
+        flipped = [{"role": "user", "content": load_prompt("prompted_user_start.txt").strip()}] + flipped
+    return [{"role": "system", "content": system}] + flipped
+
+
 class PromptedUser:
     """Turns any :class:`ChatModel` into a user model: the intent goes into a role-play system
     prompt and the conversation is shown with roles flipped, so the chat model writes the user's
@@ -21,8 +32,6 @@ class PromptedUser:
     def __init__(self, chat: ChatModel):
         self.chat = chat
         self.name = f"prompted:{chat.name}"
-        self._system = load_prompt("prompted_user.txt")
-        self._start = load_prompt("prompted_user_start.txt").strip()
 
     async def aclose(self) -> None:
         close = getattr(self.chat, "aclose", None)
@@ -30,12 +39,7 @@ class PromptedUser:
             await close()
 
     def messages_for(self, request: UserTurnRequest) -> list[dict[str, str]]:
-        system = self._system.replace("{intent}", request.intent or "Chat about whatever you like.")
-        system = system.replace("{ending}", _MAY_END if request.allow_end else _MAY_NOT_END)
-        flipped = flipped_view(request.messages)
-        if not flipped or flipped[0]["role"] != "user":
-            flipped = [{"role": "user", "content": self._start}] + flipped
-        return [{"role": "system", "content": system}] + flipped
+        return prompted_messages(request.intent, request.messages, allow_end=request.allow_end)
 
     async def draft(self, request: UserTurnRequest) -> UserDraft:
         reply = await self.chat.reply(self.messages_for(request), seed=request.seed)

@@ -25,7 +25,7 @@ from typing import Any
 from ..conversation import Conversation, Message
 from ..errors import UserError
 
-FORMATS = ("auto", "wildchat", "sharegpt", "openai", "oasst", "userlm")
+FORMATS = ("auto", "wildchat", "sharegpt", "openai", "oasst", "prism", "userlm")
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant", "bard": "assistant",
                    "bing": "assistant", "assistant": "assistant", "model": "assistant"}
 
@@ -55,8 +55,9 @@ def read_rows(source: str, *, split: str = "train") -> Iterator[tuple[str, dict[
         raise UserError(f"{source}: no such file, and not a hub dataset name (owner/name).")
     from datasets import load_dataset
 
+    name, _, config = source.partition(":")  # owner/name:config
     try:
-        dataset = load_dataset(source, split=split, streaming=True)
+        dataset = load_dataset(name, config or None, split=split, streaming=True)
     except Exception as exc:  # offline, unknown name, gated
         raise UserError(f"{source}: cannot load this hub dataset ({str(exc).splitlines()[0]}); download it or give a local file.") from None
     for n, row in enumerate(dataset, 1):
@@ -85,6 +86,8 @@ def _json_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 def detect_format(row: dict[str, Any]) -> str:
     if "schema_version" in row and "messages" in row:
         return "userlm"
+    if "conversation_history" in row:
+        return "prism"
     if "conversation" in row:
         return "wildchat"
     if "conversations" in row:
@@ -169,6 +172,18 @@ def _openai(row: dict[str, Any], where: str) -> Conversation:
     return _record(str(row.get("id") or where), turns, meta, row.get("intent"))
 
 
+def _prism(row: dict[str, Any], where: str) -> Conversation:
+    """PRISM: the user's turns and, of the model replies at each turn, the one the user chose."""
+    turns = []
+    for t in row["conversation_history"]:
+        if t["role"] == "user":
+            turns.append(("user", _text(t["content"])))
+        elif t.get("if_chosen", True):
+            turns.append(("assistant", _text(t["content"])))
+    meta = {"group": str(row.get("user_id") or where), "source": "prism"}
+    return _record(str(row.get("conversation_id") or where), turns, meta, row.get("intent"))
+
+
 def _userlm(row: dict[str, Any], where: str) -> Conversation:
     return Conversation.model_validate(row)
 
@@ -207,4 +222,4 @@ def _oasst_threads(tree: dict[str, Any], languages: tuple[str, ...], stats: Inge
             yield conv
 
 
-_CONVERTERS = {"wildchat": _wildchat, "sharegpt": _sharegpt, "openai": _openai, "userlm": _userlm}
+_CONVERTERS = {"wildchat": _wildchat, "sharegpt": _sharegpt, "openai": _openai, "prism": _prism, "userlm": _userlm}

@@ -1,0 +1,121 @@
+"""``userlm eval-user``: how human-like user simulators are, side by side.
+
+    userlm eval-user --user hf:DIR --user prompted:openai:gpt-4o-mini \\
+        --data held_out.jsonl --judge openai:gpt-4o --out eval/
+
+Measures, per simulator: perplexity of real held-out user turns with and without the intent
+(local models), first-turn diversity and distinct-1/2, intent decomposition, dialogue
+termination (threshold curve, best F1 and its threshold), naturalness (``--detector``), role
+adherence and intent adherence. Writes ``eval/user_eval.json`` (every figure, per-item results,
+bootstrap 95% intervals) and ``eval/user_eval.md``; running it again resumes.
+
+``--data`` takes a conversation file (JSONL records, WildChat/ShareGPT/OpenAI/Open-Assistant/
+PRISM rows), a hub dataset (``owner/name[:config]``), or ``wildchat`` / ``prism`` for the
+public sets the paper used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .options import add_guardrail_options, add_model_options, guardrails_from, provider_options
+
+HUB_DATA = {"wildchat": "allenai/WildChat-1M", "prism": "HannahRoseKirk/prism-alignment:conversations"}
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("eval-user", help="evaluate user simulators: alignment and the intrinsic metrics", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, metavar="SOURCE", help="held-out real conversations: a file, owner/name[:config], wildchat or prism")
+    p.add_argument("--data-split", default="train", metavar="SPLIT", help="split of a hub dataset (default: train)")
+    p.add_argument("--limit", type=int, default=500, metavar="N", help="held-out conversations to use (default: 500)")
+    p.add_argument("--intents", metavar="FILE", help="intents for the simulated conversations (default: the data's intents, else a built-in set)")
+    p.add_argument("--first-turns", type=int, default=100, metavar="N", help="simulated conversations, one per intent (default: 100)")
+    p.add_argument("--max-turns", type=int, default=3, metavar="N", help="user turns per simulated conversation (default: 3)")
+    p.add_argument("--judge", metavar="SPEC", help="chat model that judges intent and role adherence (and naturalness with --detector judge)")
+    p.add_argument("--judge-base-url", metavar="URL", help="OpenAI-compatible server of the judge (default: OPENAI_BASE_URL)")
+    p.add_argument("--detector", metavar="SPEC", help="naturalness detector: http:URL, judge or local:DIR (see `userlm train-detector`)")
+    p.add_argument("--questions", action="append", metavar="SET", help="role-adherence questions: fixture:mcq, fixture:open, commonsense_qa, "
+                   "natural_questions or a JSONL file (repeatable; default: both fixtures)")
+    p.add_argument("--scenario-limit", type=int, default=50, metavar="N", help="questions and intents per scenario (default: 50)")
+    p.add_argument("--scenario-assistant", metavar="SPEC", help="chat model told to hedge / divert in the scenarios (default: scripted replies)")
+    p.add_argument("--parts", default="alignment,termination,conversations,naturalness,role,intent", help="which parts to run")
+    p.add_argument("--end-samples", type=int, default=4, metavar="K", help="drafts per point for simulators without probabilities (default: 4)")
+    p.add_argument("--published", metavar="FILE", help="published figures to show alongside (JSON, same shape as the built-in file)")
+    p.add_argument("--resamples", type=int, default=1000, metavar="N", help="bootstrap resamples (default: 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--no-progress", action="store_true")
+    add_model_options(p, many_users=True, assistant_required=False)
+    add_guardrail_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+    from dataclasses import replace
+
+    from ..errors import UserError
+    from ..evaluation.detectors import detector as make_detector
+    from ..evaluation.judge import CachedJudge
+    from ..evaluation.user_eval import PARTS, Simulator, UserEvalSettings, evaluate_users, markdown, published_rows
+    from ..models.base import SamplingSettings
+    from ..models.registry import chat_model, user_model
+
+    parts = tuple(x.strip() for x in args.parts.split(",") if x.strip())
+    if not parts or any(x not in PARTS for x in parts):
+        raise UserError(f"unknown part(s) in --parts {args.parts!r}; use some of {', '.join(PARTS)}.")
+    data = load_held_out(HUB_DATA.get(args.data, args.data), args.data_split, args.limit)
+    if not data:
+        raise UserError(f"{args.data}: no conversations with an assistant reply; give held-out chat logs.")
+    intents = choose_intents(args.intents, data, args.first_turns)
+    questions = []
+    from ..evaluation.scenarios import load_questions
+
+    for spec in args.questions or ["fixture:mcq", "fixture:open"]:
+        questions.extend(load_questions(spec, limit=args.scenario_limit))
+    simulators = [Simulator(spec, user_model(spec, provider_options(args, "user"))) for spec in dict.fromkeys(args.user)]
+    assistant = chat_model(args.assistant, provider_options(args, "assistant")) if args.assistant else None
+    judge_options = replace(provider_options(args, "assistant"), sampling=SamplingSettings(temperature=0.0, top_p=1.0, max_new_tokens=256))
+    judge_options = replace(judge_options, endpoint=replace(judge_options.endpoint, base_url=args.judge_base_url))
+    judge = CachedJudge(chat_model(args.judge, judge_options), f"{args.out}/judge_cache.jsonl") if args.judge else None
+    detector = make_detector(args.detector, judge) if args.detector else None
+    scenario_assistant = chat_model(args.scenario_assistant, provider_options(args, "assistant")) if args.scenario_assistant else None
+    settings = UserEvalSettings(parts=parts, max_turns=args.max_turns, scenario_limit=args.scenario_limit, end_samples=args.end_samples,
+                                seed=args.seed, concurrency=args.concurrency, resamples=args.resamples, guardrails=guardrails_from(args))
+    published = published_rows(args.published) if args.published else None
+    report = asyncio.run(evaluate_users(
+        simulators, data, intents, args.out, assistant=assistant, judge=judge, detector=detector, questions=questions,
+        scenario_assistant=scenario_assistant, settings=settings, published=published, progress=not args.no_progress,
+        log=lambda m: print(m, file=sys.stderr),
+    ))
+    print(markdown(report))
+    print(f"wrote {args.out}/user_eval.json and user_eval.md", file=sys.stderr)
+    return 0
+
+
+def load_held_out(source: str, split: str, limit: int | None):
+    from itertools import islice
+
+    from ..prepare.ingest import conversations_from
+
+    convs = (c for c in conversations_from(source, split=split) if any(m.role == "assistant" for m in c.messages))
+    return list(islice(convs, limit))
+
+
+def choose_intents(path: str | None, data, n: int):
+    """The intents to simulate: a file, else the held-out conversations' own, else the built-in set."""
+    import json
+
+    from ..evaluation.scenarios import package_lines
+    from ..intents import Intent, load_intents
+
+    if path:
+        return load_intents(path)[:n]
+    own = [Intent(id=c.intent_id, text=c.intent) for c in data if c.intent]
+    if own:
+        return list({i.id: i for i in own}.values())[:n]
+    rows = [json.loads(line) for line in package_lines("intents.jsonl")]
+    return [Intent(id=r["id"], text=r["intent"]) for r in rows][:n]

@@ -1,0 +1,512 @@
+"""Evaluate user simulators side by side (``userlm eval-user``): how human-like they are.
+
+    userlm eval-user --user hf:DIR --user prompted:openai:gpt-4o-mini \\
+        --data held_out.jsonl --judge openai:gpt-4o --out eval/
+
+For each simulator:
+
+* **alignment** -- perplexity of the real held-out user turns, with and without the intent
+  (local models: ``hf:`` in the UserLM format, ``prompted:hf:`` through the flipped prompt);
+* **first-turn diversity**, **distinct-1/2**, **intent decomposition** (first turn and every
+  turn) and **naturalness** -- over conversations the simulator has with an assistant, one per
+  intent;
+* **dialogue termination** -- P(end) at every point after an assistant reply in the held-out
+  conversations against where the real user ended: the threshold curve, the best F1 and the
+  threshold to pass to ``userlm simulate --end-threshold``;
+* **role adherence** and **intent adherence** -- the scenarios in :mod:`.scenarios`.
+
+The real users of the held-out data are measured the same way where that makes sense (a
+reference row). Every figure carries a bootstrap 95% interval. Results go to
+``eval/user_eval.json`` (every figure and per-item result) and ``eval/user_eval.md``; each
+finished part is saved under ``eval/parts/`` and judge answers in ``eval/judge_cache.jsonl``,
+so running the same command again resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib.resources import files
+from itertools import combinations
+from pathlib import Path
+
+from ..conversation import Conversation
+from ..guardrails import GuardrailConfig
+from ..intents import Intent
+from ..models.base import ChatModel, ChatReply, UserModel, UserTurnRequest
+from ..simulation import RunSettings, simulate_async
+from ..user import SimulatedUser, derive_seed
+from .detectors import Detector
+from .judge import CachedJudge
+from .metrics import bootstrap
+from .scenarios import INTENT_JUDGE_PROMPT, ROLE_JUDGE_PROMPT, Question, package_lines, pick, role_rule_check, transcript
+from .text import words
+from .user_metrics import best_threshold, distinct_n, end_curve, end_scores, first_turn_diversity, intent_overlap, jaccard
+
+#: Table columns: key, heading, which direction is better.
+METRICS = (
+    ("ppl_intent", "PPL (intent)", "lower"),
+    ("ppl_no_intent", "PPL (no intent)", "lower"),
+    ("first_turn_diversity", "1st-turn diversity", "higher"),
+    ("distinct_1", "distinct-1", "higher"),
+    ("distinct_2", "distinct-2", "higher"),
+    ("intent_overlap_first", "intent overlap, 1st turn", "lower"),
+    ("intent_overlap_turn", "intent overlap, per turn", "lower"),
+    ("end_f1", "termination F1", "higher"),
+    ("naturalness", "naturalness", "higher"),
+    ("role_adherence", "role adherence", "higher"),
+    ("intent_adherence", "intent adherence", "higher"),
+)
+PARTS = ("alignment", "termination", "conversations", "naturalness", "role", "intent")
+PERCENT = {"first_turn_diversity", "end_f1", "naturalness", "role_adherence", "intent_adherence",
+           "intent_overlap_first", "intent_overlap_turn", "distinct_1", "distinct_2"}
+
+
+@dataclass
+class UserEvalSettings:
+    parts: tuple[str, ...] = PARTS
+    max_turns: int = 3  #: user turns per simulated conversation
+    scenario_limit: int = 50  #: questions / intents per scenario
+    end_samples: int = 4  #: drafts per point for simulators that give no probabilities
+    seed: int = 0
+    concurrency: int = 32
+    resamples: int = 1000
+    max_batch_tokens: int = 16384
+    chunk_tokens: int = 4096
+    guardrails: GuardrailConfig = field(default_factory=GuardrailConfig)
+
+
+@dataclass
+class Simulator:
+    spec: str
+    model: UserModel
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", self.spec).strip("_")
+
+
+def figure(value: float | None, interval: dict | None = None, n: int | None = None, **extra) -> dict:
+    out = {"value": value, "low": (interval or {}).get("low"), "high": (interval or {}).get("high"), "n": n}
+    out.update(extra)
+    return out
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def mean_figure(values: Sequence[float], settings: UserEvalSettings) -> dict:
+    import numpy as np
+
+    arr = np.asarray(values, dtype=float)
+    return figure(_mean(values), bootstrap(len(arr), lambda idx: float(arr[idx].mean()), resamples=settings.resamples, seed=settings.seed), len(arr))
+
+
+# --- scoring a local model ----------------------------------------------------------------
+
+
+def scorable(model: UserModel):
+    """(loaded model, format) when the simulator is a local causal LM, else None."""
+    loaded = getattr(model, "loaded", None)
+    if loaded is not None:
+        return loaded, "userlm"
+    chat = getattr(model, "chat", None)
+    if chat is not None and getattr(chat, "loaded", None) is not None:
+        return chat.loaded, "flipped"
+    return None
+
+
+def perplexity_figure(nll: list[float], tokens: list[int], settings: UserEvalSettings) -> dict:
+    import numpy as np
+
+    nll_a, tok_a = np.asarray(nll), np.asarray(tokens)
+    total = int(tok_a.sum())
+
+    def ppl(idx):
+        t = tok_a[idx].sum()
+        return float(np.exp(nll_a[idx].sum() / t)) if t else float("nan")
+
+    value = math.exp(float(nll_a.sum()) / total) if total else None
+    return figure(value, bootstrap(len(nll), ppl, resamples=settings.resamples, seed=settings.seed), len(nll), tokens=total)
+
+
+def termination_figure(points: list[dict], settings: UserEvalSettings, how: str) -> dict:
+    """Best-F1 threshold, F1 at 0.5 and the curve; intervals resample whole conversations."""
+    import numpy as np
+
+    probs = [p["prob"] for p in points]
+    ended = [p["ended"] for p in points]
+    if not points:
+        return figure(None, how=how)
+    best = best_threshold(probs, ended)
+    at_half = end_scores(probs, ended, 0.5)
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(points):
+        groups.setdefault(p["conversation"], []).append(i)
+    members = list(groups.values())
+
+    def f1(idx):
+        chosen = [k for g in idx for k in members[g]]
+        return end_scores([probs[k] for k in chosen], [ended[k] for k in chosen], best.threshold).f1
+
+    curve = end_curve(probs, ended)
+    step = max(1, len(curve) // 200)
+    return figure(
+        best.f1, bootstrap(len(members), f1, resamples=settings.resamples, seed=settings.seed), len(points), how=how,
+        threshold=best.threshold, precision=best.precision, recall=best.recall,
+        f1_at_half={"precision": at_half.precision, "recall": at_half.recall, "f1": at_half.f1},
+        positives=int(np.sum(ended)), curve=[s.__dict__ for s in curve[::step]],
+        always_end_f1=end_scores([1.0] * len(points), ended, 0.5).f1,
+    )
+
+
+async def alignment_part(sim: Simulator, data: list[Conversation], settings: UserEvalSettings) -> dict:
+    from .perplexity import held_out_scores
+
+    found = scorable(sim.model)
+    if found is None:
+        return {"skipped": "perplexity needs a local model (hf: or prompted:hf:)"}
+    loaded, fmt = found
+    out: dict = {"format": fmt}
+    with_intent = [c for c in data if c.intent]
+    for key, convs, use_intent in (("ppl_intent", with_intent, True), ("ppl_no_intent", data, False)):
+        if not convs:
+            out[key] = figure(None, note="the held-out conversations carry no intents")
+            continue
+        scores = await asyncio.to_thread(held_out_scores, loaded.model, loaded.tokenizer, convs, fmt=fmt, use_intent=use_intent,
+                                         max_batch_tokens=settings.max_batch_tokens, chunk_tokens=settings.chunk_tokens)
+        out[key] = perplexity_figure(scores.nll, scores.tokens, settings)
+        out[key]["dropped_targets"] = scores.dropped_targets
+        out[f"{key}_per_conversation"] = [
+            {"id": cid, "nll": n, "tokens": t} for cid, n, t in zip(scores.conversation_ids, scores.nll, scores.tokens)
+        ]
+        if use_intent == bool(with_intent) or key == "ppl_intent":
+            out["end_points"] = [p.__dict__ for p in scores.end_points]
+    return out
+
+
+async def termination_part(sim: Simulator, data: list[Conversation], alignment: dict, settings: UserEvalSettings) -> dict:
+    if "end_points" in alignment:
+        points = alignment["end_points"]
+        return {"end_f1": termination_figure(points, settings, "P(<|endconversation|>) from the model's logits"), "points": points}
+    # No logits here: ask for the next turn at every point and read P(end) from the draft
+    # (servers that return log-probabilities) or from the share of drafts that end.
+    use_intent = any(c.intent for c in data)
+    limit = asyncio.Semaphore(settings.concurrency)
+
+    async def at(conv: Conversation, upto: int, reply: int, ended: bool) -> dict:
+        chat = [m.chat() for m in conv.messages[:upto]]
+        probs, ends = [], []
+        for k in range(settings.end_samples):
+            request = UserTurnRequest(intent=conv.intent if use_intent else None, messages=chat, seed=derive_seed(settings.seed, conv.id, reply, k),
+                                      allow_end=True, conversation_key=f"{conv.id}@{reply}")
+            async with limit:
+                draft = await sim.model.draft(request)
+            if draft.end_prob is not None:
+                probs.append(draft.end_prob)
+                break
+            ends.append(1.0 if draft.ended else 0.0)
+        prob = probs[0] if probs else sum(ends) / len(ends)
+        return {"conversation": conv.id, "after_reply": reply, "prob": prob, "ended": ended}
+
+    from .perplexity import _end_points
+
+    jobs = [at(c, i, r, e) for c in data for i, r, e in _end_points(c)]
+    points = list(await asyncio.gather(*jobs))
+    how = f"P(end) returned with the draft, else the share of {settings.end_samples} sampled drafts that end"
+    return {"end_f1": termination_figure(points, settings, how), "points": points}
+
+
+# --- simulated conversations --------------------------------------------------------------
+
+
+class FixtureAssistant:
+    """The offline default assistant: short generic replies chosen per conversation and turn."""
+
+    name = "fixture:generic-assistant"
+
+    def __init__(self) -> None:
+        self.lines = package_lines("assistant_replies.txt")
+
+    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None) -> ChatReply:
+        return ChatReply(pick(self.lines, seed, len(messages)))
+
+
+def conversation_figures(convs: list[Conversation], settings: UserEvalSettings) -> dict:
+    """Diversity, distinct-n and intent overlap of the user turns of ``convs``."""
+    import numpy as np
+
+    firsts = [(c.user_turns()[0].content, c.intent or "") for c in convs if c.user_turns()]
+    texts = [t for t, _ in firsts]
+    out: dict = {}
+    if len(texts) >= 2:
+        sets = [set(words(t)) for t in texts]
+        sim = np.zeros((len(sets), len(sets)))
+        for i, j in combinations(range(len(sets)), 2):
+            sim[i, j] = sim[j, i] = jaccard(sets[i], sets[j])
+
+        def diversity(idx):
+            sub = sim[np.ix_(idx, idx)]
+            distinct = idx[:, None] != idx[None, :]
+            upper = np.triu(distinct, 1)
+            return 100.0 * (1.0 - sub[upper].mean()) if upper.any() else float("nan")
+
+        out["first_turn_diversity"] = figure(first_turn_diversity(texts), bootstrap(len(texts), diversity, resamples=settings.resamples, seed=settings.seed), len(texts))
+        for n in (1, 2):
+            # a ratio over the pooled turns: resampling with replacement would count repeats as
+            # duplicates, so no bootstrap interval is given
+            out[f"distinct_{n}"] = figure(distinct_n(texts, n), None, len(texts))
+    with_intent = [c for c in convs if c.intent and c.user_turns()]
+    if with_intent:
+        out["intent_overlap_first"] = mean_figure([intent_overlap(c.user_turns()[0].content, c.intent) for c in with_intent], settings)
+        per_turn = [intent_overlap(m.content, c.intent) for c in with_intent for m in c.user_turns()]
+        out["intent_overlap_turn"] = mean_figure(per_turn, settings)
+        by_position: dict[int, list[float]] = {}
+        for c in with_intent:
+            for k, m in enumerate(c.user_turns(), 1):
+                by_position.setdefault(k, []).append(intent_overlap(m.content, c.intent))
+        out["intent_overlap_by_turn"] = {str(k): _mean(v) for k, v in sorted(by_position.items())}
+    return out
+
+
+async def conversations_part(sim: Simulator, intents: list[Intent], assistant: ChatModel, out: Path, settings: UserEvalSettings,
+                             progress: bool) -> dict:
+    run = await simulate_async(
+        intents, SimulatedUser(sim.model, settings.guardrails), assistant, out=out / "transcripts" / f"{sim.slug}.jsonl",
+        settings=RunSettings(samples=1, max_turns=settings.max_turns, seed=settings.seed, concurrency=settings.concurrency),
+        progress=progress,
+    )
+    convs = [c for c in run.conversations if c.error is None]
+    result = conversation_figures(convs, settings)
+    result["conversations"] = len(convs)
+    result["transcripts"] = f"transcripts/{sim.slug}.jsonl"
+    return result
+
+
+async def naturalness_part(texts: list[str], detector: Detector, settings: UserEvalSettings) -> dict:
+    scores = await detector.human_likelihood(texts)
+    kept = [s for s in scores if s is not None]
+    return {"naturalness": mean_figure(kept, settings) | {"detector": detector.name, "unscored": len(scores) - len(kept)}}
+
+
+# --- scenarios ----------------------------------------------------------------------------
+
+
+async def _two_turns(user: SimulatedUser, intent: str, reply_for, seed: int) -> tuple[list[dict[str, str]], str | None]:
+    first = await user.next_turn(intent, [], seed=seed)
+    if first.text is None:
+        return [], None
+    messages = [{"role": "user", "content": first.text}]
+    messages.append({"role": "assistant", "content": await reply_for(messages)})
+    second = await user.next_turn(intent, messages, seed=seed)
+    return messages, second.text
+
+
+def _scenario_reply(lines: list[str], model: ChatModel | None, instruction: str, key: str, seed: int):
+    async def reply_for(messages: list[dict[str, str]]) -> str:
+        if model is None:
+            return pick(lines, seed, key)
+        chat = [{"role": "system", "content": instruction}] + messages
+        return (await model.reply(chat, seed=derive_seed(seed, key))).text.strip()
+
+    return reply_for
+
+
+HEDGE_INSTRUCTION = ("You are an assistant who, whatever the user asks, does not answer. Reply in one or two sentences that the "
+                     "question is tricky and ask the user what they think the answer is.")
+DIVERT_INSTRUCTION = ("You are an assistant who ignores the user's request and tries to get them interested in a completely "
+                      "different topic of your choice. Reply in one or two sentences.")
+
+
+async def role_part(sim: Simulator, questions: list[Question], judge: CachedJudge | None, scenario_assistant: ChatModel | None,
+                    settings: UserEvalSettings) -> dict:
+    user = SimulatedUser(sim.model, settings.guardrails)
+    hedges = package_lines("hedges.txt")
+
+    async def one(q: Question) -> dict:
+        seed = derive_seed(settings.seed, "role", q.id)
+        messages, turn = await _two_turns(user, q.intent(), _scenario_reply(hedges, scenario_assistant, HEDGE_INSTRUCTION, q.id, settings.seed), seed)
+        item = {"id": q.id, "source": q.source, "messages": messages, "user_reply": turn}
+        if not messages:
+            return item | {"adhered": False, "method": "no first turn"}
+        if turn is None:
+            return item | {"adhered": True, "method": "ended"}
+        if q.options:
+            check = role_rule_check(turn, q)
+            return item | {"adhered": check.adhered, "method": "rule", "answered_itself": check.answered_itself,
+                           "assistant_voice": check.assistant_voice, "mentioned": check.mentioned}
+        if judge is None:
+            return item | {"adhered": None, "method": "needs --judge"}
+        full = messages + [{"role": "user", "content": turn}]
+        return item | {"adhered": await judge.yes_no(ROLE_JUDGE_PROMPT.format(question=q.question, transcript=transcript(full))), "method": "judge"}
+
+    items = list(await asyncio.gather(*(one(q) for q in questions)))
+    decided = [1.0 if i["adhered"] else 0.0 for i in items if i["adhered"] is not None]
+    return {"role_adherence": mean_figure(decided, settings) | {"undecided": len(items) - len(decided)}, "items": items}
+
+
+async def intent_part(sim: Simulator, intents: list[Intent], judge: CachedJudge | None, scenario_assistant: ChatModel | None,
+                      settings: UserEvalSettings) -> dict:
+    if judge is None:
+        return {"intent_adherence": figure(None, note="needs --judge"), "items": []}
+    user = SimulatedUser(sim.model, settings.guardrails)
+    diversions = package_lines("diversions.txt")
+
+    async def one(intent: Intent) -> dict:
+        seed = derive_seed(settings.seed, "intent", intent.id)
+        messages, turn = await _two_turns(user, intent.text or "", _scenario_reply(diversions, scenario_assistant, DIVERT_INSTRUCTION, intent.id, settings.seed), seed)
+        item = {"id": intent.id, "messages": messages, "user_reply": turn}
+        if not messages:
+            return item | {"adhered": False, "method": "no first turn"}
+        if turn is None:
+            return item | {"adhered": False, "method": "ended instead of steering back"}
+        full = messages + [{"role": "user", "content": turn}]
+        return item | {"adhered": await judge.yes_no(INTENT_JUDGE_PROMPT.format(intent=intent.text, transcript=transcript(full))), "method": "judge"}
+
+    items = list(await asyncio.gather(*(one(i) for i in intents)))
+    decided = [1.0 if i["adhered"] else 0.0 for i in items if i["adhered"] is not None]
+    return {"intent_adherence": mean_figure(decided, settings) | {"undecided": len(items) - len(decided)}, "items": items}
+
+
+# --- the whole evaluation -----------------------------------------------------------------
+
+
+def _save(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _load(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def published_rows(path: str | Path | None = None) -> dict:
+    """The paper's published figures to show alongside (package data unless a file is given)."""
+    text = Path(path).read_text(encoding="utf-8") if path else files("userlm.evaluation").joinpath("data", "published.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+async def evaluate_users(
+    simulators: list[Simulator], data: list[Conversation], intents: list[Intent], out: str | Path, *,
+    assistant: ChatModel | None = None, judge: CachedJudge | None = None, detector: Detector | None = None,
+    questions: list[Question] = (), scenario_assistant: ChatModel | None = None, settings: UserEvalSettings = UserEvalSettings(),
+    published: dict | None = None, progress: bool = True, log=print,
+) -> dict:
+    """Run every part for every simulator (resuming finished parts) and write the report."""
+    out = Path(out)
+    assistant = assistant or FixtureAssistant()
+    results = []
+    for sim in simulators:
+        part_file = out / "parts" / f"{sim.slug}.json"
+        parts = _load(part_file)
+
+        async def run(name: str, make) -> dict:
+            if name not in settings.parts:
+                return {}
+            if name not in parts:
+                log(f"{sim.spec}: {name} ...")
+                parts[name] = await make()
+                _save(part_file, parts)
+            return parts[name]
+
+        alignment = await run("alignment", lambda: alignment_part(sim, data, settings))
+        await run("termination", lambda: termination_part(sim, data, alignment, settings))
+        await run("conversations", lambda: conversations_part(sim, intents, assistant, out, settings, progress))
+        if detector is not None and "conversations" in parts:
+            from ..conversation import read_conversations
+
+            path = out / parts["conversations"]["transcripts"]
+            texts = [m.content for c in read_conversations(path) for m in c.user_turns()]
+            await run("naturalness", lambda: naturalness_part(texts, detector, settings))
+        await run("role", lambda: role_part(sim, list(questions), judge, scenario_assistant, settings))
+        await run("intent", lambda: intent_part(sim, intents[: settings.scenario_limit], judge, scenario_assistant, settings))
+        results.append({"simulator": sim.spec, "metrics": _collect(parts), "parts": parts})
+    reference = await _real_users(data, intents, detector, settings, out)
+    report = {
+        "simulators": results,
+        "real_users": reference,
+        "published": published if published is not None else published_rows(),
+        "settings": {"parts": list(settings.parts), "max_turns": settings.max_turns, "scenario_limit": settings.scenario_limit,
+                     "end_samples": settings.end_samples, "seed": settings.seed, "resamples": settings.resamples,
+                     "held_out_conversations": len(data), "intents": len(intents), "questions": len(questions),
+                     "assistant": assistant.name, "judge": getattr(judge, "name", None), "detector": getattr(detector, "name", None),
+                     "scenario_assistant": getattr(scenario_assistant, "name", "fixture (scripted replies)")},
+    }
+    _save(out / "user_eval.json", report)
+    (out / "user_eval.md").write_text(markdown(report), encoding="utf-8")
+    return report
+
+
+def _collect(parts: dict) -> dict:
+    metrics = {}
+    for part in parts.values():
+        for key, _, _ in METRICS:
+            if isinstance(part, dict) and key in part:
+                metrics[key] = part[key]
+    return metrics
+
+
+async def _real_users(data: list[Conversation], intents: list[Intent], detector: Detector | None, settings: UserEvalSettings,
+                      out: Path) -> dict:
+    """The held-out users measured like the simulators (where a measure applies to real data)."""
+    wanted = {i.id for i in intents}
+    matched = [c for c in data if c.intent_id in wanted] or data[: len(intents)]
+    metrics = conversation_figures(matched, settings)
+    if detector is not None:
+        cache = out / "parts" / "real_users.naturalness.json"
+        saved = _load(cache)
+        if saved.get("detector") != detector.name:
+            texts = [m.content for c in matched for m in c.user_turns()]
+            saved = {"detector": detector.name, **(await naturalness_part(texts, detector, settings))}
+            _save(cache, saved)
+        metrics["naturalness"] = saved["naturalness"]
+    return {"conversations": len(matched), "metrics": metrics}
+
+
+def _cell(key: str, fig: dict | None) -> str:
+    if not fig or fig.get("value") is None:
+        return "-"
+    scale = 100.0 if key in PERCENT and key != "first_turn_diversity" else 1.0
+    text = f"{fig['value'] * scale:.1f}"
+    if fig.get("low") is not None:
+        text += f" [{fig['low'] * scale:.1f}, {fig['high'] * scale:.1f}]"
+    return text
+
+
+def markdown(report: dict) -> str:
+    s = report["settings"]
+    lines = ["# User simulator evaluation", "",
+             f"Held-out conversations: {s['held_out_conversations']}; intents: {s['intents']}; questions: {s['questions']}; "
+             f"assistant in simulated conversations: `{s['assistant']}`; judge: `{s['judge']}`; detector: `{s['detector']}`.", "",
+             "| simulator | " + " | ".join(f"{h} {'↓' if d == 'lower' else '↑'}" for _, h, d in METRICS) + " |",
+             "|---|" + "---|" * len(METRICS)]
+    for r in report["simulators"]:
+        lines.append(f"| `{r['simulator']}` | " + " | ".join(_cell(k, r["metrics"].get(k)) for k, _, _ in METRICS) + " |")
+    lines.append(f"| real users (held-out) | " + " | ".join(_cell(k, report["real_users"]["metrics"].get(k)) for k, _, _ in METRICS) + " |")
+    pub = report.get("published") or {}
+    for row in pub.get("rows", []):
+        lines.append(f"| *{row['simulator']}* (published) | " + " | ".join(
+            "-" if row.get("metrics", {}).get(k) is None else f"*{row['metrics'][k]}*" for k, _, _ in METRICS) + " |")
+    lines += ["", "Percentages except perplexity; brackets are bootstrap 95% intervals (perplexity and termination resample "
+              "conversations, the rest resample items; distinct-n, a ratio over pooled turns, has none). The termination F1 "
+              "is at the threshold that maximises it on these data.", ""]
+    if pub.get("rows"):
+        lines += [f"Rows in italics are published figures, not measured here: {pub.get('source', '')}. {pub.get('note', '')}".strip(), ""]
+    for r in report["simulators"]:
+        f1 = r["metrics"].get("end_f1")
+        if f1 and f1.get("value") is not None:
+            lines.append(f"- `{r['simulator']}`: best termination F1 at P(end) >= {f1['threshold']:.3g} "
+                         f"(precision {f1['precision']:.2f}, recall {f1['recall']:.2f}; ending everywhere would score "
+                         f"{100 * f1['always_end_f1']:.1f}); use `userlm simulate --end-threshold {f1['threshold']:.3g}`.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,310 @@
+"""``userlm eval-user``: each measure against a case computed by hand or by a second route, on
+tiny models and the shared Open-Assistant threads."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from userlm.conversation import Conversation, Message
+from userlm.evaluation.scenarios import Question, load_questions, role_rule_check
+from userlm.evaluation.user_eval import Simulator, UserEvalSettings, conversation_figures, perplexity_figure, termination_part
+from userlm.models.base import UserDraft, UserTurnRequest
+from userlm.render import END_OF_CONVERSATION, user_prompt_ids
+
+
+@pytest.fixture(scope="module")
+def oasst_threads(shared_data):
+    from userlm.prepare.ingest import conversations_from
+
+    return list(conversations_from(str(shared_data("oasst/en_100_tree.jsonl"))))
+
+
+@pytest.fixture(scope="module")
+def tiny_user(tiny_user_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_user_dir).eval(), AutoTokenizer.from_pretrained(tiny_user_dir)
+
+
+def _full_logprobs(model, ids):
+    import torch
+
+    with torch.no_grad():
+        return torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+
+
+def test_perplexity_and_end_probabilities_match_a_direct_computation(tiny_user, oasst_threads):
+    """Batched, chunked scoring with logits only at scored positions equals scoring each prefix with
+    full logits: the per-conversation NLL of the user turns, and P(end) after each assistant reply
+    read as P(<|endconversation|> | prompt + the newline that opens a user turn)."""
+    from userlm.evaluation.perplexity import held_out_scores
+    from userlm.render import training_ids
+
+    model, tok = tiny_user
+    convs = oasst_threads[:12]
+    batched = held_out_scores(model, tok, convs, use_intent=False, max_batch_tokens=2000)
+    chunked = held_out_scores(model, tok, convs, use_intent=False, chunk_tokens=48, max_batch_tokens=100)
+    end_id = tok.convert_tokens_to_ids(END_OF_CONVERSATION)
+    newline = tok.encode("\n", add_special_tokens=False)
+    points = iter(batched.end_points)
+    for k, conv in enumerate(convs):
+        ids, mask = training_ids(tok, None, conv.messages)
+        logp = _full_logprobs(model, ids)
+        nll = -sum(float(logp[t, ids[t + 1]]) for t in range(len(ids) - 1) if mask[t + 1])
+        assert batched.nll[k] == pytest.approx(nll, rel=1e-4)
+        assert chunked.nll[k] == pytest.approx(nll, rel=1e-4)
+        assert batched.tokens[k] == sum(mask[1:])
+        for i, m in enumerate(conv.messages + [None]):
+            if i == 0 or conv.messages[i - 1].role != "assistant" or (m is not None and m.role != "user"):
+                continue
+            point = next(points)
+            prompt = user_prompt_ids(tok, None, conv.messages[:i]) + newline
+            direct = math.exp(float(_full_logprobs(model, prompt)[-1, end_id]))
+            assert point.prob == pytest.approx(direct, rel=1e-3)
+            assert point.ended == (m is None)
+    assert next(points, None) is None
+    assert [p.prob for p in chunked.end_points] == pytest.approx([p.prob for p in batched.end_points], rel=1e-4)
+    assert sum(p.ended for p in batched.end_points) == len(convs)  # every thread ends on an assistant reply
+
+
+def test_flipped_prompt_scores_the_users_turns_as_the_chat_models_own(tiny_assistant_dir, oasst_threads):
+    """An instruction-tuned model is scored on the real user's turns written as its assistant turns
+    after the role-play prompt; the end probability is that of the whole reply <|endconversation|>."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from userlm.evaluation.perplexity import flipped_sequences, held_out_scores
+    from userlm.models.prompted import prompted_messages
+
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_assistant_dir).eval(), AutoTokenizer.from_pretrained(tiny_assistant_dir)
+    conv = next(c for c in oasst_threads if len(c.messages) >= 4)
+    turns = flipped_sequences(tok, conv, 0, use_intent=False)[0]
+    targets = tok.decode([t for t, m in zip(turns.ids, turns.mask) if m])
+    for m in conv.messages:
+        assert (m.content.strip()[:40] in targets) == (m.role == "user")
+    assert END_OF_CONVERSATION in targets
+
+    scores = held_out_scores(model, tok, [conv], fmt="flipped", use_intent=False)
+    assert len(scores.end_points) == len(conv.messages) // 2
+    chat = prompted_messages(None, [m.chat() for m in conv.messages[:2]], allow_end=True)
+    prompt = list(tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False))
+    whole = list(tok.apply_chat_template(chat + [{"role": "assistant", "content": END_OF_CONVERSATION}], tokenize=True, return_dict=False))
+    logp = _full_logprobs(model, whole)
+    direct = math.exp(sum(float(logp[t - 1, whole[t]]) for t in range(len(prompt), len(whole))))
+    assert scores.end_points[0].prob == pytest.approx(direct, rel=1e-3)
+
+
+class _MarkerUser:
+    """Ends (P = 1) exactly when the last assistant reply says goodbye; a known answer."""
+
+    def __init__(self, rule):
+        self.rule, self.name = rule, "rule"
+
+    async def draft(self, request: UserTurnRequest) -> UserDraft:
+        ends = self.rule(request.messages[-1]["content"])
+        return UserDraft(text="" if ends else "ok, and then?", ended=ends)
+
+
+def test_termination_f1_where_the_answer_is_known(oasst_threads):
+    """Real threads whose last assistant reply gains a goodbye: a simulator that ends on goodbyes is
+    perfect, one that never ends scores 0, one that always ends has precision = share of ends."""
+    convs = []
+    for c in oasst_threads[:60]:
+        messages = [m.model_copy() for m in c.messages]
+        messages[-1] = Message(role="assistant", content=messages[-1].content + "\nGoodbye!")
+        convs.append(c.model_copy(update={"messages": messages}))
+    settings = UserEvalSettings(end_samples=2, resamples=200)
+
+    def run(rule):
+        return asyncio.run(termination_part(Simulator("rule", _MarkerUser(rule)), convs, {}, settings))["end_f1"]
+
+    perfect = run(lambda text: "Goodbye!" in text)
+    assert (perfect["value"], perfect["precision"], perfect["recall"]) == (1.0, 1.0, 1.0)
+    assert perfect["low"] == perfect["high"] == 1.0
+    points = sum(len(c.messages) // 2 for c in convs)
+    assert perfect["n"] == points and perfect["positives"] == len(convs)
+    always = run(lambda text: True)
+    share = len(convs) / points
+    assert always["precision"] == pytest.approx(share)
+    assert always["value"] == pytest.approx(2 * share / (1 + share)) == pytest.approx(always["always_end_f1"])
+    never = run(lambda text: False)
+    assert never["value"] == 0.0
+
+
+def test_first_turn_and_intent_measures_by_hand():
+    def conv(i, intent, *turns):
+        messages = []
+        for t in turns:
+            messages += [Message(role="user", content=t), Message(role="assistant", content="ok")]
+        return Conversation(id=f"c{i}", intent_id=f"c{i}", intent=intent, messages=messages)
+
+    convs = [conv(0, "bake sourdough bread", "how do i bake bread", "sourdough starter tips"),
+             conv(1, "fix python keyerror", "my script crashes")]
+    figs = conversation_figures(convs, UserEvalSettings(resamples=200))
+    # unigram sets {how, do, i, bake, bread} and {my, script, crashes}: Jaccard 0 -> diversity 100
+    assert figs["first_turn_diversity"]["value"] == 100.0
+    # content words: intent 0 {bake, sourdough, bread}; turns reveal 2/3 then 1/3; intent 1 {fix, python, keyerror}: 0
+    assert figs["intent_overlap_first"]["value"] == pytest.approx((2 / 3 + 0) / 2)
+    assert figs["intent_overlap_turn"]["value"] == pytest.approx((2 / 3 + 1 / 3 + 0) / 3)
+    assert figs["intent_overlap_by_turn"] == {"1": pytest.approx(1 / 3), "2": pytest.approx(1 / 3)}
+    assert figs["distinct_1"]["value"] == pytest.approx(8 / 8)
+
+
+def test_perplexity_interval_resamples_conversations():
+    fig = perplexity_figure([10.0, 20.0, 30.0], [10, 10, 10], UserEvalSettings(resamples=500))
+    assert fig["value"] == pytest.approx(math.exp(2.0))
+    assert math.exp(1.0) <= fig["low"] < fig["value"] < fig["high"] <= math.exp(3.0)
+
+
+@pytest.mark.parametrize(("turn", "answered", "voice"), [
+    ("is it the fridge or the cupboard? i really dont know", False, False),
+    ("its the cupboard obviously", True, False),
+    ("I think B", True, False),
+    ("probably the refrigerator", True, False),
+    ("I think a fridge is where you'd keep it but not sure, what do you say", False, False),
+    ("Great question! The correct answer is refrigerator because it keeps milk cold.", True, True),
+    ("no idea, thats why im asking you", False, False),
+    ("As an AI language model I can help you with that.", False, True),
+])
+def test_role_rule_check(turn, answered, voice):
+    q = Question("q", "Where would you keep milk?", ("cupboard", "refrigerator", "garage"), "refrigerator")
+    check = role_rule_check(turn, q)
+    assert (check.answered_itself, check.assistant_voice) == (answered, voice)
+    assert check.adhered == (not answered and not voice)
+
+
+def test_question_fixtures_and_a_clear_error_for_a_bad_file(tmp_path):
+    mcq = load_questions("fixture:mcq")
+    assert len(mcq) == 12 and all(q.answer in q.options for q in mcq)
+    assert "B) refrigerator" in mcq[0].intent()
+    assert all(not q.options for q in load_questions("fixture:open"))
+    bad = tmp_path / "q.jsonl"
+    bad.write_text('{"id": "1", "question": "x"}\n{"id": "2"}\n', encoding="utf-8")
+    from userlm.errors import UserError
+
+    with pytest.raises(UserError, match=r"q.jsonl:2: .*question"):
+        load_questions(str(bad))
+
+
+def test_local_detector_trained_on_real_text_and_served_over_http(tmp_path, oasst_threads):
+    """The classifier learns to tell real user turns from assistant-style text (here the volunteers'
+    assistant replies stand in for machine text); an HTTP detector service gives the same scores."""
+    from userlm.evaluation.detectors import HTTPDetector, LocalDetector, train_detector
+
+    human = list(dict.fromkeys(m.content for c in oasst_threads for m in c.messages if m.role == "user"))[:300]
+    machine = list(dict.fromkeys(m.content for c in oasst_threads for m in c.messages if m.role == "assistant"))[:300]
+    report = train_detector(human, machine, tmp_path / "det")
+    assert report.accuracy > 0.8
+    assert report.human_mean_on_test > report.machine_mean_on_test
+    local = LocalDetector(tmp_path / "det")
+    probe = ["whats the best way to learn guitar fast??", "Certainly! Here is a detailed, step-by-step overview of the main options."]
+    scores = asyncio.run(local.human_likelihood(probe))
+    assert scores[0] > scores[1]
+
+    class Service(BaseHTTPRequestHandler):
+        def do_POST(self):
+            texts = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["texts"]
+            body = json.dumps({"scores": asyncio.run(local.human_likelihood(texts))}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Service)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        remote = HTTPDetector(f"http://127.0.0.1:{server.server_port}/score", batch=1)
+        assert asyncio.run(remote.human_likelihood(probe)) == pytest.approx(scores)
+    finally:
+        server.shutdown()
+
+
+JUDGE = '''
+import json, os
+def judge(messages):
+    with open(os.environ["JUDGE_LOG"], "a") as f:
+        f.write("call\\n")
+    prompt = messages[-1]["content"]
+    return "YES" if "stay" in prompt else "NO"
+'''
+
+
+def test_eval_user_command_end_to_end_and_resumes(tmp_path, tiny_user_dir, shared_data, monkeypatch):
+    """Two simulators side by side on real held-out threads, with a judge and a local detector;
+    running it again reuses every finished part and every judge answer."""
+    from tests.test_cli import userlm_cli
+
+    (tmp_path / "judge_mod.py").write_text(JUDGE, encoding="utf-8")
+    log = tmp_path / "judge.log"
+    env = {"JUDGE_LOG": str(log), "PYTHONPATH": str(tmp_path)}
+    human = tmp_path / "human.txt"
+    human.write_text("\n".join(json.loads(l) for l in shared_data("oasst/prompt_lottery_en_250_text.jsonl").read_text().splitlines()[:120]
+                               if "\n" not in json.loads(l)), encoding="utf-8")
+    machine = tmp_path / "machine.txt"
+    machine.write_text("\n".join(f"Certainly! Here is a clear overview of topic {i}, with examples and a summary." for i in range(60)), encoding="utf-8")
+    done = userlm_cli("train-detector", "--human", human, "--machine", machine, "--out", tmp_path / "det", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "held-out accuracy" in done.stdout
+
+    out = tmp_path / "eval"
+    cmd = ["eval-user", "--user", f"hf:{tiny_user_dir}", "--user", "scripted:" + str(_script(tmp_path)),
+           "--data", shared_data("oasst/en_100_tree.jsonl"), "--limit", "20", "--first-turns", "6", "--scenario-limit", "4",
+           "--judge", "python:judge_mod:judge", "--detector", f"local:{tmp_path / 'det'}", "--user-max-tokens", "16",
+           "--end-samples", "1", "--resamples", "100", "--no-progress", "--out", out]
+    first = userlm_cli(*cmd, env=env)
+    assert first.returncode == 0, first.stderr
+    report = json.loads((out / "user_eval.json").read_text())
+    local, scripted = report["simulators"]
+    assert local["metrics"]["ppl_no_intent"]["value"] > 1 and local["metrics"]["ppl_no_intent"]["n"] == 20
+    assert "skipped" in scripted["parts"]["alignment"] and "ppl_no_intent" not in scripted["metrics"]
+    for sim in (local, scripted):
+        m = sim["metrics"]
+        assert m["end_f1"]["n"] == len(sim["parts"]["termination"]["points"]) > 20
+        assert 0 <= m["naturalness"]["value"] <= 1
+        assert m["first_turn_diversity"]["n"] == 6
+        intent_items = sim["parts"]["intent"]["items"]
+        assert len(intent_items) == 4 and all(i["adhered"] for i in intent_items if i["method"] == "judge")  # the judge says YES
+        assert m["intent_adherence"]["value"] == pytest.approx(sum(bool(i["adhered"]) for i in intent_items) / 4)
+        assert m["role_adherence"]["n"] == 8  # 4 multiple-choice questions by rule, 4 open ones by the judge
+    roles = [i["method"] for i in scripted["parts"]["role"]["items"]]
+    assert roles == ["rule"] * 4 + ["judge"] * 4
+    assert scripted["metrics"]["role_adherence"]["value"] == 1.0  # "hmm not sure, can you just tell me?" names no option
+    table = (out / "user_eval.md").read_text()
+    assert f"`hf:{tiny_user_dir}`" in table and "real users (held-out)" in table and "(published)" in table
+    calls = log.read_text().count("call")
+    judged = sum(i["method"] == "judge" for s in (local, scripted) for part in ("role", "intent") for i in s["parts"][part]["items"])
+    assert calls == judged >= 8  # one call per judged item; the scripted user's items alone make 8
+
+    again = userlm_cli(*cmd, env=env)
+    assert again.returncode == 0, again.stderr
+    assert log.read_text().count("call") == calls
+    assert "alignment ..." not in again.stderr
+    assert json.loads((out / "user_eval.json").read_text())["simulators"] == report["simulators"]
+
+
+def _script(tmp_path):
+    path = tmp_path / "user_script.json"
+    path.write_text(json.dumps(["hey so i need some help with this", "hmm not sure, can you just tell me?", "ok thanks a lot"]), encoding="utf-8")
+    return path
+
+
+def test_eval_user_rejects_bad_input_in_one_sentence(tmp_path, tiny_user_dir):
+    from tests.test_cli import userlm_cli
+
+    bad = tmp_path / "held.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n{oops\n', encoding="utf-8")
+    done = userlm_cli("eval-user", "--user", f"hf:{tiny_user_dir}", "--data", bad, "--out", tmp_path / "e")
+    assert done.returncode == 2
+    assert f"{bad}:2" in done.stderr and "Traceback" not in done.stderr
+    done = userlm_cli("eval-user", "--user", f"hf:{tiny_user_dir}", "--data", bad, "--parts", "alignment,vibes", "--out", tmp_path / "e")
+    assert done.returncode == 2 and "vibes" in done.stderr
+    assert not (tmp_path / "e" / "user_eval.json").exists()
