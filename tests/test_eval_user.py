@@ -308,3 +308,31 @@ def test_eval_user_rejects_bad_input_in_one_sentence(tmp_path, tiny_user_dir):
     done = userlm_cli("eval-user", "--user", f"hf:{tiny_user_dir}", "--data", bad, "--parts", "alignment,vibes", "--out", tmp_path / "e")
     assert done.returncode == 2 and "vibes" in done.stderr
     assert not (tmp_path / "e" / "user_eval.json").exists()
+
+
+def test_prism_rows_keep_the_users_turns_and_the_chosen_replies(tmp_path):
+    from userlm.prepare.ingest import conversations_from
+
+    row = {"conversation_id": "c1", "user_id": "u7", "opening_prompt": "hi", "conversation_history": [
+        {"turn": 0, "role": "user", "content": "recommend a sci-fi book"},
+        {"turn": 0, "role": "model", "content": "Try Dune.", "if_chosen": True},
+        {"turn": 0, "role": "model", "content": "Try Neuromancer.", "if_chosen": False},
+        {"turn": 1, "role": "user", "content": "something shorter?"},
+        {"turn": 1, "role": "model", "content": "The Martian is brisk.", "if_chosen": True},
+    ]}
+    path = tmp_path / "prism.jsonl"
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    (conv,) = conversations_from(str(path))
+    assert [(m.role, m.content) for m in conv.messages] == [
+        ("user", "recommend a sci-fi book"), ("assistant", "Try Dune."), ("user", "something shorter?"), ("assistant", "The Martian is brisk.")]
+    assert conv.metadata["group"] == "u7"
+
+
+def test_public_question_sets_fail_clearly_when_not_downloaded(monkeypatch, tmp_path):
+    from userlm.errors import UserError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(UserError, match="commonsense_qa: cannot load tau/commonsense_qa"):
+        load_questions("commonsense_qa")

@@ -10,7 +10,10 @@
 3. simulates conversations between that user model and an assistant that answers with the
    most fitting real assistant reply from the training data, under the guardrails, prints one
    transcript, and writes ``report.html`` (plots against the held-out real users, and a
-   transcript browser).
+   transcript browser);
+4. evaluates the trained user model as a user simulator on the held-out threads (perplexity,
+   first-turn diversity, intent decomposition, termination F1, role adherence) and writes
+   ``eval/user_eval.md``.
 
 Everything lands under ``--out``; running it again reuses what is there.
 """
@@ -76,20 +79,20 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.data}: no such file; point --data at chat logs (e.g. the Open-Assistant trees).")
     prepared = out / "prepared"
     if not (prepared / "train.jsonl").exists():
-        print(f"[1/3] preparing {args.data}", file=sys.stderr)
+        print(f"[1/4] preparing {args.data}", file=sys.stderr)
         splits, report = filter_and_split(conversations_from(args.data))
         for name, rows in splits.items():
             write_conversations(prepared / f"{name}.jsonl", rows)
         print(report.table(), file=sys.stderr)
     model_dir = out / "models" / "user"
     if not (model_dir / "config.json").exists():
-        print("[2/3] training a small user model from scratch on the user turns (a few minutes on a CPU)", file=sys.stderr)
+        print("[2/4] training a small user model from scratch on the user turns (a few minutes on a CPU)", file=sys.stderr)
         metrics = train(TrainConfig(data=str(prepared), out=str(model_dir), from_scratch="tiny", use_intent=False,
                                     max_length=1024, epochs=args.epochs, per_device_batch_size=8, effective_batch_size=8,
                                     vocab_size=2048, logging_steps=20))
         print(f"validation user-turn perplexity: {metrics['validation_user_turn_perplexity_before']:.1f} untrained, "
               f"{metrics['validation_user_turn_perplexity_after']:.1f} trained", file=sys.stderr)
-    print("[3/3] simulating", file=sys.stderr)
+    print("[3/4] simulating", file=sys.stderr)
     user = SimulatedUser(LocalUserModel(str(model_dir), sampling=SamplingSettings(1.0, 0.8, 48)), GuardrailConfig(min_turns=2))
     assistant = RetrievalAssistant(read_conversations(prepared / "train.jsonl"))
     intents = [Intent(id=f"open-{i}", text=None) for i in range(args.conversations)]
@@ -103,4 +106,21 @@ def run(args: argparse.Namespace) -> int:
 
     report = write(build([run_file], [], prepared / "test.jsonl"), out / "report.html", "userlm demo")
     print(f"{report}: open it in a browser", file=sys.stderr)
+
+    import asyncio
+
+    from ..evaluation.scenarios import load_questions
+    from ..evaluation.user_eval import Simulator, UserEvalSettings, evaluate_users, markdown
+    from .eval_user import choose_intents
+
+    print("[4/4] evaluating the user model as a simulator", file=sys.stderr)
+    held_out = read_conversations(prepared / "test.jsonl")
+    settings = UserEvalSettings(max_turns=2, scenario_limit=6, guardrails=GuardrailConfig(), resamples=500)
+    evaluation = asyncio.run(evaluate_users(
+        [Simulator(f"hf:{model_dir}", user.model)], held_out, choose_intents(None, held_out, 12), out / "eval",
+        assistant=assistant, questions=load_questions("fixture:mcq", limit=6), settings=settings, progress=False,
+        log=lambda m: print(m, file=sys.stderr),
+    ))
+    print(markdown(evaluation))
+    print(f"{out / 'eval' / 'user_eval.md'}: the evaluation table; every figure in user_eval.json", file=sys.stderr)
     return 0

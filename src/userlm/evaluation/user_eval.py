@@ -166,7 +166,7 @@ def termination_figure(points: list[dict], settings: UserEvalSettings, how: str)
     )
 
 
-async def alignment_part(sim: Simulator, data: list[Conversation], settings: UserEvalSettings) -> dict:
+async def alignment_part(sim: Simulator, data: list[Conversation], settings: UserEvalSettings, progress: bool = False) -> dict:
     from .perplexity import held_out_scores
 
     found = scorable(sim.model)
@@ -179,8 +179,16 @@ async def alignment_part(sim: Simulator, data: list[Conversation], settings: Use
         if not convs:
             out[key] = figure(None, note="the held-out conversations carry no intents")
             continue
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(desc=f"scoring ({'intent' if use_intent else 'no intent'})", unit="seq", leave=False)
         scores = await asyncio.to_thread(held_out_scores, loaded.model, loaded.tokenizer, convs, fmt=fmt, use_intent=use_intent,
-                                         max_batch_tokens=settings.max_batch_tokens, chunk_tokens=settings.chunk_tokens)
+                                         max_batch_tokens=settings.max_batch_tokens, chunk_tokens=settings.chunk_tokens,
+                                         progress=None if bar is None else (lambda done: bar.update(done - bar.n)))
+        if bar is not None:
+            bar.close()
         out[key] = perplexity_figure(scores.nll, scores.tokens, settings)
         out[key]["dropped_targets"] = scores.dropped_targets
         out[f"{key}_per_conversation"] = [
@@ -420,7 +428,7 @@ async def evaluate_users(
                 _save(part_file, parts)
             return parts[name]
 
-        alignment = await run("alignment", lambda: alignment_part(sim, data, settings))
+        alignment = await run("alignment", lambda: alignment_part(sim, data, settings, progress))
         await run("termination", lambda: termination_part(sim, data, alignment, settings))
         await run("conversations", lambda: conversations_part(sim, intents, assistant, out, settings, progress))
         if detector is not None and "conversations" in parts:
