@@ -107,6 +107,22 @@ def test_end_threshold_needs_logprobs_and_says_so(server, tiny_user_dir):
         userlm.simulate(["You want lasagna."], user, userlm.load_assistant(lambda m: "ok"), progress=False)
 
 
+def test_termination_over_http_falls_back_to_sampled_drafts(server, tiny_user_dir, shared_data):
+    """A server without log-probabilities: eval-user's termination asks for the next turn
+    ``end_samples`` times at every point, and P(end) is the share of drafts that ended."""
+    from userlm.evaluation.user_eval import Simulator, UserEvalSettings, termination_part
+    from userlm.prepare.ingest import conversations_from
+
+    convs = list(conversations_from(str(shared_data("oasst/en_100_tree.jsonl"))))[:3]
+    model = OpenAIUserModel(str(tiny_user_dir), endpoint=Endpoint(base_url=server, max_retries=0), sampling=SAMPLING, end_token_id=4)
+    result = asyncio.run(termination_part(Simulator("http", model), convs, {}, UserEvalSettings(end_samples=2, resamples=50)))
+    points = result["points"]
+    assert len(points) == sum(len(c.messages) // 2 for c in convs)
+    assert all(p["prob"] in (0.0, 0.5, 1.0) for p in points)
+    assert sum(p["ended"] for p in points) == 3
+    assert "sampled drafts" in result["end_f1"]["how"]
+
+
 def test_a_server_that_is_down_aborts_with_one_sentence():
     endpoint = Endpoint(base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=0)
     assistant = OpenAIChatModel("m", endpoint=endpoint, sampling=SAMPLING)

@@ -203,31 +203,43 @@ async def termination_part(sim: Simulator, data: list[Conversation], alignment: 
     if "end_points" in alignment:
         points = alignment["end_points"]
         return {"end_f1": termination_figure(points, settings, "P(<|endconversation|>) from the model's logits"), "points": points}
-    # No logits here: ask for the next turn at every point and read P(end) from the draft
-    # (servers that return log-probabilities) or from the share of drafts that end.
+    # No logits here. A server that returns log-probabilities gives P(end) in one short call;
+    # otherwise the next turn is drafted ``end_samples`` times and P(end) is the share that end.
+    from ..errors import ConfigurationError
+    from ..render import user_prompt_text
+
     use_intent = any(c.intent for c in data)
     limit = asyncio.Semaphore(settings.concurrency)
+    probe = getattr(sim.model, "end_probability", None)
+    mode = {"logprobs": probe is not None}
 
     async def at(conv: Conversation, upto: int, reply: int, ended: bool) -> dict:
         chat = [m.chat() for m in conv.messages[:upto]]
-        probs, ends = [], []
+        intent = conv.intent if use_intent else None
+        point = {"conversation": conv.id, "after_reply": reply, "ended": ended}
+        if mode["logprobs"]:
+            try:
+                async with limit:
+                    return point | {"prob": await probe(user_prompt_text(intent, chat), derive_seed(settings.seed, conv.id, reply))}
+            except ConfigurationError:
+                mode["logprobs"] = False
+        ends = []
         for k in range(settings.end_samples):
-            request = UserTurnRequest(intent=conv.intent if use_intent else None, messages=chat, seed=derive_seed(settings.seed, conv.id, reply, k),
+            request = UserTurnRequest(intent=intent, messages=chat, seed=derive_seed(settings.seed, conv.id, reply, k),
                                       allow_end=True, conversation_key=f"{conv.id}@{reply}")
             async with limit:
                 draft = await sim.model.draft(request)
             if draft.end_prob is not None:
-                probs.append(draft.end_prob)
-                break
+                return point | {"prob": draft.end_prob}
             ends.append(1.0 if draft.ended else 0.0)
-        prob = probs[0] if probs else sum(ends) / len(ends)
-        return {"conversation": conv.id, "after_reply": reply, "prob": prob, "ended": ended}
+        return point | {"prob": sum(ends) / len(ends)}
 
     from .perplexity import _end_points
 
     jobs = [at(c, i, r, e) for c in data for i, r, e in _end_points(c)]
     points = list(await asyncio.gather(*jobs))
-    how = f"P(end) returned with the draft, else the share of {settings.end_samples} sampled drafts that end"
+    how = ("P(<|endconversation|>) from the server's log-probabilities" if mode["logprobs"]
+           else f"the share of {settings.end_samples} sampled drafts that end")
     return {"end_f1": termination_figure(points, settings, how), "points": points}
 
 

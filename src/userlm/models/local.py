@@ -56,6 +56,8 @@ def _attention_for(device: str) -> dict:
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     def grouped_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+        if query.shape[2] == 1:
+            return _decode_attention(query, key, value, attention_mask, scaling), None
         causal = query.shape[2] > 1 and attention_mask is None
         out = torch.nn.functional.scaled_dot_product_attention(
             query, key, value, attn_mask=attention_mask, scale=scaling, is_causal=causal,
@@ -66,6 +68,27 @@ def _attention_for(device: str) -> dict:
     AttentionInterface.register("userlm_grouped_sdpa", grouped_sdpa)
     AttentionMaskInterface.register("userlm_grouped_sdpa", sdpa_mask)
     return {"attn_implementation": "userlm_grouped_sdpa"}
+
+
+def _decode_attention(query, key, value, mask, scaling):
+    """Attention of one new token per row over the cache, as two batched matmuls with the query
+    heads of each key/value head side by side. On CPUs this reads the cache at memory speed,
+    several times faster than the fused kernel, which is built for long query blocks."""
+    import torch
+
+    batch, heads, _, dim = query.shape
+    kv_heads, length = key.shape[1], key.shape[2]
+    scale = scaling if scaling is not None else dim**-0.5
+    grouped = query.reshape(batch, kv_heads, heads // kv_heads, dim)
+    scores = torch.matmul(grouped, key.transpose(-1, -2)).float() * scale  # batch, kv_heads, group, length
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask[:, :, -1:, -length:], float("-inf"))
+        else:
+            scores = scores + mask[:, :, -1:, -length:].float()
+    weights = torch.softmax(scores, dim=-1).to(value.dtype)
+    out = torch.matmul(weights, value)  # batch, kv_heads, group, dim
+    return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous()
 
 
 _loaded: dict[tuple, LoadedModel] = {}
