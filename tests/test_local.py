@@ -22,7 +22,8 @@ INTENTS = [Intent(str(i), f"You are a user chatting with an assistant about topi
 
 class BiasedLM(torch.nn.Module):
     """A real model with biases added to its logits: one for the first generated token (after
-    the prompt), another for every later one."""
+    the prompt, which already holds the newline that opens every user turn), another for every
+    later one."""
 
     def __init__(self, model, first: torch.Tensor, later: torch.Tensor):
         super().__init__()
@@ -86,8 +87,8 @@ def test_first_token_filter_is_a_logits_constraint(tiny_user_dir):
     banned = banned_first_ids(tok, ("I", "You", "Here"))
     assert len(banned) > 0
     assert all(first_word(tok.decode([int(t)])).casefold() in {"i", "you", "here"} for t in banned)
-    newline = tok.convert_tokens_to_ids(tok.tokenize("\n"))[0]
-    user = biased_user(tiny_user_dir, {newline: 30.0}, {int(t): 25.0 for t in banned})
+    boost = {int(t): 25.0 for t in banned}
+    user = biased_user(tiny_user_dir, boost, boost)
 
     async def drafts(words):
         return await asyncio.gather(*(user.draft(request(seed=s, banned_first_words=words)) for s in range(8)))
@@ -101,8 +102,7 @@ def test_first_token_filter_is_a_logits_constraint(tiny_user_dir):
 def test_termination_control_and_end_probability(tiny_user_dir):
     plain = LocalUserModel(str(tiny_user_dir), sampling=SAMPLING)
     end = plain.end_id
-    newline = plain.loaded.tokenizer.convert_tokens_to_ids(plain.loaded.tokenizer.tokenize("\n"))[0]
-    user = biased_user(tiny_user_dir, {newline: 30.0}, {end: 25.0})
+    user = biased_user(tiny_user_dir, {end: 25.0}, {})
 
     suppressed = asyncio.run(user.draft(request(allow_end=False)))
     assert not suppressed.ended and suppressed.end_prob > 0.99  # measured, then refused
@@ -178,3 +178,33 @@ def test_a_slow_remote_assistant_does_not_hold_up_the_other_conversations(tiny_u
     durations = {c.intent_id: c.duration_s for c in run.conversations}
     assert durations["0"] >= 2.0
     assert min(d for k, d in durations.items() if k != "0") < 1.5  # they did not wait for conversation 0
+
+
+def test_a_turn_starts_after_the_headers_newline_and_keeps_its_sampled_ids(tiny_user_dir):
+    """The newline the template writes after the user header is part of the prompt, and the next
+    turn's prompt carries this turn's ids as sampled (the prefix cache then matches through it),
+    while spelling exactly the text of the conversation."""
+    from userlm.render import turn_opening_ids, user_prompt_ids
+
+    user = LocalUserModel(str(tiny_user_dir), sampling=SAMPLING)
+    tok = user.loaded.tokenizer
+    opening = turn_opening_ids(tok)
+    assert tok.decode(opening) == "\n"
+    for seed in range(40):  # a draft with no whitespace around it, so the stored turn is what was sampled
+        first = request(conversation_key=f"c{seed}", seed=seed)
+        assert user._prompt(first)[1] == user_prompt_ids(tok, first.intent, []) + opening
+        draft = asyncio.run(user.draft(first))
+        sampled = user.sampled._last[first.conversation_key][2]
+        if tok.decode(sampled, skip_special_tokens=False) == draft.text:
+            break
+    else:
+        pytest.fail("no draft without surrounding whitespace in 40 seeds")
+    messages = [{"role": "user", "content": draft.text}, {"role": "assistant", "content": "ok"}]
+    later = request(conversation_key=first.conversation_key, seed=99, messages=messages)
+    text, ids = user._prompt(later)
+    assert tok.decode(ids, skip_special_tokens=False) == text == tok.apply_chat_template(
+        [{"role": "system", "content": first.intent}, *messages], tokenize=False, add_generation_prompt=True) + "\n"
+    kept = len(user._prompt(first)[1])
+    assert ids[kept : kept + len(sampled)] == sampled
+    user.forget_conversations()
+    assert user._prompt(later)[1] == user_prompt_ids(tok, first.intent, messages) + opening

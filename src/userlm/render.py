@@ -159,6 +159,18 @@ def training_ids(
     return ids, mask
 
 
+def turn_opening_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The ids every user turn of the training data starts with before its content: what the
+    template writes after the ``user`` header (the UserLM template: one newline). Read off the
+    end-of-conversation target; empty when the tokenizer has no ``<|endconversation|>``."""
+    end = tokenizer.convert_tokens_to_ids(END_OF_CONVERSATION)
+    if end is None or end == tokenizer.unk_token_id:
+        return []
+    ids, mask = training_ids(tokenizer, "x", [], end=True)
+    target = [t for t, m in zip(ids, mask) if m]
+    return target[: target.index(end)] if end in target else []
+
+
 def _opened_user_turn(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> int:
     """How many trailing ids of a rendered prompt are the opened ``user`` turn (the generation prompt)."""
     header = tokenizer.encode(f"{START_HEADER}user{END_HEADER}", add_special_tokens=False)

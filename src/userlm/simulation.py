@@ -112,6 +112,10 @@ async def simulate_async(
     limit = asyncio.Semaphore(settings.concurrency)
     flight = lockstep.gate()  # local models batch in lockstep with the conversations in flight
     flight.strict = not (lockstep.is_remote(user.model) or lockstep.is_remote(assistant))
+    for model in (user.model, assistant):  # a run never starts from another run's cached keys and values,
+        forget = getattr(model, "forget_conversations", None)  # so it reproduces in any process
+        if forget is not None:
+            forget()
 
     async def one(intent: Intent, sample: int) -> None:
         async with limit:

@@ -30,7 +30,7 @@ def add_model_options(parser: argparse.ArgumentParser, *, assistant: bool = True
         g.add_argument("--assistant-max-tokens", type=int, default=512, metavar="N", help="new tokens per reply (default: 512)")
     g = parser.add_argument_group("local models and servers")
     g.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:N, mps")
-    g.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs and CPUs with AMX, else fp32), float32, bfloat16, float16")
+    g.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs and on CPUs with AMX or AVX-512 BF16, else fp32), float32, bfloat16, float16")
     g.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's own code to run")
     g.add_argument("--batch-size", type=int, default=64, metavar="N", help="most sequences a local model runs at once (default: 64)")
     g.add_argument("--request-concurrency", type=int, default=32, metavar="N", help="requests in flight per server (default: 32)")

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..conversation import Conversation
-from ..render import END_OF_CONVERSATION, chat_target_ids, training_ids
+from ..render import END_OF_CONVERSATION, chat_target_ids, training_ids, turn_opening_ids
 from ..training.samples import target_spans
 
 FORMATS = ("userlm", "flipped")
@@ -100,19 +100,12 @@ def _end_points(conv: Conversation) -> list[tuple[int, int, bool]]:
     return out
 
 
-def _newline_ids(tokenizer, end_id: int) -> list[int]:
-    """The ids the UserLM format writes before the content of every user turn (its newline)."""
-    ids, mask = training_ids(tokenizer, "x", [], end=True)
-    target = [t for t, m in zip(ids, mask) if m]
-    return target[: target.index(end_id)]
-
-
 def userlm_sequences(tokenizer, conv: Conversation, owner: int, *, use_intent: bool, end_id: int | None) -> list[_Sequence]:
     ids, mask = training_ids(tokenizer, conv.intent if use_intent else None, conv.messages)
     seqs = [_Sequence(ids, mask, owner=owner)]
     if end_id is None:
         return seqs
-    newline = _newline_ids(tokenizer, end_id)
+    newline = turn_opening_ids(tokenizer)
     spans = target_spans(mask)
     user_index = [i for i, m in enumerate(conv.messages) if m.role == "user"] + [len(conv.messages)]
     span_of = dict(zip(user_index, spans))

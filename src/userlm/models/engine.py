@@ -132,6 +132,9 @@ class PrefixCache:
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
+    def clear(self) -> None:
+        self._entries.clear()
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -384,11 +387,11 @@ def _sample(logits: torch.Tensor, generators: list[torch.Generator], temperature
     if temperature <= 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits / temperature, dim=-1)
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    if top_p < 1.0:
+    if top_p < 1.0:  # the nucleus needs the tokens in order of probability
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
         cumulative = sorted_probs.cumsum(dim=-1)
-        sorted_probs = sorted_probs.masked_fill(cumulative - sorted_probs > top_p, 0.0)
-    cdf = sorted_probs.cumsum(dim=-1)
+        probs = sorted_probs.masked_fill(cumulative - sorted_probs > top_p, 0.0)
+    cdf = probs.cumsum(dim=-1)
     draws = torch.stack([torch.rand((), generator=g) for g in generators]).to(cdf.device, cdf.dtype)
     index = torch.searchsorted(cdf, (draws * cdf[:, -1]).unsqueeze(-1)).clamp(max=cdf.shape[-1] - 1)
-    return order.gather(-1, index).squeeze(-1)
+    return order.gather(-1, index).squeeze(-1) if top_p < 1.0 else index.squeeze(-1)

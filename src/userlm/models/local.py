@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigurationError, UserError
-from ..render import END_OF_CONVERSATION, END_OF_TURN, chat_template_of, prompt_ends_with_whitespace, user_prompt_ids
+from ..render import END_OF_CONVERSATION, END_OF_TURN, chat_template_of, prompt_ends_with_whitespace, turn_opening_ids, user_prompt_ids, user_view
 from .base import ChatReply, SamplingSettings, UserDraft, UserTurnRequest
 
 
@@ -22,27 +23,31 @@ class LoadOptions:
     """How to load a local checkpoint."""
 
     device: str = "auto"  #: "auto" (GPU when there is one), "cpu", "cuda", "cuda:1", "mps"
-    dtype: str = "auto"  #: "auto" (bf16 where it is fast: GPUs, CPUs with AMX; else fp32), "float32", ...
+    dtype: str = "auto"  #: "auto" (bf16 where it is fast: GPUs, CPUs with AMX or AVX-512 BF16; else fp32), "float32", ...
     trust_remote_code: bool = False
     max_batch_size: int = 64
     reuse_cache: bool = True  #: keep each conversation's keys and values between its turns
 
 
 def _fast_bf16(device: str) -> bool:
-    """Whether bf16 matrix work is fast on ``device``: GPUs that support it, and CPUs with AMX
-    tiles (about four times the float32 matmul rate there)."""
+    """Whether bf16 matrix work is fast on ``device``: GPUs that support it, and CPUs with bf16
+    matrix instructions (AMX tiles on recent Intel, AVX-512 BF16 on recent AMD and Intel), where
+    it runs several times faster than float32."""
     import torch
 
     if device.startswith("cuda"):
         return torch.cuda.is_bf16_supported()
     if device == "cpu":
         try:
-            return bool(torch.cpu._is_amx_tile_supported())
-        except AttributeError:  # an older torch: read the CPU flags
-            try:
-                return " amx_bf16 " in open("/proc/cpuinfo").read().replace("\n", " ")
-            except OSError:
-                return False
+            if torch.cpu._is_amx_tile_supported():
+                return True
+        except AttributeError:  # an older torch: the CPU flags below tell
+            pass
+        try:
+            flags = open("/proc/cpuinfo").read().replace("\n", " ")
+        except OSError:
+            return False
+        return " amx_bf16 " in flags or " avx512_bf16 " in flags
     return False
 
 
@@ -72,23 +77,26 @@ def _attention_for(device: str) -> dict:
 
 def _decode_attention(query, key, value, mask, scaling):
     """Attention of one new token per row over the cache, as two batched matmuls with the query
-    heads of each key/value head side by side. On CPUs this reads the cache at memory speed,
-    several times faster than the fused kernel, which is built for long query blocks."""
+    heads of each key/value head side by side. On CPUs this runs several times faster than the
+    fused kernel, which is built for long query blocks; the cache (a slice of a larger buffer) is
+    first made contiguous, which costs less than multiplying through its strides."""
     import torch
 
     batch, heads, _, dim = query.shape
     kv_heads, length = key.shape[1], key.shape[2]
     scale = scaling if scaling is not None else dim**-0.5
-    grouped = query.reshape(batch, kv_heads, heads // kv_heads, dim)
-    scores = torch.matmul(grouped, key.transpose(-1, -2)).float() * scale  # batch, kv_heads, group, length
+    grouped = query.reshape(batch * kv_heads, heads // kv_heads, dim)
+    keys = key.contiguous().view(batch * kv_heads, length, dim)
+    values = value.contiguous().view(batch * kv_heads, length, dim)
+    scores = torch.bmm(grouped, keys.transpose(1, 2)).float().view(batch, kv_heads, -1, length) * scale
     if mask is not None:
         if mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask[:, :, -1:, -length:], float("-inf"))
         else:
             scores = scores + mask[:, :, -1:, -length:].float()
-    weights = torch.softmax(scores, dim=-1).to(value.dtype)
-    out = torch.matmul(weights, value)  # batch, kv_heads, group, dim
-    return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous()
+    weights = torch.softmax(scores, dim=-1).to(value.dtype).view(batch * kv_heads, -1, length)
+    out = torch.bmm(weights, values)  # batch * kv_heads, group, dim
+    return out.view(batch, heads, 1, dim).transpose(1, 2).contiguous()
 
 
 _loaded: dict[tuple, LoadedModel] = {}
@@ -221,6 +229,56 @@ class _Batcher:
                 g.changed.notify_all()
 
 
+def _forget(model) -> None:
+    if model.prefix_cache is not None:
+        model.prefix_cache.clear()
+    if model.sampled is not None:
+        model.sampled.clear()
+
+
+class _SampledTurns:
+    """The token ids each conversation's last turn was actually sampled as.
+
+    A model's own turn comes back in the next prompt as text, and re-tokenizing that text need
+    not give the ids it was sampled as, so the prefix cache would stop matching where the turn
+    begins and the whole turn would be computed again. When the new prompt's text continues the
+    last prompt's text, the new prompt is the last prompt's ids, then the longest run of sampled
+    ids whose text the new prompt repeats (a turn is stored stripped, and a cut multi-byte
+    character does not spell itself), then the rest tokenized: the model sees its turn as it
+    wrote it, and only what is new is computed. Any other prompt is tokenized as usual."""
+
+    def __init__(self, tokenizer, max_entries: int):
+        self.tokenizer, self.max_entries = tokenizer, max_entries
+        self._last: OrderedDict[str, tuple[str, list[int], list[int]]] = OrderedDict()
+
+    def prompt(self, key: str | None, text: str, canonical) -> list[int]:
+        last = self._last.get(key) if key is not None else None
+        if last is None or not text.startswith(last[0]):
+            return canonical()
+        prompt_text, prompt, tokens = last
+        decode = self.tokenizer.decode
+        for k in range(len(tokens), -1, -1):
+            spelled = prompt_text + decode(tokens[:k], skip_special_tokens=False)
+            if len(text) > len(spelled) and text.startswith(spelled):
+                rest = text[len(spelled) :]
+                rest_ids = self.tokenizer.encode(rest, add_special_tokens=False)
+                if decode(rest_ids, skip_special_tokens=False) != rest:  # a tokenizer that cannot tokenize pieces
+                    return canonical()
+                return prompt + tokens[:k] + rest_ids
+        return canonical()
+
+    def clear(self) -> None:
+        self._last.clear()
+
+    def remember(self, key: str | None, prompt_text: str, prompt: list[int], tokens: list[int]) -> None:
+        if key is None:
+            return
+        self._last[key] = (prompt_text, prompt, list(tokens))
+        self._last.move_to_end(key)
+        while len(self._last) > self.max_entries:
+            self._last.popitem(last=False)
+
+
 class LocalUserModel:
     """A UserLM-format user model on this machine; guardrails run as logit constraints."""
 
@@ -232,13 +290,34 @@ class LocalUserModel:
         self.end_id = self.loaded.token_id(END_OF_CONVERSATION)
         eot = self.loaded.token_id(END_OF_TURN)
         self.stop_ids = self.loaded.eos_ids() | ({eot} if eot is not None else set())
-        self.content_offset = 0 if prompt_ends_with_whitespace(tok) else 1
+        # every user turn starts with what the template writes after its header (the newline):
+        # it is put in the prompt rather than sampled, so P(end) is read where the content starts
+        self.opening = turn_opening_ids(tok) if not prompt_ends_with_whitespace(tok) else []
+        self.opening_text = tok.decode(self.opening, skip_special_tokens=False)
+        self.content_offset = 0 if self.opening or prompt_ends_with_whitespace(tok) else 1
         self._batcher = _Batcher(self._run, options.max_batch_size, order=lambda r: (r.conversation_key or "", r.seed))
         self.prefix_cache = _prefix_cache(options)
+        self.sampled = _SampledTurns(tok, 8 * options.max_batch_size) if options.reuse_cache else None
         self.stats = _stats()
 
     def prompt_ids(self, request: UserTurnRequest) -> list[int]:
         return user_prompt_ids(self.loaded.tokenizer, request.intent, request.messages)
+
+    def forget_conversations(self) -> None:
+        """Drop every conversation's cached keys, values and sampled ids (a new run starts)."""
+        _forget(self)
+
+    def _prompt(self, request: UserTurnRequest) -> tuple[str, list[int]]:
+        tok = self.loaded.tokenizer
+
+        def canonical() -> list[int]:
+            return self.prompt_ids(request) + self.opening
+
+        if self.sampled is None or not (request.intent or request.messages):
+            return "", canonical()
+        text = tok.apply_chat_template(user_view(request.intent, request.messages), chat_template=chat_template_of(tok),
+                                       add_generation_prompt=True, tokenize=False) + self.opening_text
+        return text, self.sampled.prompt(request.conversation_key, text, canonical)
 
     async def draft(self, request: UserTurnRequest) -> UserDraft:
         return await self._batcher.submit(request)
@@ -249,10 +328,13 @@ class LocalUserModel:
         tok = self.loaded.tokenizer
         tables = vocab_tables(tok)
         rows = []
+        texts = []
         for r in requests:
+            text, prompt = self._prompt(r)
+            texts.append(text)
             rows.append(
                 Row(
-                    prompt=self.prompt_ids(r),
+                    prompt=prompt,
                     seed=r.seed,
                     banned_first=banned_first_ids(tok, r.banned_first_words) if r.banned_first_words else None,
                     suppress_end=not r.allow_end or r.end_threshold is not None,
@@ -277,7 +359,9 @@ class LocalUserModel:
             stats=self.stats,
         )
         drafts = []
-        for row, res in zip(rows, results):
+        for row, res, text in zip(rows, results, texts):
+            if self.sampled is not None:
+                self.sampled.remember(row.key, text, row.prompt, res.tokens)
             text = tok.decode(res.tokens, skip_special_tokens=True).strip()
             drafts.append(
                 UserDraft(
@@ -303,32 +387,33 @@ class LocalChatModel:
             raise ConfigurationError(f"hf:{path} has no chat template, so it cannot play the assistant.")
         self._batcher = _Batcher(self._run, options.max_batch_size, order=lambda item: item[1])
         self.prefix_cache = _prefix_cache(options)
+        self.sampled = _SampledTurns(self.loaded.tokenizer, 8 * options.max_batch_size) if options.reuse_cache else None
         self.stats = _stats()
 
     async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None) -> ChatReply:
         return await self._batcher.submit((messages, seed or 0))
 
+    def forget_conversations(self) -> None:
+        """Drop every conversation's cached keys, values and sampled ids (a new run starts)."""
+        _forget(self)
+
     def _run(self, items: list[tuple[list[dict[str, str]], int]]) -> list[ChatReply]:
         from .engine import Row, generate, vocab_tables
 
         tok = self.loaded.tokenizer
-        rows = [
-            Row(
-                prompt=list(
-                    tok.apply_chat_template(
-                        messages,
-                        chat_template=chat_template_of(tok),
-                        add_generation_prompt=True,
-                        tokenize=True,
-                        return_dict=False,
-                    )
-                ),
-                seed=seed,
-                # the first message identifies the conversation well enough: reuse is checked token by token
-                key=messages[0]["content"] if messages else None,
-            )
-            for messages, seed in items
-        ]
+        rows, texts = [], []
+        for messages, seed in items:
+            # the first message identifies the conversation well enough: reuse is checked token by token
+            key = messages[0]["content"] if messages else None
+            text = tok.apply_chat_template(messages, chat_template=chat_template_of(tok), add_generation_prompt=True, tokenize=False)
+
+            def canonical(messages=messages):
+                return list(tok.apply_chat_template(messages, chat_template=chat_template_of(tok), add_generation_prompt=True,
+                                                    tokenize=True, return_dict=False))
+
+            prompt = self.sampled.prompt(key, text, canonical) if self.sampled is not None else canonical()
+            rows.append(Row(prompt=prompt, seed=seed, key=key))
+            texts.append(text)
         results = generate(
             self.loaded.model,
             rows,
@@ -342,6 +427,9 @@ class LocalChatModel:
             prefix_cache=self.prefix_cache,
             stats=self.stats,
         )
+        if self.sampled is not None:
+            for row, res, text in zip(rows, results, texts):
+                self.sampled.remember(row.key, text, row.prompt, res.tokens)
         return [
             ChatReply(
                 text=tok.decode(res.tokens, skip_special_tokens=True).strip(),

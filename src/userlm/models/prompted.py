@@ -38,6 +38,11 @@ class PromptedUser:
         if close is not None:
             await close()
 
+    def forget_conversations(self) -> None:
+        forget = getattr(self.chat, "forget_conversations", None)
+        if forget is not None:
+            forget()
+
     def messages_for(self, request: UserTurnRequest) -> list[dict[str, str]]:
         return prompted_messages(request.intent, request.messages, allow_end=request.allow_end)
 
