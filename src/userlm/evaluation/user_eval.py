@@ -366,9 +366,13 @@ async def role_part(sim: Simulator, questions: list[Question], judge: CachedJudg
         full = messages + [{"role": "user", "content": turn}]
         return item | {"adhered": await judge.yes_no(ROLE_JUDGE_PROMPT.format(question=q.question, transcript=transcript(full))), "method": "judge"}
 
-    items = list(await asyncio.gather(*(one(q) for q in questions)))
+    return _adherence("role_adherence", list(await asyncio.gather(*(one(q) for q in questions))), settings)
+
+
+def _adherence(key: str, items: list[dict], settings: UserEvalSettings) -> dict:
+    """The share of items where the user adhered (items the check could not decide left out)."""
     decided = [1.0 if i["adhered"] else 0.0 for i in items if i["adhered"] is not None]
-    return {"role_adherence": mean_figure(decided, settings) | {"undecided": len(items) - len(decided)}, "items": items}
+    return {key: mean_figure(decided, settings) | {"undecided": len(items) - len(decided)}, "items": items}
 
 
 async def intent_part(sim: Simulator, intents: list[Intent], judge: CachedJudge | None, scenario_assistant: ChatModel | None,
@@ -389,9 +393,7 @@ async def intent_part(sim: Simulator, intents: list[Intent], judge: CachedJudge 
         full = messages + [{"role": "user", "content": turn}]
         return item | {"adhered": await judge.yes_no(INTENT_JUDGE_PROMPT.format(intent=intent.text, transcript=transcript(full))), "method": "judge"}
 
-    items = list(await asyncio.gather(*(one(i) for i in intents)))
-    decided = [1.0 if i["adhered"] else 0.0 for i in items if i["adhered"] is not None]
-    return {"intent_adherence": mean_figure(decided, settings) | {"undecided": len(items) - len(decided)}, "items": items}
+    return _adherence("intent_adherence", list(await asyncio.gather(*(one(i) for i in intents))), settings)
 
 
 # --- the whole evaluation -----------------------------------------------------------------
@@ -464,7 +466,9 @@ async def evaluate_users(
                      "scenario_assistant": getattr(scenario_assistant, "name", "fixture (scripted replies)")},
     }
     _save(out / "user_eval.json", report)
-    (out / "user_eval.md").write_text(markdown(report), encoding="utf-8")
+    tmp = out / "user_eval.md.tmp"
+    tmp.write_text(markdown(report), encoding="utf-8")
+    os.replace(tmp, out / "user_eval.md")
     return report
 
 
@@ -513,7 +517,7 @@ def markdown(report: dict) -> str:
              "|---|" + "---|" * len(METRICS)]
     for r in report["simulators"]:
         lines.append(f"| `{r['simulator']}` | " + " | ".join(_cell(k, r["metrics"].get(k)) for k, _, _ in METRICS) + " |")
-    lines.append(f"| real users (held-out) | " + " | ".join(_cell(k, report["real_users"]["metrics"].get(k)) for k, _, _ in METRICS) + " |")
+    lines.append("| real users (held-out) | " + " | ".join(_cell(k, report["real_users"]["metrics"].get(k)) for k, _, _ in METRICS) + " |")
     pub = report.get("published") or {}
     for row in pub.get("rows", []):
         lines.append(f"| *{row['simulator']}* (published) | " + " | ".join(
