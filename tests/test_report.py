@@ -172,3 +172,39 @@ def test_answer_attempts_show_with_their_scores(browser, report_inputs):
     text = tab.locator("#detail").inner_text().replace("\n", " ")
     assert "answer attempt: 7" in text and "score 1.00" in text
     assert errors == []
+
+
+def test_user_simulator_evaluation_shows_its_table_and_termination_curve(browser, report_inputs, shared_data):
+    """An eval-user result reads like its markdown table (simulators, real users, published rows),
+    with each simulator's F1 against the P(end) threshold plotted."""
+    from userlm.evaluation.user_eval import Simulator, UserEvalSettings, evaluate_users
+    from userlm.prepare.ingest import conversations_from
+
+    a, b, ev, ref, root = report_inputs
+    threads = list(conversations_from(str(shared_data("oasst/en_100_tree.jsonl"))))[:20]
+
+    class Thanker:
+        """Ends after replies that answer without asking back (a rule, so the curve has a shape)."""
+
+        name = "thanker"
+
+        async def draft(self, request):
+            if not request.messages:
+                return userlm.UserDraft(text="hello there, i need some help with something")
+            asks = "?" in request.messages[-1]["content"]
+            return userlm.UserDraft(text="thanks, that helps a lot", end_prob=0.2 if asks else 0.7)
+
+    intents = [userlm.Intent(id=f"u{k}", text=f"You want help with subject {k}.") for k in range(4)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    run = evaluate_users([Simulator("thanker", Thanker())], threads, intents, root / "ueval",
+                         settings=UserEvalSettings(parts=("termination", "conversations"), resamples=50, max_turns=2),
+                         progress=False, log=lambda m: None)
+    with ThreadPoolExecutor(1) as pool:  # Playwright's sync API holds this thread's event loop
+        pool.submit(asyncio.run, run).result()
+    tab, errors = open_report(browser, write(build([a], [root / "ueval" / "user_eval.json"]), root / "ueval.html"))
+    text = tab.locator("#evaluations").inner_text()
+    for expected in ("user_eval.json (user simulators)", "thanker", "termination F1", "real users (held-out)", "UserLM-8b (published)"):
+        assert expected in text, expected
+    assert tab.locator("#eval-plot-0 .main-svg").count() > 0
+    assert errors == []

@@ -92,14 +92,35 @@ def reference_words(path: Path) -> list[int]:
 
 
 def load_evaluation(path: Path) -> dict[str, Any]:
+    """An ``eval-assistant`` result (``assistant.json``) or an ``eval-user`` one (``user_eval.json``)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"{path}: not a readable evaluation JSON ({exc}).") from None
+    if isinstance(data, dict) and "simulators" in data:
+        return _user_evaluation(path, data)
     if not isinstance(data, dict) or "results" not in data:
-        raise UserError(f"{path}: not an evaluation result (no 'results'); give the JSON that userlm eval-assistant wrote.")
-    kind = "assistant" if any("mode" in r for r in data["results"]) else "user"
-    return {"name": path.name, "kind": kind, "results": data["results"], "settings": data.get("settings", {})}
+        raise UserError(f"{path}: not an evaluation result; give the assistant.json or user_eval.json that "
+                        "userlm eval-assistant or eval-user wrote.")
+    return {"name": path.name, "kind": "assistant", "results": data["results"], "settings": data.get("settings", {})}
+
+
+def _user_evaluation(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """Table rows as the markdown shows them, and each simulator's termination curve."""
+    from ..evaluation.user_eval import METRICS, _cell
+
+    def row(name: str, metrics: dict[str, Any]) -> dict[str, str]:
+        return {"simulator": name, **{f"{h} {'↓' if d == 'lower' else '↑'}": _cell(k, metrics.get(k)) for k, h, d in METRICS}}
+
+    rows = [row(s["simulator"], s["metrics"]) for s in data["simulators"]]
+    rows.append(row("real users (held-out)", data.get("real_users", {}).get("metrics", {})))
+    for published in (data.get("published") or {}).get("rows", []):
+        values = published.get("metrics", {})
+        rows.append({"simulator": f"{published['simulator']} (published)",
+                     **{f"{h} {'↓' if d == 'lower' else '↑'}": "-" if values.get(k) is None else str(values[k]) for k, h, d in METRICS}})
+    curves = [{"simulator": s["simulator"], **{key: [p[key] for p in s["metrics"]["end_f1"]["curve"]] for key in ("threshold", "f1", "precision", "recall")}}
+              for s in data["simulators"] if (s["metrics"].get("end_f1") or {}).get("curve")]
+    return {"name": path.name, "kind": "user", "results": rows, "curves": curves, "settings": data.get("settings", {})}
 
 
 def build(runs: list[Path], evaluations: list[Path], reference: Path | None = None) -> dict[str, Any]:

@@ -63,7 +63,7 @@
 
   function evaluations() {
     const box = document.getElementById("evaluations-body");
-    if (!DATA.evaluations.length) { box.innerHTML = '<p class="hint">No evaluation results given (pass the assistant.json that userlm eval-assistant writes).</p>'; return; }
+    if (!DATA.evaluations.length) { box.innerHTML = '<p class="hint">No evaluation results given (pass the assistant.json or user_eval.json that userlm eval-assistant or eval-user writes).</p>'; return; }
     box.innerHTML = DATA.evaluations.map((e, k) => {
       if (e.kind === "assistant") {
         const rows = e.results.map((r) => `<tr><td>${esc(r.suite)}</td><td>${esc(r.mode)}</td><td>${r.conversations}</td><td>${ci(r.score)}</td>` +
@@ -75,9 +75,14 @@
       const keys = [...new Set(e.results.flatMap((r) => Object.keys(r).filter((x) => x !== "simulator")))];
       const cell = (v) => (v && typeof v === "object" ? ci(v) : esc(v));
       const rows = e.results.map((r) => `<tr><td>${esc(r.simulator)}</td>${keys.map((key) => `<td>${cell(r[key])}</td>`).join("")}</tr>`).join("");
-      return `<h3>${esc(e.name)} (user simulators)</h3><table class="eval-table"><tr><th>simulator</th>${keys.map((x) => `<th>${esc(x)}</th>`).join("")}</tr>${rows}</table>`;
+      return `<h3>${esc(e.name)} (user simulators)</h3><p class="hint">Percentages except perplexity; brackets are bootstrap 95% intervals; published rows are the paper's figures, not measured here.</p>` +
+        `<table class="eval-table"><tr><th>simulator</th>${keys.map((x) => `<th>${esc(x)}</th>`).join("")}</tr>${rows}</table><div class="plot" id="eval-plot-${k}"></div>`;
     }).join("");
     DATA.evaluations.forEach((e, k) => {
+      if (e.kind === "user" && e.curves && e.curves.length) {
+        Plotly.newPlot(`eval-plot-${k}`, e.curves.map((c) => ({type: "scatter", mode: "lines", name: c.simulator, x: c.threshold, y: c.f1.map((v) => 100 * v)})),
+          Object.assign(layout("Termination F1 by P(end) threshold", "threshold on P(<|endconversation|>)", "F1 %"), {xaxis: {type: "log", title: {text: "threshold on P(end), log scale"}}}), config);
+      }
       if (e.kind !== "assistant") return;
       const suites = [...new Set(e.results.map((r) => r.suite))];
       const modes = [...new Set(e.results.map((r) => r.mode))];
