@@ -202,7 +202,9 @@ async def alignment_part(sim: Simulator, data: list[Conversation], settings: Use
 async def termination_part(sim: Simulator, data: list[Conversation], alignment: dict, settings: UserEvalSettings) -> dict:
     if "end_points" in alignment:
         points = alignment["end_points"]
-        return {"end_f1": termination_figure(points, settings, "P(<|endconversation|>) from the model's logits"), "points": points}
+        how = ("P(the whole reply is <|endconversation|>) under the flipped prompt, from the model's logits"
+               if alignment.get("format") == "flipped" else "P(<|endconversation|>) from the model's logits")
+        return {"end_f1": termination_figure(points, settings, how), "points": points}
     # No logits here. A server that returns log-probabilities gives P(end) in one short call;
     # otherwise the next turn is drafted ``end_samples`` times and P(end) is the share that end.
     from ..errors import ConfigurationError
