@@ -336,3 +336,19 @@ def test_public_question_sets_fail_clearly_when_not_downloaded(monkeypatch, tmp_
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(UserError, match="commonsense_qa: cannot load tau/commonsense_qa"):
         load_questions("commonsense_qa")
+
+
+def test_published_figures_file_fills_the_labelled_rows(tmp_path):
+    from userlm.errors import UserError
+    from userlm.evaluation.user_table import markdown, published_rows
+
+    good = tmp_path / "pub.json"
+    good.write_text(json.dumps({"source": "a paper", "rows": [{"simulator": "Model X", "metrics": {"end_f1": 12.3}}]}), encoding="utf-8")
+    report = {"settings": {"held_out_conversations": 0, "intents": 0, "questions": 0, "assistant": "a", "judge": None, "detector": None},
+              "simulators": [], "real_users": {"metrics": {}}, "published": published_rows(good)}
+    row = next(line for line in markdown(report).splitlines() if "Model X" in line)
+    assert row.startswith("| *Model X* (published) |") and "*12.3*" in row
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"rows": [{"metrics": {}}]}', encoding="utf-8")
+    with pytest.raises(UserError, match="bad.json: expected"):
+        published_rows(bad)

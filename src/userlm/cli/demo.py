@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     from ..evaluation.scenarios import load_questions
-    from ..evaluation.user_eval import Simulator, UserEvalSettings, evaluate_users, markdown
+    from ..evaluation.user_eval import Simulator, UserEvalSettings, evaluate_users
+    from ..evaluation.user_table import markdown
     from .eval_user import choose_intents
 
     print("[4/4] evaluating the user model as a simulator", file=sys.stderr)

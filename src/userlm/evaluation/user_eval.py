@@ -31,7 +31,6 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib.resources import files
 from itertools import combinations
 from pathlib import Path
 
@@ -46,25 +45,10 @@ from .judge import CachedJudge
 from .metrics import bootstrap
 from .scenarios import INTENT_JUDGE_PROMPT, ROLE_JUDGE_PROMPT, Question, package_lines, pick, role_rule_check, transcript
 from .text import words
+from .user_table import METRICS, markdown, published_rows
 from .user_metrics import best_threshold, distinct_n, end_curve, end_scores, first_turn_diversity, intent_overlap, jaccard
 
-#: Table columns: key, heading, which direction is better.
-METRICS = (
-    ("ppl_intent", "PPL (intent)", "lower"),
-    ("ppl_no_intent", "PPL (no intent)", "lower"),
-    ("first_turn_diversity", "1st-turn diversity", "higher"),
-    ("distinct_1", "distinct-1", "higher"),
-    ("distinct_2", "distinct-2", "higher"),
-    ("intent_overlap_first", "intent overlap, 1st turn", "lower"),
-    ("intent_overlap_turn", "intent overlap, per turn", "lower"),
-    ("end_f1", "termination F1", "higher"),
-    ("naturalness", "naturalness", "higher"),
-    ("role_adherence", "role adherence", "higher"),
-    ("intent_adherence", "intent adherence", "higher"),
-)
 PARTS = ("alignment", "termination", "conversations", "naturalness", "role", "intent")
-PERCENT = {"first_turn_diversity", "end_f1", "naturalness", "role_adherence", "intent_adherence",
-           "intent_overlap_first", "intent_overlap_turn", "distinct_1", "distinct_2"}
 
 
 @dataclass
@@ -415,12 +399,6 @@ def _load(path: Path) -> dict:
         return {}
 
 
-def published_rows(path: str | Path | None = None) -> dict:
-    """The paper's published figures to show alongside (package data unless a file is given)."""
-    text = Path(path).read_text(encoding="utf-8") if path else files("userlm.evaluation").joinpath("data", "published.json").read_text(encoding="utf-8")
-    return json.loads(text)
-
-
 async def evaluate_users(
     simulators: list[Simulator], data: list[Conversation], intents: list[Intent], out: str | Path, *,
     assistant: ChatModel | None = None, judge: CachedJudge | None = None, detector: Detector | None = None,
@@ -498,41 +476,3 @@ async def _real_users(data: list[Conversation], intents: list[Intent], detector:
             _save(cache, saved)
         metrics["naturalness"] = saved["naturalness"]
     return {"conversations": len(matched), "metrics": metrics}
-
-
-def _cell(key: str, fig: dict | None) -> str:
-    if not fig or fig.get("value") is None:
-        return "-"
-    scale = 100.0 if key in PERCENT and key != "first_turn_diversity" else 1.0
-    text = f"{fig['value'] * scale:.1f}"
-    if fig.get("low") is not None:
-        text += f" [{fig['low'] * scale:.1f}, {fig['high'] * scale:.1f}]"
-    return text
-
-
-def markdown(report: dict) -> str:
-    s = report["settings"]
-    lines = ["# User simulator evaluation", "",
-             f"Held-out conversations: {s['held_out_conversations']}; intents: {s['intents']}; questions: {s['questions']}; "
-             f"assistant in simulated conversations: `{s['assistant']}`; judge: `{s['judge']}`; detector: `{s['detector']}`.", "",
-             "| simulator | " + " | ".join(f"{h} {'↓' if d == 'lower' else '↑'}" for _, h, d in METRICS) + " |",
-             "|---|" + "---|" * len(METRICS)]
-    for r in report["simulators"]:
-        lines.append(f"| `{r['simulator']}` | " + " | ".join(_cell(k, r["metrics"].get(k)) for k, _, _ in METRICS) + " |")
-    lines.append("| real users (held-out) | " + " | ".join(_cell(k, report["real_users"]["metrics"].get(k)) for k, _, _ in METRICS) + " |")
-    pub = report.get("published") or {}
-    for row in pub.get("rows", []):
-        lines.append(f"| *{row['simulator']}* (published) | " + " | ".join(
-            "-" if row.get("metrics", {}).get(k) is None else f"*{row['metrics'][k]}*" for k, _, _ in METRICS) + " |")
-    lines += ["", "Percentages except perplexity; brackets are bootstrap 95% intervals (perplexity and termination resample "
-              "conversations, the rest resample items; distinct-n, a ratio over pooled turns, has none). The termination F1 "
-              "is at the threshold that maximises it on these data.", ""]
-    if pub.get("rows"):
-        lines += [f"Rows in italics are published figures, not measured here: {pub.get('source', '')}. {pub.get('note', '')}".strip(), ""]
-    for r in report["simulators"]:
-        f1 = r["metrics"].get("end_f1")
-        if f1 and f1.get("value") is not None:
-            lines.append(f"- `{r['simulator']}`: best termination F1 at P(end) >= {f1['threshold']:.3g} "
-                         f"(precision {f1['precision']:.2f}, recall {f1['recall']:.2f}; ending everywhere would score "
-                         f"{100 * f1['always_end_f1']:.1f}); use `userlm simulate --end-threshold {f1['threshold']:.3g}`.")
-    return "\n".join(lines) + "\n"

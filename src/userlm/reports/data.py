@@ -107,10 +107,10 @@ def load_evaluation(path: Path) -> dict[str, Any]:
 
 def _user_evaluation(path: Path, data: dict[str, Any]) -> dict[str, Any]:
     """Table rows as the markdown shows them, and each simulator's termination curve."""
-    from ..evaluation.user_eval import METRICS, _cell
+    from ..evaluation.user_table import METRICS, cell
 
     def row(name: str, metrics: dict[str, Any]) -> dict[str, str]:
-        return {"simulator": name, **{f"{h} {'↓' if d == 'lower' else '↑'}": _cell(k, metrics.get(k)) for k, h, d in METRICS}}
+        return {"simulator": name, **{f"{h} {'↓' if d == 'lower' else '↑'}": cell(k, metrics.get(k)) for k, h, d in METRICS}}
 
     rows = [row(s["simulator"], s["metrics"]) for s in data["simulators"]]
     rows.append(row("real users (held-out)", data.get("real_users", {}).get("metrics", {})))
