@@ -180,7 +180,8 @@ def test_a_slow_remote_assistant_does_not_hold_up_the_other_conversations(tiny_u
     assert min(d for k, d in durations.items() if k != "0") < 1.5  # they did not wait for conversation 0
 
 
-def test_a_turn_starts_after_the_headers_newline_and_keeps_its_sampled_ids(tiny_user_dir):
+@pytest.mark.parametrize("intent", ["You want lasagna.", None])
+def test_a_turn_starts_after_the_headers_newline_and_keeps_its_sampled_ids(tiny_user_dir, intent):
     """The newline the template writes after the user header is part of the prompt, and the next
     turn's prompt carries this turn's ids as sampled (the prefix cache then matches through it),
     while spelling exactly the text of the conversation."""
@@ -191,7 +192,7 @@ def test_a_turn_starts_after_the_headers_newline_and_keeps_its_sampled_ids(tiny_
     opening = turn_opening_ids(tok)
     assert tok.decode(opening) == "\n"
     for seed in range(40):  # a draft with no whitespace around it, so the stored turn is what was sampled
-        first = request(conversation_key=f"c{seed}", seed=seed)
+        first = request(conversation_key=f"c{seed}", seed=seed, intent=intent)
         assert user._prompt(first)[1] == user_prompt_ids(tok, first.intent, []) + opening
         draft = asyncio.run(user.draft(first))
         sampled = user.sampled._last[first.conversation_key][2]
@@ -200,10 +201,11 @@ def test_a_turn_starts_after_the_headers_newline_and_keeps_its_sampled_ids(tiny_
     else:
         pytest.fail("no draft without surrounding whitespace in 40 seeds")
     messages = [{"role": "user", "content": draft.text}, {"role": "assistant", "content": "ok"}]
-    later = request(conversation_key=first.conversation_key, seed=99, messages=messages)
+    later = request(conversation_key=first.conversation_key, seed=99, messages=messages, intent=intent)
     text, ids = user._prompt(later)
+    system = [{"role": "system", "content": intent}] if intent else []
     assert tok.decode(ids, skip_special_tokens=False) == text == tok.apply_chat_template(
-        [{"role": "system", "content": first.intent}, *messages], tokenize=False, add_generation_prompt=True) + "\n"
+        [*system, *messages], tokenize=False, add_generation_prompt=True) + "\n"
     kept = len(user._prompt(first)[1])
     assert ids[kept : kept + len(sampled)] == sampled
     user.forget_conversations()

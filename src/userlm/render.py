@@ -88,24 +88,30 @@ def chat_template_of(tokenizer: PreTrainedTokenizerBase) -> str:
     return tokenizer.chat_template or USERLM_CHAT_TEMPLATE
 
 
-def _apply_template(tokenizer: PreTrainedTokenizerBase, chat: Chat) -> list[int]:
+def _apply_template(tokenizer: PreTrainedTokenizerBase, chat: Chat, *, tokenize: bool = True) -> list[int] | str:
     if not chat:  # no intent, no history: the first turn of the no-intent variant
         if chat_template_of(tokenizer) != USERLM_CHAT_TEMPLATE:
             raise ValueError("the tokenizer's chat template cannot render an empty conversation; give an intent")
-        return tokenizer.encode(render_userlm([]), add_special_tokens=False)
-    ids = tokenizer.apply_chat_template(
+        text = render_userlm([])
+        return tokenizer.encode(text, add_special_tokens=False) if tokenize else text
+    out = tokenizer.apply_chat_template(
         chat,
         chat_template=chat_template_of(tokenizer),
         add_generation_prompt=True,
-        tokenize=True,
+        tokenize=tokenize,
         return_dict=False,
     )
-    return list(ids)
+    return list(out) if tokenize else out
 
 
 def user_prompt_ids(tokenizer: PreTrainedTokenizerBase, intent: str | None, messages: Iterable[Any]) -> list[int]:
     """Token ids of the user-model prompt: the chat template applied to :func:`user_view`."""
     return _apply_template(tokenizer, user_view(intent, messages))
+
+
+def user_prompt_string(tokenizer: PreTrainedTokenizerBase, intent: str | None, messages: Iterable[Any]) -> str:
+    """The text that :func:`user_prompt_ids` tokenizes."""
+    return _apply_template(tokenizer, user_view(intent, messages), tokenize=False)
 
 
 def prompt_ends_with_whitespace(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -179,7 +185,9 @@ def _opened_user_turn(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> int
     return len(header)
 
 
-def chat_target_ids(tokenizer: PreTrainedTokenizerBase, chat: Sequence[Mapping[str, str]]) -> list[tuple[list[int], list[bool]]]:
+def chat_target_ids(
+    tokenizer: PreTrainedTokenizerBase, chat: Sequence[Mapping[str, str]], *, last_only: bool = False
+) -> list[tuple[list[int], list[bool]]]:
     """Token ids and target mask for a chat model scored on its own (``assistant``) turns.
 
     Used to score instruction-tuned chat models as users through the flipped view: each
@@ -187,6 +195,7 @@ def chat_target_ids(tokenizer: PreTrainedTokenizerBase, chat: Sequence[Mapping[s
     own chat template (the prompt opened by ``add_generation_prompt``, then the message and the
     template's end-of-turn tokens). When the template renders the conversation as growing
     prefixes, one sequence holds every target; otherwise each target gets its own sequence.
+    With ``last_only``, only the last message is a target (one sequence, up to its end).
     """
     chat = _as_chat(chat)
 
@@ -197,7 +206,7 @@ def chat_target_ids(tokenizer: PreTrainedTokenizerBase, chat: Sequence[Mapping[s
 
     pieces: list[tuple[list[int], list[bool]]] = []
     for i, message in enumerate(chat):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or (last_only and i != len(chat) - 1):
             continue
         prompt = render(chat[:i], True)
         whole = render(chat[: i + 1], False)

@@ -100,12 +100,13 @@ def _end_points(conv: Conversation) -> list[tuple[int, int, bool]]:
     return out
 
 
-def userlm_sequences(tokenizer, conv: Conversation, owner: int, *, use_intent: bool, end_id: int | None) -> list[_Sequence]:
+def userlm_sequences(tokenizer, conv: Conversation, owner: int, *, use_intent: bool, newline: list[int] | None) -> list[_Sequence]:
+    """The conversation's packed targets, with a P(end) probe after every assistant reply when
+    ``newline`` (the ids that open a user turn) is given."""
     ids, mask = training_ids(tokenizer, conv.intent if use_intent else None, conv.messages)
     seqs = [_Sequence(ids, mask, owner=owner)]
-    if end_id is None:
+    if newline is None:
         return seqs
-    newline = turn_opening_ids(tokenizer)
     spans = target_spans(mask)
     user_index = [i for i, m in enumerate(conv.messages) if m.role == "user"] + [len(conv.messages)]
     span_of = dict(zip(user_index, spans))
@@ -126,10 +127,8 @@ def flipped_sequences(tokenizer, conv: Conversation, owner: int, *, use_intent: 
     seqs = [_Sequence(ids, mask, owner=owner) for ids, mask in chat_target_ids(tokenizer, prompted_messages(intent, chat, allow_end=True))]
     for message_index, reply, _ in _end_points(conv):
         so_far = [m.chat() for m in conv.messages[:message_index]] + [{"role": "user", "content": END_OF_CONVERSATION}]
-        pieces = chat_target_ids(tokenizer, prompted_messages(intent, so_far, allow_end=True))
-        ids, mask = pieces[-1]
-        last = target_spans(mask)[-1]
-        seqs.append(_Sequence(ids[: last[1]], [False] * last[0] + [True] * (last[1] - last[0]), owner=owner, role="end", position=reply))
+        ((ids, mask),) = chat_target_ids(tokenizer, prompted_messages(intent, so_far, allow_end=True), last_only=True)
+        seqs.append(_Sequence(ids, mask, owner=owner, role="end", position=reply))
     return seqs
 
 
@@ -268,15 +267,16 @@ def held_out_scores(model, tokenizer, conversations: Sequence[Conversation], *, 
     """Perplexity of the real user turns and P(end) at every point after an assistant reply."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    end_id = None
+    end_id = newline = None
     if fmt == "userlm":
         ids = tokenizer.convert_tokens_to_ids([END_OF_CONVERSATION])
         end_id = ids[0] if ids and ids[0] is not None and ids[0] != tokenizer.unk_token_id else None
+        newline = turn_opening_ids(tokenizer) if end_id is not None else None
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 10**9
     seqs: list[_Sequence] = []
     dropped = 0
     for owner, conv in enumerate(conversations):
-        made = (userlm_sequences(tokenizer, conv, owner, use_intent=use_intent, end_id=end_id) if fmt == "userlm"
+        made = (userlm_sequences(tokenizer, conv, owner, use_intent=use_intent, newline=newline) if fmt == "userlm"
                 else flipped_sequences(tokenizer, conv, owner, use_intent=use_intent))
         for s in made:
             if len(s.ids) > limit:  # keep whole targets that fit the model's context, count the rest

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigurationError, UserError
-from ..render import END_OF_CONVERSATION, END_OF_TURN, chat_template_of, prompt_ends_with_whitespace, turn_opening_ids, user_prompt_ids, user_view
+from ..render import END_OF_CONVERSATION, END_OF_TURN, chat_template_of, prompt_ends_with_whitespace, turn_opening_ids, user_prompt_ids, user_prompt_string
 from .base import ChatReply, SamplingSettings, UserDraft, UserTurnRequest
 
 
@@ -292,9 +292,10 @@ class LocalUserModel:
         self.stop_ids = self.loaded.eos_ids() | ({eot} if eot is not None else set())
         # every user turn starts with what the template writes after its header (the newline):
         # it is put in the prompt rather than sampled, so P(end) is read where the content starts
-        self.opening = turn_opening_ids(tok) if not prompt_ends_with_whitespace(tok) else []
+        opened_with_whitespace = prompt_ends_with_whitespace(tok)
+        self.opening = [] if opened_with_whitespace else turn_opening_ids(tok)
         self.opening_text = tok.decode(self.opening, skip_special_tokens=False)
-        self.content_offset = 0 if self.opening or prompt_ends_with_whitespace(tok) else 1
+        self.content_offset = 0 if self.opening or opened_with_whitespace else 1
         self._batcher = _Batcher(self._run, options.max_batch_size, order=lambda r: (r.conversation_key or "", r.seed))
         self.prefix_cache = _prefix_cache(options)
         self.sampled = _SampledTurns(tok, 8 * options.max_batch_size) if options.reuse_cache else None
@@ -308,15 +309,14 @@ class LocalUserModel:
         _forget(self)
 
     def _prompt(self, request: UserTurnRequest) -> tuple[str, list[int]]:
-        tok = self.loaded.tokenizer
+        """The prompt's text and ids (the ids of this conversation's last turn kept as sampled)."""
 
         def canonical() -> list[int]:
             return self.prompt_ids(request) + self.opening
 
-        if self.sampled is None or not (request.intent or request.messages):
+        if self.sampled is None:
             return "", canonical()
-        text = tok.apply_chat_template(user_view(request.intent, request.messages), chat_template=chat_template_of(tok),
-                                       add_generation_prompt=True, tokenize=False) + self.opening_text
+        text = user_prompt_string(self.loaded.tokenizer, request.intent, request.messages) + self.opening_text
         return text, self.sampled.prompt(request.conversation_key, text, canonical)
 
     async def draft(self, request: UserTurnRequest) -> UserDraft:
@@ -405,13 +405,13 @@ class LocalChatModel:
         for messages, seed in items:
             # the first message identifies the conversation well enough: reuse is checked token by token
             key = messages[0]["content"] if messages else None
-            text = tok.apply_chat_template(messages, chat_template=chat_template_of(tok), add_generation_prompt=True, tokenize=False)
 
-            def canonical(messages=messages):
-                return list(tok.apply_chat_template(messages, chat_template=chat_template_of(tok), add_generation_prompt=True,
-                                                    tokenize=True, return_dict=False))
+            def template(tokenize: bool, messages=messages):
+                return tok.apply_chat_template(messages, chat_template=chat_template_of(tok), add_generation_prompt=True,
+                                               tokenize=tokenize, return_dict=False)
 
-            prompt = self.sampled.prompt(key, text, canonical) if self.sampled is not None else canonical()
+            text = template(False) if self.sampled is not None else ""
+            prompt = self.sampled.prompt(key, text, lambda: list(template(True))) if self.sampled is not None else list(template(True))
             rows.append(Row(prompt=prompt, seed=seed, key=key))
             texts.append(text)
         results = generate(
