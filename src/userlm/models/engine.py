@@ -189,25 +189,38 @@ def generate(
     max_new_tokens: int,
     prefix_cache: PrefixCache | None = None,
     stats: EngineStats | None = None,
+    lean: bool = True,
 ) -> list[RowResult]:
     """Continue every row until a stop token or ``max_new_tokens``, in one batch.
 
     With a ``prefix_cache``, rows with a ``key`` start from the keys and values stored for that
-    key (the common prefix with their prompt) and leave theirs behind for the next turn.
+    key (the common prefix with their prompt) and leave theirs behind for the next turn. With
+    ``lean`` (the default), Llama-recipe models run through :mod:`userlm.models.lean`.
     """
     started_at = time.perf_counter()
-    device = next(model.parameters()).device
+    pasts = _past(rows, prefix_cache)
+    groups = length_groups([len(r.prompt) - n for r, (_, n) in zip(rows, pasts)])
+    order = [i for group in groups for i in group]  # each group's rows side by side
+    sorted_results = _generate(
+        model, [rows[i] for i in order], [pasts[i] for i in order], [len(g) for g in groups], stop_ids=stop_ids,
+        end_id=end_id, pad_id=pad_id, whitespace=whitespace, wordless=wordless, temperature=temperature, top_p=top_p,
+        max_new_tokens=max_new_tokens, prefix_cache=prefix_cache, stats=stats, lean=lean, started_at=started_at,
+    )
+    results: list[RowResult] = [RowResult()] * len(rows)
+    for position, i in enumerate(order):
+        results[i] = sorted_results[position]
+    return results
+
+
+def _generate(model, rows, pasts, group_sizes, *, stop_ids, end_id, pad_id, whitespace, wordless, temperature, top_p,
+              max_new_tokens, prefix_cache, stats, lean, started_at) -> list[RowResult]:
+    from .lean import lean_model
+
     batch = len(rows)
-    logits, per_row, prefilled, reused = _prefill(model, rows, prefix_cache, pad_id, device)
+    fast = lean_model(model) if lean else None
+    state = _LeanRows(fast, rows, max_new_tokens) if fast is not None else _ModelRows(model, rows, pad_id, max_new_tokens)
+    logits = state.prefill(pasts, group_sizes)
     prefill_seconds = time.perf_counter() - started_at
-    lengths = [len(r.prompt) for r in rows]
-    width = max(lengths)
-    attention = torch.zeros((batch, width), dtype=torch.long, device=device)
-    for b, n in enumerate(lengths):
-        attention[b, width - n :] = 1
-    cache = _reserved_cache(width + max_new_tokens, _left_padded(per_row, lengths, width, device))
-    del per_row
-    positions = torch.tensor(lengths, device=device)[:, None] - 1
 
     generators = [torch.Generator().manual_seed(r.seed) for r in rows]
     results = [RowResult() for _ in rows]
@@ -218,7 +231,6 @@ def generate(
     suppress = torch.tensor([r.suppress_end for r in rows], device=logits.device)
     banned = _banned_mask(rows, logits.shape[-1], logits.device)
     wants_end_prob = [end_id is not None and (r.want_end_prob or r.end_threshold is not None) for r in rows]
-    last_position = positions
 
     for step in range(max_new_tokens):
         awaiting = [wants_end_prob[b] and not done[b] and not started[b] and results[b].end_prob is None for b in range(batch)]
@@ -259,40 +271,38 @@ def generate(
                 worded[b] = True
         if bool(done.all()) or step == max_new_tokens - 1:
             break
-        next_tokens = next_tokens.to(device)
-        next_tokens[done.to(device)] = pad_id
-        attention = torch.cat([attention, (~done).long().to(device)[:, None]], dim=1)
-        last_position = last_position + 1
-        logits = model(
-            input_ids=next_tokens[:, None],
-            attention_mask=attention,
-            position_ids=last_position,
-            past_key_values=cache,
-            use_cache=True,
-        ).logits[:, -1, :].float()
+        next_tokens[done] = pad_id
+        logits = state.step(next_tokens, ~done)
 
     if prefix_cache is not None:
-        _store(prefix_cache, rows, results, cache, attention)
+        for b, row in enumerate(rows):
+            if row.key is not None:
+                kept = state.kept(b)
+                if kept is not None:
+                    length, layers = kept
+                    prefix_cache.store(row.key, row.prompt + results[b].tokens[: length - len(row.prompt)], layers)
     if stats is not None:
         stats.batches += 1
         stats.rows += batch
-        stats.prefill_tokens += prefilled
+        stats.prefill_tokens += sum(len(r.prompt) - n for r, (_, n) in zip(rows, pasts))
         stats.prefill_seconds += prefill_seconds
-        stats.reused_tokens += reused
+        stats.reused_tokens += sum(n for _, n in pasts)
         stats.decode_tokens += sum(len(r.tokens) + int(r.finished) for r in results)  # stop tokens count too
         stats.seconds += time.perf_counter() - started_at
     return results
 
 
-def length_groups(rows: list[Row], waste: float = 1.3) -> list[list[int]]:
-    """Indices of ``rows`` in groups of similar prompt length, so that padding every prompt of a
-    group to its longest costs at most ``waste`` times the real tokens."""
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i].prompt))
+def length_groups(lengths: list[int], waste: float = 1.3, budget: int = 16384) -> list[list[int]]:
+    """Indices of ``lengths`` in groups of similar length, so that padding every member of a
+    group to its longest costs at most ``waste`` times the real tokens, and a group computes at
+    most ``budget`` tokens (one very long prompt is a group of its own)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     groups: list[list[int]] = []
     total = 0
     for i in order:
-        n = len(rows[i].prompt)
-        if groups and n * (len(groups[-1]) + 1) <= waste * (total + n):
+        n = lengths[i]
+        widest = n * (len(groups[-1]) + 1) if groups else 0
+        if groups and widest <= waste * (total + n) and widest <= budget:
             groups[-1].append(i)
             total += n
         else:
@@ -301,17 +311,92 @@ def length_groups(rows: list[Row], waste: float = 1.3) -> list[list[int]]:
     return groups
 
 
-def _prefill(model, rows: list[Row], prefix_cache: PrefixCache | None, pad_id: int, device):
-    """Compute every prompt, in groups of similar length (no padding waste), starting from what
-    the prefix cache holds. Returns the last logits of every row, each row's keys and values
-    (per layer, [kv_heads, prompt length, head_dim]), and the tokens computed and reused."""
+def _group_slices(sizes: list[int]) -> list[slice]:
+    out, start = [], 0
+    for size in sizes:
+        out.append(slice(start, start + size))
+        start += size
+    return out
+
+
+class _LeanRows:
+    """Rows computed by the lean Llama forward (:mod:`userlm.models.lean`)."""
+
+    def __init__(self, lean, rows: list[Row], max_new_tokens: int):
+        from .lean import LeanBatch
+
+        self.rows = rows
+        self.batch = LeanBatch(lean, len(rows), max(len(r.prompt) for r in rows) + max_new_tokens)
+
+    def prefill(self, pasts, group_sizes: list[int]) -> torch.Tensor:
+        for b, (entry, n) in enumerate(pasts):
+            if entry is not None and n:
+                self.batch.load(b, entry.layers, n)
+        logits = [
+            self.batch.prefill(part.start, [self.rows[b].prompt[pasts[b][1] :] for b in range(part.start, part.stop)])
+            for part in _group_slices(group_sizes)
+        ]
+        return torch.cat(logits)
+
+    def step(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        device = self.batch.lean.device
+        return self.batch.step(tokens.to(device), active.to(device))
+
+    def kept(self, b: int):
+        return self.batch.kept(b)
+
+
+class _ModelRows:
+    """Rows computed by the model's own forward: prompts left-padded to a common width, and a
+    cache that writes into buffers allocated once."""
+
+    def __init__(self, model, rows: list[Row], pad_id: int, max_new_tokens: int):
+        self.model, self.rows, self.pad_id, self.max_new_tokens = model, rows, pad_id, max_new_tokens
+        self.device = next(model.parameters()).device
+
+    def prefill(self, pasts, group_sizes: list[int]) -> torch.Tensor:
+        rows, device = self.rows, self.device
+        groups = [list(range(part.start, part.stop)) for part in _group_slices(group_sizes)]
+        logits, per_row = _prefill(self.model, rows, pasts, groups, self.pad_id, device)
+        lengths = [len(r.prompt) for r in rows]
+        width = max(lengths)
+        self.attention = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+        for b, n in enumerate(lengths):
+            self.attention[b, width - n :] = 1
+        self.cache = _reserved_cache(width + self.max_new_tokens, _left_padded(per_row, lengths, width, device))
+        self.positions = torch.tensor(lengths, device=device)[:, None] - 1
+        return logits
+
+    def step(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        device = self.device
+        self.attention = torch.cat([self.attention, active.long().to(device)[:, None]], dim=1)
+        self.positions = self.positions + 1
+        return self.model(
+            input_ids=tokens.to(device)[:, None],
+            attention_mask=self.attention,
+            position_ids=self.positions,
+            past_key_values=self.cache,
+            use_cache=True,
+        ).logits[:, -1, :].float()
+
+    def kept(self, b: int):
+        layers = getattr(self.cache, "layers", None)
+        if not layers or any(getattr(layer, "keys", None) is None or layer.keys.dim() != 4 for layer in layers):
+            return None  # a cache of another shape (sliding windows, ...): no reuse
+        where = self.attention[b].nonzero().squeeze(-1)
+        return len(where), [(layer.keys[b, :, where].clone(), layer.values[b, :, where].clone()) for layer in layers]
+
+
+def _prefill(model, rows: list[Row], pasts, groups: list[list[int]], pad_id: int, device):
+    """Compute every prompt, group by group, starting from what the prefix cache holds. Returns
+    the last logits of every row and each row's keys and values (per layer, [kv_heads, prompt
+    length, head_dim])."""
     logits = [None] * len(rows)
     per_row: list[list[tuple[torch.Tensor, torch.Tensor]] | None] = [None] * len(rows)
-    computed = reused_total = 0
-    for group in length_groups(rows):
+    for group in groups:
         members = [rows[i] for i in group]
-        pasts = _past(members, prefix_cache)
-        reused = [n for _, n in pasts]
+        group_pasts = [pasts[i] for i in group]
+        reused = [n for _, n in group_pasts]
         fresh = [row.prompt[n:] for row, n in zip(members, reused)]
         p_max, n_max = max(reused), max(len(f) for f in fresh)
         input_ids = torch.full((len(group), n_max), pad_id, dtype=torch.long)
@@ -322,7 +407,7 @@ def _prefill(model, rows: list[Row], prefix_cache: PrefixCache | None, pad_id: i
             attention[b, p_max - n : p_max] = 1
             attention[b, p_max + n_max - len(tokens) :] = 1
             positions[b, n_max - len(tokens) :] = torch.arange(n, n + len(tokens))
-        past = _left_padded([e.layers if e is not None and n else None for e, n in pasts], reused, p_max, device) if p_max else None
+        past = _left_padded([e.layers if e is not None and n else None for e, n in group_pasts], reused, p_max, device) if p_max else None
         cache = _reserved_cache(p_max + n_max, past)
         out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
                     past_key_values=cache, use_cache=True, **_last_logits_only(model)).logits[:, -1, :].float()
@@ -330,9 +415,7 @@ def _prefill(model, rows: list[Row], prefix_cache: PrefixCache | None, pad_id: i
             where = attention[b].nonzero().squeeze(-1).to(device)
             per_row[i] = [(layer.keys[b, :, where], layer.values[b, :, where]) for layer in cache.layers]
             logits[i] = out[b]
-        computed += sum(len(f) for f in fresh)
-        reused_total += sum(reused)
-    return torch.stack(logits), per_row, computed, reused_total
+    return torch.stack(logits), per_row
 
 
 def _last_logits_only(model) -> dict:
@@ -357,20 +440,6 @@ def _left_padded(per_row, lengths: list[int], width: int, device) -> list[tuple[
                 values[b, :, width - n :] = v[:, :n]
         out.append((keys, values))
     return out
-
-
-def _store(prefix_cache: PrefixCache, rows, results, cache, attention) -> None:
-    layers = getattr(cache, "layers", None)
-    if not layers or any(getattr(layer, "keys", None) is None or layer.keys.dim() != 4 for layer in layers):
-        return  # a cache of another shape (sliding windows, ...): no reuse
-    for b, row in enumerate(rows):
-        if row.key is None:
-            continue
-        where = attention[b].nonzero().squeeze(-1)
-        generated = len(where) - len(row.prompt)
-        ids = row.prompt + results[b].tokens[: max(generated, 0)]
-        kept = [(layer.keys[b, :, where].clone(), layer.values[b, :, where].clone()) for layer in layers]
-        prefix_cache.store(row.key, ids, kept)
 
 
 def _banned_mask(rows: list[Row], vocab: int, device) -> torch.Tensor | None:

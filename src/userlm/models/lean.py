@@ -1,0 +1,269 @@
+"""A lean forward pass for Llama-recipe decoders (Llama, Mistral, Qwen2) in batched sampling.
+
+A model's own forward builds masks and cache objects and passes through a dozen modules per
+layer at every call; for one new token in each of 64 rows that bookkeeping costs more than the
+arithmetic, and its cache has to be copied to be read fast. This forward runs the same
+computation on the model's own weights, with:
+
+- the query/key/value projections as one matrix multiply, and gate/up as another (the modules'
+  weights become views of the fused matrices: no memory is added, and the model's own forward
+  still works);
+- keys and values written in place into buffers allocated once per batch, every row's tokens
+  from column 0, so a row's position is its column and nothing is padded in front of it;
+- decoding attention as two batched matrix multiplies over the whole contiguous buffer with a
+  length mask (a contiguous buffer is several times faster to multiply through than a slice).
+
+:func:`lean_model` says whether a model qualifies; the engine uses the model's own forward
+otherwise. Tests hold its logits to the model's own.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+_ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}
+_STATIC_ROPE = {"default", "linear", "llama3", "yarn"}  # position encodings that do not depend on the sequence's length
+_lean_models: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class _Layer:
+    norm1: torch.Tensor
+    qkv: torch.Tensor
+    qkv_bias: torch.Tensor | None
+    out: torch.Tensor
+    norm2: torch.Tensor
+    gate_up: torch.Tensor
+    down: torch.Tensor
+
+
+class LeanModel:
+    """The fused weights and shapes of one model."""
+
+    def __init__(self, model):
+        config = model.config
+        self.model = model
+        self.heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.hidden = config.hidden_size
+        self.eps = config.rms_norm_eps
+        self.scale = self.head_dim**-0.5
+        self.intermediate = config.intermediate_size
+        inner = model.model
+        self.embed = inner.embed_tokens
+        self.rotary = inner.rotary_emb
+        self.final_norm = inner.norm.weight
+        self.head = model.lm_head
+        self.layers = [self._fuse(layer) for layer in inner.layers]
+        self.device = self.embed.weight.device
+        self.dtype = self.embed.weight.dtype
+
+    @staticmethod
+    def _fuse(layer) -> _Layer:
+        attention, mlp = layer.self_attn, layer.mlp
+        qkv = _fuse_linears([attention.q_proj, attention.k_proj, attention.v_proj])
+        bias = None
+        if attention.q_proj.bias is not None:
+            bias = torch.cat([attention.q_proj.bias.data, attention.k_proj.bias.data, attention.v_proj.bias.data])
+        return _Layer(
+            norm1=layer.input_layernorm.weight.data,
+            qkv=qkv,
+            qkv_bias=bias,
+            out=attention.o_proj.weight.data,
+            norm2=layer.post_attention_layernorm.weight.data,
+            gate_up=_fuse_linears([mlp.gate_proj, mlp.up_proj]),
+            down=mlp.down_proj.weight.data,
+        )
+
+    def norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # one fused kernel, accumulating in float32; the recipe's own code rounds to the model's
+        # dtype before the weight multiplies, so bf16 results can differ in the last bit
+        return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
+
+    def rotary_table(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of positions 0..length-1, [length, head_dim]."""
+        positions = torch.arange(length, device=self.device)[None]
+        probe = torch.empty((), dtype=self.dtype, device=self.device)
+        cos, sin = self.rotary(probe, positions)
+        return cos[0], sin[0]
+
+    def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values from the fused projection [..., (heads + 2 kv_heads) * dim]."""
+        q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        lead = qkv.shape[:-1]
+        q = qkv[..., :q_size].unflatten(-1, (self.heads, self.head_dim))
+        k = qkv[..., q_size : q_size + kv_size].unflatten(-1, (self.kv_heads, self.head_dim))
+        v = qkv[..., q_size + kv_size :].unflatten(-1, (self.kv_heads, self.head_dim))
+        assert q.shape[: len(lead)] == lead
+        return q, k, v
+
+    def mlp(self, layer: _Layer, h: torch.Tensor) -> torch.Tensor:
+        gate_up = F.linear(self.norm(h, layer.norm2), layer.gate_up)
+        gate, up = gate_up.split(self.intermediate, dim=-1)
+        return h + F.linear(F.silu(gate) * up, layer.down)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(h, self.final_norm)).float()
+
+
+def _fuse_linears(linears) -> torch.Tensor:
+    """One matrix of the stacked weights; each module's weight becomes a view of it."""
+    fused = torch.cat([linear.weight.data for linear in linears], dim=0)
+    start = 0
+    for linear in linears:
+        rows = linear.weight.shape[0]
+        linear.weight = torch.nn.Parameter(fused[start : start + rows], requires_grad=False)
+        start += rows
+    return fused
+
+
+def lean_model(model) -> LeanModel | None:
+    """The lean forward of ``model``, or None when its architecture is not the plain Llama recipe."""
+    if model in _lean_models:
+        return _lean_models[model]
+    lean = LeanModel(model) if _qualifies(model) else None
+    _lean_models[model] = lean
+    return lean
+
+
+def _qualifies(model) -> bool:
+    if type(model).__name__ not in _ARCHITECTURES:
+        return False
+    config = model.config
+    if getattr(config, "hidden_act", None) != "silu":
+        return False
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return False  # a window limits attention: the model's own forward knows it
+    inner = getattr(model, "model", None)
+    rotary = getattr(inner, "rotary_emb", None)
+    if rotary is None or getattr(rotary, "rope_type", "default") not in _STATIC_ROPE:
+        return False
+    layer = inner.layers[0]
+    attention = layer.self_attn
+    if any(hasattr(attention, name) for name in ("q_norm", "k_norm")) or attention.o_proj.bias is not None:
+        return False
+    return all(getattr(layer.mlp, name).bias is None for name in ("gate_proj", "up_proj", "down_proj"))
+
+
+_QUERY_BLOCK = 512  # queries of one row attended at once: bounds the scores' memory for long prompts
+
+
+def _row_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, past: int, out: torch.Tensor) -> None:
+    """Causal attention of one row's ``n`` new queries [n, heads, dim] (scaled), at positions
+    ``past ..``, over its columns of ``keys``/``values`` [kv_heads, capacity, dim]; written into
+    ``out`` [n, heads, dim]. The query heads that share a key/value head are stacked, so each
+    key/value head is one matrix multiply (on CPUs much faster than the fused attention kernel
+    with a mask)."""
+    n, heads, dim = q.shape
+    kv_heads = keys.shape[0]
+    group = heads // kv_heads
+    for a in range(0, n, _QUERY_BLOCK):
+        b = min(n, a + _QUERY_BLOCK)
+        length = past + b
+        block = q[a:b].view(b - a, kv_heads, group, dim).permute(1, 2, 0, 3).reshape(kv_heads, group * (b - a), dim)
+        scores = torch.bmm(block, keys[:, :length].transpose(1, 2)).view(kv_heads, group, b - a, length)
+        later = torch.ones((b - a, b - a), dtype=torch.bool, device=q.device).triu(1)
+        scores[..., past + a :].masked_fill_(later, float("-inf"))
+        weights = torch.softmax(scores, dim=-1).view(kv_heads, group * (b - a), length)
+        attended = torch.bmm(weights, values[:, :length])
+        out[a:b] = attended.view(kv_heads, group, b - a, dim).permute(2, 0, 1, 3).reshape(b - a, heads, dim)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class LeanBatch:
+    """The keys, values and lengths of a batch of rows, and its forward passes.
+
+    Buffers are [rows, kv_heads, capacity, head_dim] per layer; row ``b`` holds its tokens in
+    columns ``0 .. lengths[b] - 1``. Columns past a row's length hold zeros or stale values and are
+    masked out."""
+
+    def __init__(self, lean: LeanModel, rows: int, capacity: int):
+        self.lean, self.rows, self.capacity = lean, rows, capacity
+        shape = (rows, lean.kv_heads, capacity, lean.head_dim)
+        self.keys = [torch.zeros(shape, dtype=lean.dtype, device=lean.device) for _ in lean.layers]
+        self.values = [torch.zeros(shape, dtype=lean.dtype, device=lean.device) for _ in lean.layers]
+        self.lengths = torch.zeros(rows, dtype=torch.long, device=lean.device)
+        self.cos, self.sin = lean.rotary_table(capacity)
+        self.columns = torch.arange(capacity, device=lean.device)
+
+    def load(self, row: int, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> None:
+        """Put the first ``length`` cached positions of a row (per layer [kv_heads, n, head_dim]) in place."""
+        for (k, v), keys, values in zip(layers, self.keys, self.values):
+            keys[row, :, :length] = k[:, :length]
+            values[row, :, :length] = v[:, :length]
+        self.lengths[row] = length
+
+    def kept(self, row: int) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The row's cached positions, per layer [kv_heads, length, head_dim]: views, not copies
+        (the batch writes nothing more once it is done), so they keep the batch's buffers alive
+        as long as any row's are held."""
+        n = int(self.lengths[row])
+        return n, [(k[row, :, :n], v[row, :, :n]) for k, v in zip(self.keys, self.values)]
+
+    @torch.inference_mode()
+    def prefill(self, start: int, tokens: list[list[int]]) -> torch.Tensor:
+        """Compute new tokens for rows ``start ..`` after what each already holds; the last
+        logits of each row, [len(tokens), vocab].
+
+        The rows' tokens are packed into one sequence for the projections (no padding), and
+        attention runs row by row over exactly that row's columns."""
+        lean, device = self.lean, self.lean.device
+        sizes = [len(t) for t in tokens]
+        rows = torch.arange(start, start + len(tokens)).repeat_interleave(torch.tensor(sizes)).to(device)
+        ids = torch.tensor([i for t in tokens for i in t], device=device)
+        offsets = [0]
+        for n in sizes:
+            offsets.append(offsets[-1] + n)
+        starts = self.lengths[start : start + len(tokens)].tolist()
+        positions = self.lengths[rows] + (torch.arange(len(ids), device=device) - torch.tensor(offsets[:-1], device=device)[rows - start])
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
+        h = lean.embed(ids)
+        for layer, keys, values in zip(lean.layers, self.keys, self.values):
+            qkv = F.linear(lean.norm(h, layer.norm1), layer.qkv, layer.qkv_bias)
+            q, k, v = lean.split_heads(qkv)
+            q, k = _rotate(q * lean.scale, cos, sin), _rotate(k, cos, sin)
+            keys[rows, :, positions] = k
+            values[rows, :, positions] = v
+            attended = torch.empty_like(q)
+            for b, (first, n, past) in enumerate(zip(offsets, sizes, starts)):
+                _row_attention(q[first : first + n], keys[start + b], values[start + b], past, attended[first : first + n])
+            h = h + F.linear(attended.flatten(1), layer.out)
+            h = lean.mlp(layer, h)
+        self.lengths[start : start + len(tokens)] += torch.tensor(sizes, device=device)
+        last = torch.tensor(offsets[1:], device=device) - 1
+        return lean.logits(h[last])
+
+    @torch.inference_mode()
+    def step(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """One new token per row (inactive rows' tokens are computed but not kept); logits [rows, vocab]."""
+        lean = self.lean
+        rows, kv_heads, group, dim = self.rows, lean.kv_heads, lean.heads // lean.kv_heads, lean.head_dim
+        positions = self.lengths
+        visible = (self.columns[None, :] <= positions[:, None]).view(rows, 1, 1, self.capacity)
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
+        everyone = torch.arange(rows, device=lean.device)
+        h = lean.embed(tokens)
+        for layer, keys, values in zip(lean.layers, self.keys, self.values):
+            qkv = F.linear(lean.norm(h, layer.norm1), layer.qkv, layer.qkv_bias)
+            q, k, v = lean.split_heads(qkv)
+            q, k = _rotate(q * lean.scale, cos, sin), _rotate(k, cos, sin)
+            keys[everyone, :, positions] = k
+            values[everyone, :, positions] = v
+            scores = torch.bmm(q.reshape(rows * kv_heads, group, dim), keys.view(rows * kv_heads, self.capacity, dim).transpose(1, 2))
+            scores = scores.view(rows, kv_heads, group, self.capacity).float().masked_fill_(~visible, float("-inf"))
+            weights = torch.softmax(scores, dim=-1).to(lean.dtype).view(rows * kv_heads, group, self.capacity)
+            attended = torch.bmm(weights, values.view(rows * kv_heads, self.capacity, dim))
+            h = h + F.linear(attended.view(rows, -1), layer.out)
+            h = lean.mlp(layer, h)
+        self.lengths += active.to(self.lengths.device)
+        return lean.logits(h)

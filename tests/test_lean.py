@@ -1,0 +1,115 @@
+"""The lean Llama forward used for batched sampling: held to the model's own forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from userlm.models import lean
+from userlm.models.lean import LeanBatch, lean_model
+
+VOCAB = 96
+
+
+def tiny(kind: str):
+    """A tiny randomly initialised model of the given architecture (float32)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    shape = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=256)
+    if kind == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**shape, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                                    "high_freq_factor": 4.0, "original_max_position_embeddings": 64}))
+    elif kind == "qwen2":  # biases on the query/key/value projections
+        model = Qwen2ForCausalLM(Qwen2Config(**shape, use_sliding_window=False))
+    elif kind == "mistral-window":
+        model = MistralForCausalLM(MistralConfig(**shape, sliding_window=16))
+    else:
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2))
+    return model.eval()
+
+
+def own_last_logits(model, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0, -1].float()
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_lean_logits_equal_the_models_own(kind, monkeypatch):
+    monkeypatch.setattr(lean, "_QUERY_BLOCK", 3)  # long prompts attend in blocks: exercise the seams
+    model = tiny(kind)
+    fast = lean_model(model)
+    assert fast is not None
+    generator = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, VOCAB, (n,), generator=generator).tolist() for n in (5, 11, 8)]
+    batch = LeanBatch(fast, len(prompts), capacity=20)
+    # a first part of every prompt, then the rest after it (as a next turn after a cached one)
+    batch.prefill(0, [p[:4] for p in prompts])
+    logits = torch.cat([batch.prefill(0, [p[4:] for p in prompts[:2]]), batch.prefill(2, [prompts[2][4:]])])
+    for row, prompt in enumerate(prompts):
+        torch.testing.assert_close(logits[row], own_last_logits(model, prompt), rtol=1e-4, atol=1e-4)
+
+    fed = [list(p) for p in prompts]
+    for step, active in enumerate(([True, True, True], [True, False, True], [True, True, True])):
+        tokens = torch.tensor([7 + step, 30 + step, 60 + step])
+        logits = batch.step(tokens, torch.tensor(active))
+        for row, prompt in enumerate(fed):
+            if active[row]:
+                torch.testing.assert_close(logits[row], own_last_logits(model, prompt + [int(tokens[row])]), rtol=1e-4, atol=1e-4)
+                prompt.append(int(tokens[row]))  # an inactive row's token is not kept
+
+    # what a row keeps, loaded into another batch, continues exactly the same
+    length, layers = batch.kept(1)
+    assert length == len(fed[1])
+    other = LeanBatch(fast, 1, capacity=length + 2)
+    other.load(0, layers, length)
+    logits = other.prefill(0, [[5]])
+    torch.testing.assert_close(logits[0], own_last_logits(model, fed[1] + [5]), rtol=1e-4, atol=1e-4)
+
+
+def test_fused_weights_leave_the_models_own_forward_unchanged():
+    model = tiny("llama")
+    ids = list(range(1, 12))
+    before = own_last_logits(model, ids)
+    parameters = sum(p.numel() for p in model.parameters())
+    lean_model(model)
+    assert lean_model(model) is lean_model(model)  # fused once
+    torch.testing.assert_close(own_last_logits(model, ids), before, rtol=0, atol=0)
+    assert sum(p.numel() for p in model.parameters()) == parameters
+    layer = model.model.layers[0].self_attn
+    assert layer.q_proj.weight.untyped_storage().data_ptr() == layer.v_proj.weight.untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("kind", ["mistral-window", "gpt2"])
+def test_other_architectures_keep_the_models_own_forward(kind):
+    assert lean_model(tiny(kind)) is None
+
+
+def test_sampling_with_and_without_the_lean_forward_agrees(tiny_user_dir):
+    """Two turns of several conversations, the second from the prefix cache: the same greedy
+    tokens through the lean forward and the model's own."""
+    from userlm.models.engine import EngineStats, PrefixCache, Row, generate, vocab_tables
+    from userlm.models.local import LoadOptions, LocalUserModel
+    from userlm.models.base import SamplingSettings
+
+    user = LocalUserModel(str(tiny_user_dir), sampling=SamplingSettings(0.0, 1.0, 8), options=LoadOptions(dtype="float32"))
+    tok, model = user.loaded.tokenizer, user.loaded.model
+    common = dict(stop_ids=user.stop_ids, end_id=user.end_id, pad_id=user.loaded.pad_id,
+                  whitespace=vocab_tables(tok).whitespace, temperature=0.0, top_p=1.0, max_new_tokens=8)
+    intents = ["You want lasagna.", "Plan a cheap trip to Lisbon with two friends.", "Sort a list."]
+    firsts = [tok.encode(f"<|start_header_id|>system<|end_header_id|>\n{t}<|eot_id|>", add_special_tokens=False) for t in intents]
+    follow = tok.encode("<|eot_id|><|start_header_id|>assistant<|end_header_id|>\nSure, tell me more.<|eot_id|>",
+                        add_special_tokens=False)
+    outcomes = []
+    for use_lean in (True, False):
+        cache, stats = PrefixCache(), EngineStats()
+        one = generate(model, [Row(p, 0, key=str(i)) for i, p in enumerate(firsts)], prefix_cache=cache, stats=stats,
+                       lean=use_lean, **common)
+        second = [p + r.tokens + follow for p, r in zip(firsts, one)]
+        two = generate(model, [Row(p, 0, key=str(i)) for i, p in enumerate(second)], prefix_cache=cache, stats=stats,
+                       lean=use_lean, **common)
+        assert stats.reused_tokens >= sum(len(p) for p in firsts)
+        outcomes.append([r.tokens for r in one + two])
+    assert outcomes[0] == outcomes[1]
+    assert any(outcomes[0])
