@@ -224,36 +224,37 @@ def _generate(model, rows, pasts, group_sizes, *, stop_ids, end_id, pad_id, whit
 
     generators = [torch.Generator().manual_seed(r.seed) for r in rows]
     results = [RowResult() for _ in rows]
-    done = torch.zeros(batch, dtype=torch.bool)
-    started = torch.zeros(batch, dtype=torch.bool)
-    worded = torch.zeros(batch, dtype=torch.bool)  # a letter or digit was written: the first word has begun
-    whitespace = whitespace.to(logits.device)
+    # per-row state as Python lists: read for every row at every step, where tensor indexing costs more
+    done, started = [False] * batch, [False] * batch
+    worded = [False] * batch  # a letter or digit was written: the first word has begun
+    is_space = whitespace.tolist()
+    is_wordless = wordless.tolist() if wordless is not None else None
     suppress = torch.tensor([r.suppress_end for r in rows], device=logits.device)
     banned = _banned_mask(rows, logits.shape[-1], logits.device)
     wants_end_prob = [end_id is not None and (r.want_end_prob or r.end_threshold is not None) for r in rows]
 
     for step in range(max_new_tokens):
         awaiting = [wants_end_prob[b] and not done[b] and not started[b] and results[b].end_prob is None for b in range(batch)]
-        end_probs = torch.softmax(logits, dim=-1)[:, end_id].cpu() if any(awaiting) else None
+        end_probs = torch.softmax(logits, dim=-1)[:, end_id].tolist() if any(awaiting) else None
         for b, row in enumerate(rows):
             if awaiting[b] and step >= row.content_offset:
-                results[b].end_prob = float(end_probs[b])
+                results[b].end_prob = end_probs[b]
                 if row.end_threshold is not None and results[b].end_prob >= row.end_threshold:
                     results[b].ended, results[b].finished = True, True
                     done[b] = True
         if end_id is not None and suppress.any():
             logits[suppress, end_id] = float("-inf")
-        if banned is not None and not bool(worded.all()):
-            logits.masked_fill_(banned & ~worded.to(logits.device)[:, None], float("-inf"))
-        next_tokens = _sample(logits, generators, temperature, top_p).cpu()
+        if banned is not None and not all(worded):
+            logits.masked_fill_(banned & ~torch.tensor(worded, device=logits.device)[:, None], float("-inf"))
+        next_tokens = _sample(logits, generators, temperature, top_p).tolist()
         for b in range(batch):
             if done[b]:
                 continue
-            token = int(next_tokens[b])
+            token = next_tokens[b]
             row = rows[b]
-            if awaiting[b] and results[b].end_prob is None and (token == end_id or not whitespace[token]):
+            if awaiting[b] and results[b].end_prob is None and (token == end_id or not is_space[token]):
                 # the turn ends or its content starts before the expected newline: this was its start
-                results[b].end_prob = float(end_probs[b])
+                results[b].end_prob = end_probs[b]
                 if row.end_threshold is not None and results[b].end_prob >= row.end_threshold:
                     results[b].ended, results[b].finished = True, True
                     done[b] = True
@@ -261,18 +262,18 @@ def _generate(model, rows, pasts, group_sizes, *, stop_ids, end_id, pad_id, whit
             if token in stop_ids or token == end_id:
                 results[b].finished = True
                 # an end token after some text just closes the turn; as the whole turn it ends the conversation
-                results[b].ended = token == end_id and not bool(started[b])
+                results[b].ended = token == end_id and not started[b]
                 done[b] = True
                 continue
             results[b].tokens.append(token)
-            if not whitespace[token]:
+            if not is_space[token]:
                 started[b] = True
-            if wordless is None or not wordless[token]:
+            if is_wordless is None or not is_wordless[token]:
                 worded[b] = True
-        if bool(done.all()) or step == max_new_tokens - 1:
+        if all(done) or step == max_new_tokens - 1:
             break
-        next_tokens[done] = pad_id
-        logits = state.step(next_tokens, ~done)
+        fed = torch.tensor([pad_id if d else t for t, d in zip(next_tokens, done)])
+        logits = state.step(fed, ~torch.tensor(done))
 
     if prefix_cache is not None:
         for b, row in enumerate(rows):
@@ -322,6 +323,8 @@ def _group_slices(sizes: list[int]) -> list[slice]:
 class _LeanRows:
     """Rows computed by the lean Llama forward (:mod:`userlm.models.lean`)."""
 
+    PREFILL_TOKENS = 16384  #: prompt tokens computed at once (bounds the activations' memory)
+
     def __init__(self, lean, rows: list[Row], max_new_tokens: int):
         from .lean import LeanBatch
 
@@ -329,13 +332,18 @@ class _LeanRows:
         self.batch = LeanBatch(lean, len(rows), max(len(r.prompt) for r in rows) + max_new_tokens)
 
     def prefill(self, pasts, group_sizes: list[int]) -> torch.Tensor:
+        # prompts are packed without padding, so rows go together up to a token budget whatever their lengths
         for b, (entry, n) in enumerate(pasts):
             if entry is not None and n:
                 self.batch.load(b, entry.layers, n)
-        logits = [
-            self.batch.prefill(part.start, [self.rows[b].prompt[pasts[b][1] :] for b in range(part.start, part.stop)])
-            for part in _group_slices(group_sizes)
-        ]
+        fresh = [row.prompt[n:] for row, (_, n) in zip(self.rows, pasts)]
+        logits, start, tokens = [], 0, 0
+        for b, part in enumerate(fresh):
+            if tokens and tokens + len(part) > self.PREFILL_TOKENS:
+                logits.append(self.batch.prefill(start, fresh[start:b]))
+                start, tokens = b, 0
+            tokens += len(part)
+        logits.append(self.batch.prefill(start, fresh[start:]))
         return torch.cat(logits)
 
     def step(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:

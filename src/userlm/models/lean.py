@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -153,6 +154,16 @@ def _qualifies(model) -> bool:
 _QUERY_BLOCK = 512  # queries of one row attended at once: bounds the scores' memory for long prompts
 
 
+@lru_cache(maxsize=16)
+def _future_mask(n: int, device: torch.device) -> torch.Tensor:
+    return torch.ones((n, n), dtype=torch.bool, device=device).triu(1)
+
+
+def _later(n: int, device: torch.device) -> torch.Tensor:
+    """[n, n]: True where a column lies after the query's own position."""
+    return _future_mask(_QUERY_BLOCK, device)[:n, :n] if n <= _QUERY_BLOCK else _future_mask(n, device)
+
+
 def _row_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, past: int, out: torch.Tensor) -> None:
     """Causal attention of one row's ``n`` new queries [n, heads, dim] (scaled), at positions
     ``past ..``, over its columns of ``keys``/``values`` [kv_heads, capacity, dim]; written into
@@ -167,7 +178,7 @@ def _row_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, pa
         length = past + b
         block = q[a:b].view(b - a, kv_heads, group, dim).permute(1, 2, 0, 3).reshape(kv_heads, group * (b - a), dim)
         scores = torch.bmm(block, keys[:, :length].transpose(1, 2)).view(kv_heads, group, b - a, length)
-        later = torch.ones((b - a, b - a), dtype=torch.bool, device=q.device).triu(1)
+        later = _later(b - a, q.device)
         scores[..., past + a :].masked_fill_(later, float("-inf"))
         weights = torch.softmax(scores, dim=-1).view(kv_heads, group * (b - a), length)
         attended = torch.bmm(weights, values[:, :length])
@@ -227,11 +238,12 @@ class LeanBatch:
         starts = self.lengths[start : start + len(tokens)].tolist()
         positions = self.lengths[rows] + (torch.arange(len(ids), device=device) - torch.tensor(offsets[:-1], device=device)[rows - start])
         cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
+        scaled_cos, scaled_sin = cos * lean.scale, sin * lean.scale  # queries come out scaled for attention
         h = lean.embed(ids)
         for layer, keys, values in zip(lean.layers, self.keys, self.values):
             qkv = F.linear(lean.norm(h, layer.norm1), layer.qkv, layer.qkv_bias)
             q, k, v = lean.split_heads(qkv)
-            q, k = _rotate(q * lean.scale, cos, sin), _rotate(k, cos, sin)
+            q, k = _rotate(q, scaled_cos, scaled_sin), _rotate(k, cos, sin)
             keys[rows, :, positions] = k
             values[rows, :, positions] = v
             attended = torch.empty_like(q)
@@ -249,19 +261,23 @@ class LeanBatch:
         lean = self.lean
         rows, kv_heads, group, dim = self.rows, lean.kv_heads, lean.heads // lean.kv_heads, lean.head_dim
         positions = self.lengths
-        visible = (self.columns[None, :] <= positions[:, None]).view(rows, 1, 1, self.capacity)
+        # columns past each row's position: -inf added to their scores (the scores come out of the
+        # multiply in the model's dtype; softmax accumulates in float32 whatever its input)
+        hidden = torch.zeros((rows, 1, 1, self.capacity), dtype=lean.dtype, device=lean.device)
+        hidden.masked_fill_((self.columns[None, :] > positions[:, None]).view(rows, 1, 1, self.capacity), float("-inf"))
         cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
+        scaled_cos, scaled_sin = cos * lean.scale, sin * lean.scale
         everyone = torch.arange(rows, device=lean.device)
         h = lean.embed(tokens)
         for layer, keys, values in zip(lean.layers, self.keys, self.values):
             qkv = F.linear(lean.norm(h, layer.norm1), layer.qkv, layer.qkv_bias)
             q, k, v = lean.split_heads(qkv)
-            q, k = _rotate(q * lean.scale, cos, sin), _rotate(k, cos, sin)
+            q, k = _rotate(q, scaled_cos, scaled_sin), _rotate(k, cos, sin)
             keys[everyone, :, positions] = k
             values[everyone, :, positions] = v
             scores = torch.bmm(q.reshape(rows * kv_heads, group, dim), keys.view(rows * kv_heads, self.capacity, dim).transpose(1, 2))
-            scores = scores.view(rows, kv_heads, group, self.capacity).float().masked_fill_(~visible, float("-inf"))
-            weights = torch.softmax(scores, dim=-1).to(lean.dtype).view(rows * kv_heads, group, self.capacity)
+            scores.view(rows, kv_heads, group, self.capacity).add_(hidden)
+            weights = torch.softmax(scores, dim=-1)
             attended = torch.bmm(weights, values.view(rows * kv_heads, self.capacity, dim))
             h = h + F.linear(attended.view(rows, -1), layer.out)
             h = lean.mlp(layer, h)
