@@ -113,3 +113,30 @@ def test_sampling_with_and_without_the_lean_forward_agrees(tiny_user_dir):
         outcomes.append([r.tokens for r in one + two])
     assert outcomes[0] == outcomes[1]
     assert any(outcomes[0])
+
+
+def test_kept_views_are_copied_out_once_their_batch_moves_on(tiny_user_dir):
+    """A batch's conversations keep views of its buffers; once a later batch goes on without
+    one of them, that one is copied out (the old buffers can be freed) and still reuses exactly."""
+    from userlm.models.base import SamplingSettings
+    from userlm.models.engine import EngineStats, PrefixCache, Row, generate, vocab_tables
+    from userlm.models.local import LoadOptions, LocalUserModel
+
+    user = LocalUserModel(str(tiny_user_dir), sampling=SamplingSettings(0.0, 1.0, 6), options=LoadOptions(dtype="float32"))
+    tok, model = user.loaded.tokenizer, user.loaded.model
+    common = dict(stop_ids=user.stop_ids, end_id=user.end_id, pad_id=user.loaded.pad_id,
+                  whitespace=vocab_tables(tok).whitespace, temperature=0.0, top_p=1.0, max_new_tokens=6)
+    first = {key: tok.encode(f"<|start_header_id|>system<|end_header_id|>\n{text}<|eot_id|>", add_special_tokens=False)
+             for key, text in (("a", "You want lasagna."), ("b", "You want a cheap trip to Lisbon."))}
+    cache = PrefixCache()
+    turn = dict(zip(first, generate(model, [Row(p, 0, key=k) for k, p in first.items()], prefix_cache=cache, **common)))
+    entries = cache._entries
+    assert entries["a"].batch is not None and entries["a"].batch is entries["b"].batch
+    follow = tok.encode("<|eot_id|><|start_header_id|>assistant<|end_header_id|>\nSure.<|eot_id|>", add_special_tokens=False)
+    nxt = {k: first[k] + turn[k].tokens + follow for k in first}
+    generate(model, [Row(nxt["a"], 0, key="a")], prefix_cache=cache, **common)
+    assert entries["b"].batch is None and entries["a"].batch is not None
+    stats = EngineStats()
+    reused = generate(model, [Row(nxt["b"], 0, key="b")], prefix_cache=cache, stats=stats, **common)
+    assert stats.reused_tokens >= len(first["b"])
+    assert [r.tokens for r in reused] == [r.tokens for r in generate(model, [Row(nxt["b"], 0)], **common)]

@@ -6,9 +6,11 @@ still differ in the last bits with the batch's shape; the lockstep batching of
 :mod:`userlm.models.lockstep` makes batches fall the same way on every run, so a seed reproduces
 transcripts exactly.)
 
-Prompts are computed in groups of similar length (no compute spent on padding), starting from
-each conversation's keys and values kept from its previous turn (:class:`PrefixCache`); then all
-rows decode together in one batch, writing into key/value buffers allocated once.
+Each prompt is computed from where its conversation's keys and values kept from the previous
+turn leave off (:class:`PrefixCache`); then all rows decode together in one batch, writing into
+key/value buffers allocated once. Llama-recipe models (Llama, Mistral, Qwen2) run through the
+lean forward of :mod:`userlm.models.lean`: prompts packed without padding, attention row by row;
+any other model runs through its own forward, prompts in groups of similar length.
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ class EngineStats:
 class _Entry:
     ids: list[int]
     layers: list[tuple[torch.Tensor, torch.Tensor]]  #: per layer, keys and values [kv_heads, len, head_dim]
+    batch: object | None = None  #: the batch whose buffers ``layers`` are views of (None: they are copies)
 
 
 class PrefixCache:
@@ -126,11 +129,21 @@ class PrefixCache:
             n += 1
         return entry, min(n, len(prompt) - 1)  # at least one prompt token is computed, for its logits
 
-    def store(self, key: str, ids: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        self._entries[key] = _Entry(ids, layers)
+    def store(self, key: str, ids: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]], batch: object | None = None) -> None:
+        """Keep ``layers`` for ``key``; with ``batch``, they are views of that batch's buffers."""
+        self._entries[key] = _Entry(ids, layers, batch)
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+
+    def settle(self, batch: object) -> None:
+        """Copy out the entries that still view an earlier batch's buffers, so that those buffers
+        are freed. In lockstep runs every conversation of a batch stores anew from the next one
+        and nothing is copied; what remains are conversations that ended or sit elsewhere."""
+        for entry in self._entries.values():
+            if entry.batch is not None and entry.batch is not batch:
+                entry.layers = [(k.clone(), v.clone()) for k, v in entry.layers]
+                entry.batch = None
 
     def clear(self) -> None:
         self._entries.clear()
@@ -281,7 +294,8 @@ def _generate(model, rows, pasts, group_sizes, *, stop_ids, end_id, pad_id, whit
                 kept = state.kept(b)
                 if kept is not None:
                     length, layers = kept
-                    prefix_cache.store(row.key, row.prompt + results[b].tokens[: length - len(row.prompt)], layers)
+                    prefix_cache.store(row.key, row.prompt + results[b].tokens[: length - len(row.prompt)], layers, state.views)
+        prefix_cache.settle(state.views)
     if stats is not None:
         stats.batches += 1
         stats.rows += batch
@@ -330,6 +344,7 @@ class _LeanRows:
 
         self.rows = rows
         self.batch = LeanBatch(lean, len(rows), max(len(r.prompt) for r in rows) + max_new_tokens)
+        self.views = self.batch  #: what the kept keys and values are views of
 
     def prefill(self, pasts, group_sizes: list[int]) -> torch.Tensor:
         # prompts are packed without padding, so rows go together up to a token budget whatever their lengths
@@ -361,6 +376,7 @@ class _ModelRows:
     def __init__(self, model, rows: list[Row], pad_id: int, max_new_tokens: int):
         self.model, self.rows, self.pad_id, self.max_new_tokens = model, rows, pad_id, max_new_tokens
         self.device = next(model.parameters()).device
+        self.views = None  # kept keys and values are copies
 
     def prefill(self, pasts, group_sizes: list[int]) -> torch.Tensor:
         rows, device = self.rows, self.device

@@ -19,6 +19,7 @@ otherwise. Tests hold its logits to the model's own.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from dataclasses import dataclass
 from functools import lru_cache
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 _ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}
 _STATIC_ROPE = {"default", "linear", "llama3", "yarn"}  # position encodings that do not depend on the sequence's length
 _lean_models: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_fusing = threading.Lock()
 
 
 @dataclass
@@ -96,11 +98,9 @@ class LeanModel:
     def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries, keys and values from the fused projection [..., (heads + 2 kv_heads) * dim]."""
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        lead = qkv.shape[:-1]
         q = qkv[..., :q_size].unflatten(-1, (self.heads, self.head_dim))
         k = qkv[..., q_size : q_size + kv_size].unflatten(-1, (self.kv_heads, self.head_dim))
         v = qkv[..., q_size + kv_size :].unflatten(-1, (self.kv_heads, self.head_dim))
-        assert q.shape[: len(lead)] == lead
         return q, k, v
 
     def mlp(self, layer: _Layer, h: torch.Tensor) -> torch.Tensor:
@@ -125,11 +125,10 @@ def _fuse_linears(linears) -> torch.Tensor:
 
 def lean_model(model) -> LeanModel | None:
     """The lean forward of ``model``, or None when its architecture is not the plain Llama recipe."""
-    if model in _lean_models:
+    with _fusing:  # a user model and an assistant may share one checkpoint, batching in two threads
+        if model not in _lean_models:
+            _lean_models[model] = LeanModel(model) if _qualifies(model) else None
         return _lean_models[model]
-    lean = LeanModel(model) if _qualifies(model) else None
-    _lean_models[model] = lean
-    return lean
 
 
 def _qualifies(model) -> bool:
