@@ -95,13 +95,24 @@ class LeanModel:
         cos, sin = self.rotary(probe, positions)
         return cos[0], sin[0]
 
-    def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries, keys and values from the fused projection [..., (heads + 2 kv_heads) * dim]."""
+    def attention_inputs(self, layer: _Layer, h: torch.Tensor, rotary, keys, values, rows, positions) -> torch.Tensor:
+        """The layer's queries [tokens, heads, dim] for hidden states ``h`` [tokens, hidden], rotated
+        and scaled for attention; their keys and values, rotated, are written into ``keys`` and
+        ``values`` at (``rows``, ``positions``). ``rotary``: cos and sin at the tokens' positions,
+        then the same scaled for queries."""
+        cos, sin, scaled_cos, scaled_sin = rotary
+        qkv = F.linear(self.norm(h, layer.norm1), layer.qkv, layer.qkv_bias)
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
         q = qkv[..., :q_size].unflatten(-1, (self.heads, self.head_dim))
         k = qkv[..., q_size : q_size + kv_size].unflatten(-1, (self.kv_heads, self.head_dim))
-        v = qkv[..., q_size + kv_size :].unflatten(-1, (self.kv_heads, self.head_dim))
-        return q, k, v
+        keys[rows, :, positions] = _rotate(k, cos, sin)
+        values[rows, :, positions] = qkv[..., q_size + kv_size :].unflatten(-1, (self.kv_heads, self.head_dim))
+        return _rotate(q, scaled_cos, scaled_sin)
+
+    def rotary_at(self, cos_table: torch.Tensor, sin_table: torch.Tensor, positions: torch.Tensor):
+        """cos and sin at ``positions`` (broadcast over heads), plain and scaled for queries."""
+        cos, sin = cos_table[positions][:, None], sin_table[positions][:, None]
+        return cos, sin, cos * self.scale, sin * self.scale
 
     def mlp(self, layer: _Layer, h: torch.Tensor) -> torch.Tensor:
         gate_up = F.linear(self.norm(h, layer.norm2), layer.gate_up)
@@ -236,15 +247,10 @@ class LeanBatch:
             offsets.append(offsets[-1] + n)
         starts = self.lengths[start : start + len(tokens)].tolist()
         positions = self.lengths[rows] + (torch.arange(len(ids), device=device) - torch.tensor(offsets[:-1], device=device)[rows - start])
-        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
-        scaled_cos, scaled_sin = cos * lean.scale, sin * lean.scale  # queries come out scaled for attention
+        rotary = lean.rotary_at(self.cos, self.sin, positions)
         h = lean.embed(ids)
         for layer, keys, values in zip(lean.layers, self.keys, self.values):
-            qkv = F.linear(lean.norm(h, layer.norm1), layer.qkv, layer.qkv_bias)
-            q, k, v = lean.split_heads(qkv)
-            q, k = _rotate(q, scaled_cos, scaled_sin), _rotate(k, cos, sin)
-            keys[rows, :, positions] = k
-            values[rows, :, positions] = v
+            q = lean.attention_inputs(layer, h, rotary, keys, values, rows, positions)
             attended = torch.empty_like(q)
             for b, (first, n, past) in enumerate(zip(offsets, sizes, starts)):
                 _row_attention(q[first : first + n], keys[start + b], values[start + b], past, attended[first : first + n])
@@ -264,16 +270,11 @@ class LeanBatch:
         # multiply in the model's dtype; softmax accumulates in float32 whatever its input)
         hidden = torch.zeros((rows, 1, 1, self.capacity), dtype=lean.dtype, device=lean.device)
         hidden.masked_fill_((self.columns[None, :] > positions[:, None]).view(rows, 1, 1, self.capacity), float("-inf"))
-        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
-        scaled_cos, scaled_sin = cos * lean.scale, sin * lean.scale
+        rotary = lean.rotary_at(self.cos, self.sin, positions)
         everyone = torch.arange(rows, device=lean.device)
         h = lean.embed(tokens)
         for layer, keys, values in zip(lean.layers, self.keys, self.values):
-            qkv = F.linear(lean.norm(h, layer.norm1), layer.qkv, layer.qkv_bias)
-            q, k, v = lean.split_heads(qkv)
-            q, k = _rotate(q, scaled_cos, scaled_sin), _rotate(k, cos, sin)
-            keys[everyone, :, positions] = k
-            values[everyone, :, positions] = v
+            q = lean.attention_inputs(layer, h, rotary, keys, values, everyone, positions)
             scores = torch.bmm(q.reshape(rows * kv_heads, group, dim), keys.view(rows * kv_heads, self.capacity, dim).transpose(1, 2))
             scores.view(rows, kv_heads, group, self.capacity).add_(hidden)
             weights = torch.softmax(scores, dim=-1)
