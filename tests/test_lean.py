@@ -140,3 +140,15 @@ def test_kept_views_are_copied_out_once_their_batch_moves_on(tiny_user_dir):
     reused = generate(model, [Row(nxt["b"], 0, key="b")], prefix_cache=cache, stats=stats, **common)
     assert stats.reused_tokens >= len(first["b"])
     assert [r.tokens for r in reused] == [r.tokens for r in generate(model, [Row(nxt["b"], 0)], **common)]
+
+
+def test_a_model_with_fused_weights_is_still_freed():
+    import gc
+    import weakref
+
+    model = tiny("llama")
+    alive = weakref.ref(model)
+    assert lean_model(model) is not None
+    del model
+    gc.collect()
+    assert alive() is None

@@ -214,25 +214,29 @@ def generate(
     pasts = _past(rows, prefix_cache)
     groups = length_groups([len(r.prompt) - n for r, (_, n) in zip(rows, pasts)])
     order = [i for group in groups for i in group]  # each group's rows side by side
+    spans, start = [], 0
+    for group in groups:
+        spans.append(range(start, start + len(group)))
+        start += len(group)
     sorted_results = _generate(
-        model, [rows[i] for i in order], [pasts[i] for i in order], [len(g) for g in groups], stop_ids=stop_ids,
+        model, [rows[i] for i in order], [pasts[i] for i in order], spans, stop_ids=stop_ids,
         end_id=end_id, pad_id=pad_id, whitespace=whitespace, wordless=wordless, temperature=temperature, top_p=top_p,
         max_new_tokens=max_new_tokens, prefix_cache=prefix_cache, stats=stats, lean=lean, started_at=started_at,
     )
-    results: list[RowResult] = [RowResult()] * len(rows)
+    results: list[RowResult | None] = [None] * len(rows)
     for position, i in enumerate(order):
         results[i] = sorted_results[position]
     return results
 
 
-def _generate(model, rows, pasts, group_sizes, *, stop_ids, end_id, pad_id, whitespace, wordless, temperature, top_p,
+def _generate(model, rows, pasts, groups, *, stop_ids, end_id, pad_id, whitespace, wordless, temperature, top_p,
               max_new_tokens, prefix_cache, stats, lean, started_at) -> list[RowResult]:
     from .lean import lean_model
 
     batch = len(rows)
     fast = lean_model(model) if lean else None
     state = _LeanRows(fast, rows, max_new_tokens) if fast is not None else _ModelRows(model, rows, pad_id, max_new_tokens)
-    logits = state.prefill(pasts, group_sizes)
+    logits = state.prefill(pasts, groups)
     prefill_seconds = time.perf_counter() - started_at
 
     generators = [torch.Generator().manual_seed(r.seed) for r in rows]
@@ -326,14 +330,6 @@ def length_groups(lengths: list[int], waste: float = 1.3, budget: int = 16384) -
     return groups
 
 
-def _group_slices(sizes: list[int]) -> list[slice]:
-    out, start = [], 0
-    for size in sizes:
-        out.append(slice(start, start + size))
-        start += size
-    return out
-
-
 class _LeanRows:
     """Rows computed by the lean Llama forward (:mod:`userlm.models.lean`)."""
 
@@ -346,7 +342,7 @@ class _LeanRows:
         self.batch = LeanBatch(lean, len(rows), max(len(r.prompt) for r in rows) + max_new_tokens)
         self.views = self.batch  #: what the kept keys and values are views of
 
-    def prefill(self, pasts, group_sizes: list[int]) -> torch.Tensor:
+    def prefill(self, pasts, groups: list[range]) -> torch.Tensor:
         # prompts are packed without padding, so rows go together up to a token budget whatever their lengths
         for b, (entry, n) in enumerate(pasts):
             if entry is not None and n:
@@ -378,9 +374,8 @@ class _ModelRows:
         self.device = next(model.parameters()).device
         self.views = None  # kept keys and values are copies
 
-    def prefill(self, pasts, group_sizes: list[int]) -> torch.Tensor:
+    def prefill(self, pasts, groups: list[range]) -> torch.Tensor:
         rows, device = self.rows, self.device
-        groups = [list(range(part.start, part.stop)) for part in _group_slices(group_sizes)]
         logits, per_row = _prefill(self.model, rows, pasts, groups, self.pad_id, device)
         lengths = [len(r.prompt) for r in rows]
         width = max(lengths)
@@ -389,6 +384,9 @@ class _ModelRows:
             self.attention[b, width - n :] = 1
         self.cache = _reserved_cache(width + self.max_new_tokens, _left_padded(per_row, lengths, width, device))
         self.positions = torch.tensor(lengths, device=device)[:, None] - 1
+        layers = getattr(self.cache, "layers", None)
+        # a cache of another shape (sliding windows, ...) is not reused
+        self.reusable = bool(layers) and all(getattr(layer, "keys", None) is not None and layer.keys.dim() == 4 for layer in layers)
         return logits
 
     def step(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
@@ -404,14 +402,13 @@ class _ModelRows:
         ).logits[:, -1, :].float()
 
     def kept(self, b: int):
-        layers = getattr(self.cache, "layers", None)
-        if not layers or any(getattr(layer, "keys", None) is None or layer.keys.dim() != 4 for layer in layers):
-            return None  # a cache of another shape (sliding windows, ...): no reuse
+        if not self.reusable:
+            return None
         where = self.attention[b].nonzero().squeeze(-1)
-        return len(where), [(layer.keys[b, :, where].clone(), layer.values[b, :, where].clone()) for layer in layers]
+        return len(where), [(layer.keys[b, :, where].clone(), layer.values[b, :, where].clone()) for layer in self.cache.layers]
 
 
-def _prefill(model, rows: list[Row], pasts, groups: list[list[int]], pad_id: int, device):
+def _prefill(model, rows: list[Row], pasts, groups: list[range], pad_id: int, device):
     """Compute every prompt, group by group, starting from what the prefix cache holds. Returns
     the last logits of every row and each row's keys and values (per layer, [kv_heads, prompt
     length, head_dim])."""

@@ -49,11 +49,9 @@ class LeanModel:
 
     def __init__(self, model):
         config = model.config
-        self.model = model
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        self.hidden = config.hidden_size
         self.eps = config.rms_norm_eps
         self.scale = self.head_dim**-0.5
         self.intermediate = config.intermediate_size
