@@ -117,7 +117,8 @@ def test_sampling_with_and_without_the_lean_forward_agrees(tiny_user_dir):
 
 def test_kept_views_are_copied_out_once_their_batch_moves_on(tiny_user_dir):
     """A batch's conversations keep views of its buffers; once a later batch goes on without
-    one of them, that one is copied out (the old buffers can be freed) and still reuses exactly."""
+    one of them, that one is copied out, the old buffers go to the batch after, and the copied
+    conversation still reuses exactly."""
     from userlm.models.base import SamplingSettings
     from userlm.models.engine import EngineStats, PrefixCache, Row, generate, vocab_tables
     from userlm.models.local import LoadOptions, LocalUserModel
@@ -134,10 +135,19 @@ def test_kept_views_are_copied_out_once_their_batch_moves_on(tiny_user_dir):
     assert entries["a"].batch is not None and entries["a"].batch is entries["b"].batch
     follow = tok.encode("<|eot_id|><|start_header_id|>assistant<|end_header_id|>\nSure.<|eot_id|>", add_special_tokens=False)
     nxt = {k: first[k] + turn[k].tokens + follow for k in first}
+    first_batch = entries["a"].batch
     generate(model, [Row(nxt["a"], 0, key="a")], prefix_cache=cache, **common)
     assert entries["b"].batch is None and entries["a"].batch is not None
+    # nothing views the first batch now: the next batch reuses its buffers, zeroed (stale values
+    # past a row's length must not reach the sums)
+    spare = [flat.data_ptr() for flat in first_batch.storage]
+    with torch.inference_mode():
+        for flat in first_batch.storage:
+            flat.fill_(float("nan"))
+    del first_batch
     stats = EngineStats()
     reused = generate(model, [Row(nxt["b"], 0, key="b")], prefix_cache=cache, stats=stats, **common)
+    assert [flat.data_ptr() for flat in entries["b"].batch.storage] == spare
     assert stats.reused_tokens >= len(first["b"])
     assert [r.tokens for r in reused] == [r.tokens for r in generate(model, [Row(nxt["b"], 0)], **common)]
 

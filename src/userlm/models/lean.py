@@ -206,11 +206,25 @@ class LeanBatch:
     columns ``0 .. lengths[b] - 1``. Columns past a row's length hold zeros or stale values and are
     masked out."""
 
-    def __init__(self, lean: LeanModel, rows: int, capacity: int):
+    def __init__(self, lean: LeanModel, rows: int, capacity: int, spare: list[torch.Tensor] | None = None):
+        """``spare``: flat buffers of a batch that nothing views any more (:attr:`storage`), reused
+        when they are large enough: fresh memory costs a page fault per 4 KiB on first touch."""
         self.lean, self.rows, self.capacity = lean, rows, capacity
         shape = (rows, lean.kv_heads, capacity, lean.head_dim)
-        self.keys = [torch.zeros(shape, dtype=lean.dtype, device=lean.device) for _ in lean.layers]
-        self.values = [torch.zeros(shape, dtype=lean.dtype, device=lean.device) for _ in lean.layers]
+        size = rows * lean.kv_heads * capacity * lean.head_dim
+        layers = 2 * len(lean.layers)
+        usable = spare is not None and len(spare) == layers and all(
+            s.numel() >= size and s.dtype == lean.dtype and s.device == lean.device for s in spare
+        )
+        if not usable:
+            # room for conversations to grow to three times their length before a later batch needs
+            # new buffers; pages past what is zeroed are never touched, so they cost no memory until then
+            spare = [torch.empty(3 * size, dtype=lean.dtype, device=lean.device) for _ in range(layers)]
+        self.storage = spare
+        views = []
+        for flat in spare:  # columns past a row's length are masked, but zeros keep stale values (inf, nan) out of the sums
+            views.append(flat[:size].view(shape).zero_())
+        self.keys, self.values = views[0::2], views[1::2]
         self.lengths = torch.zeros(rows, dtype=torch.long, device=lean.device)
         self.cos, self.sin = lean.rotary_table(capacity)
         self.columns = torch.arange(capacity, device=lean.device)
