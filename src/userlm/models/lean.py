@@ -22,7 +22,6 @@ from __future__ import annotations
 import threading
 import weakref
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -159,38 +158,70 @@ def _qualifies(model) -> bool:
     return all(getattr(layer.mlp, name).bias is None for name in ("gate_proj", "up_proj", "down_proj"))
 
 
-_QUERY_BLOCK = 512  # queries of one row attended at once: bounds the scores' memory for long prompts
+_QUERY_BLOCK = 512  #: padded query positions of a group attended at once
+_SCORES = 1 << 23  #: at most this many attention scores at once (bounds their memory for long prompts)
 
 
-@lru_cache(maxsize=16)
-def _future_mask(n: int, device: torch.device) -> torch.Tensor:
-    return torch.ones((n, n), dtype=torch.bool, device=device).triu(1)
+class _Group:
+    """Rows of a prompt chunk whose new tokens attend together: their queries are padded to the
+    longest, so each key/value head of all of them is one batched matrix multiply (on CPUs much
+    faster than one multiply per row, and than the fused attention kernel with a mask). The
+    plan is shared by every layer."""
+
+    def __init__(self, first: int, sizes: list[int], pasts: list[int], tokens: range, heads: int, dtype, device):
+        self.first, self.count, self.tokens = first, len(sizes), tokens
+        self.width = max(sizes)  # padded queries per row
+        self.length = max(p + n for p, n in zip(pasts, sizes))  # columns any of them reads
+        # where each packed token sits among the padded queries [rows * width]
+        self.index = torch.cat([torch.arange(n, device=device) + b * self.width for b, n in enumerate(sizes)])
+        at = torch.tensor(pasts, device=device)[:, None] + torch.arange(self.width, device=device)  # [rows, width]
+        columns = torch.arange(self.length, device=device)
+        per_block = max(1, min(_QUERY_BLOCK, _SCORES // (self.count * heads * self.length)))
+        self.blocks = []
+        for a in range(0, self.width, per_block):
+            b = min(self.width, a + per_block)
+            # a query sees its own column and those before it; padded queries (discarded) see at
+            # least column 0, so no row of scores is all masked. Added to the scores: -inf past a
+            # query's position (many times faster than filling through a broadcast mask)
+            hidden = torch.zeros((self.count, 1, 1, b - a, self.length), dtype=dtype, device=device)
+            hidden.masked_fill_((columns > at[:, a:b, None])[:, None, None], float("-inf"))
+            self.blocks.append((a, b, hidden))
+
+    def attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, out: torch.Tensor) -> None:
+        """Causal attention of the group's packed queries ``q`` [tokens, heads, dim] (scaled) over
+        ``keys``/``values`` [rows, kv_heads, capacity, dim]; written into ``out`` [tokens, heads, dim]."""
+        rows, width, length = self.count, self.width, self.length
+        _, heads, dim = q.shape
+        kv_heads = keys.shape[1]
+        group = heads // kv_heads
+        padded = q.new_zeros((rows * width, heads, dim))
+        padded[self.index] = q
+        padded = padded.view(rows, width, kv_heads, group, dim).permute(0, 2, 3, 1, 4)  # [rows, kv, group, width, dim]
+        # the columns in use, contiguous (a slice of the buffers is slow to multiply through)
+        k = keys[:, :, :length].transpose(-1, -2).reshape(rows * kv_heads, dim, length)
+        v = values[:, :, :length].reshape(rows * kv_heads, length, dim)
+        attended = q.new_empty((rows, kv_heads, group, width, dim))
+        for a, b, hidden in self.blocks:
+            block = padded[:, :, :, a:b].reshape(rows * kv_heads, group * (b - a), dim)
+            scores = torch.bmm(block, k).view(rows, kv_heads, group, b - a, length)
+            scores.add_(hidden)
+            weights = torch.softmax(scores, dim=-1).view(rows * kv_heads, group * (b - a), length)
+            attended[:, :, :, a:b] = torch.bmm(weights, v).view(rows, kv_heads, group, b - a, dim)
+        out[:] = attended.permute(0, 3, 1, 2, 4).reshape(rows * width, heads, dim)[self.index]
 
 
-def _later(n: int, device: torch.device) -> torch.Tensor:
-    """[n, n]: True where a column lies after the query's own position."""
-    return _future_mask(_QUERY_BLOCK, device)[:n, :n] if n <= _QUERY_BLOCK else _future_mask(n, device)
-
-
-def _row_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, past: int, out: torch.Tensor) -> None:
-    """Causal attention of one row's ``n`` new queries [n, heads, dim] (scaled), at positions
-    ``past ..``, over its columns of ``keys``/``values`` [kv_heads, capacity, dim]; written into
-    ``out`` [n, heads, dim]. The query heads that share a key/value head are stacked, so each
-    key/value head is one matrix multiply (on CPUs much faster than the fused attention kernel
-    with a mask)."""
-    n, heads, dim = q.shape
-    kv_heads = keys.shape[0]
-    group = heads // kv_heads
-    for a in range(0, n, _QUERY_BLOCK):
-        b = min(n, a + _QUERY_BLOCK)
-        length = past + b
-        block = q[a:b].view(b - a, kv_heads, group, dim).permute(1, 2, 0, 3).reshape(kv_heads, group * (b - a), dim)
-        scores = torch.bmm(block, keys[:, :length].transpose(1, 2)).view(kv_heads, group, b - a, length)
-        later = _later(b - a, q.device)
-        scores[..., past + a :].masked_fill_(later, float("-inf"))
-        weights = torch.softmax(scores, dim=-1).view(kv_heads, group * (b - a), length)
-        attended = torch.bmm(weights, values[:, :length])
-        out[a:b] = attended.view(kv_heads, group, b - a, dim).permute(2, 0, 1, 3).reshape(b - a, heads, dim)
+def _groups(sizes: list[int], pasts: list[int], heads: int, dtype, device) -> list[_Group]:
+    """Consecutive rows of similar new lengths (padding to the longest costs at most a third more)."""
+    groups, first, token = [], 0, 0
+    while first < len(sizes):
+        last, widest = first + 1, sizes[first]
+        while last < len(sizes) and max(widest, sizes[last]) * (last + 1 - first) <= 1.3 * sum(sizes[first : last + 1]):
+            widest = max(widest, sizes[last])
+            last += 1
+        count = sum(sizes[first:last])
+        groups.append(_Group(first, sizes[first:last], pasts[first:last], range(token, token + count), heads, dtype, device))
+        first, token = last, token + count
+    return groups
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -248,8 +279,8 @@ class LeanBatch:
         """Compute new tokens for rows ``start ..`` after what each already holds; the last
         logits of each row, [len(tokens), vocab].
 
-        The rows' tokens are packed into one sequence for the projections (no padding), and
-        attention runs row by row over exactly that row's columns."""
+        The rows' tokens are packed into one sequence for the projections (no padding); for
+        attention, rows of similar new lengths are padded to the longest and attend together."""
         lean, device = self.lean, self.lean.device
         sizes = [len(t) for t in tokens]
         rows = torch.arange(start, start + len(tokens)).repeat_interleave(torch.tensor(sizes)).to(device)
@@ -260,12 +291,14 @@ class LeanBatch:
         starts = self.lengths[start : start + len(tokens)].tolist()
         positions = self.lengths[rows] + (torch.arange(len(ids), device=device) - torch.tensor(offsets[:-1], device=device)[rows - start])
         rotary = lean.rotary_at(self.cos, self.sin, positions)
+        groups = _groups(sizes, starts, lean.heads, lean.dtype, device)
         h = lean.embed(ids)
         for layer, keys, values in zip(lean.layers, self.keys, self.values):
             q = lean.attention_inputs(layer, h, rotary, keys, values, rows, positions)
             attended = torch.empty_like(q)
-            for b, (first, n, past) in enumerate(zip(offsets, sizes, starts)):
-                _row_attention(q[first : first + n], keys[start + b], values[start + b], past, attended[first : first + n])
+            for g in groups:
+                them = slice(start + g.first, start + g.first + g.count)
+                g.attend(q[g.tokens.start : g.tokens.stop], keys[them], values[them], attended[g.tokens.start : g.tokens.stop])
             h = h + F.linear(attended.flatten(1), layer.out)
             h = lean.mlp(layer, h)
         self.lengths[start : start + len(tokens)] += torch.tensor(sizes, device=device)
