@@ -35,6 +35,8 @@ def test_conversations_run_to_max_turns_and_carry_metadata():
     assert conv.settings["guardrails"]["max_words"] == 25
     assert conv.usage["user"].calls == 3 and conv.usage["assistant"].calls == 3
     assert conv.seed != summary.conversations[1].seed  # each sample its own seed
+    # its repr is one line, not every conversation (asyncio formats a run's result when its loop closes)
+    assert repr(summary) == "RunSummary(out=None, total=4, skipped=0, written=4, end_reasons={'max_turns': 4}, conversations=[4])"
 
 
 def test_refused_drafts_are_recorded_and_resampled():

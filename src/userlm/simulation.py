@@ -58,6 +58,12 @@ class RunSummary:
     end_reasons: Counter = field(default_factory=Counter)
     conversations: list[Conversation] = field(default_factory=list)  #: every conversation of the run, in order
 
+    def __repr__(self) -> str:
+        # a line, not every conversation: asyncio formats the finished run's result when its loop closes
+        out = str(self.out) if self.out is not None else None
+        return (f"RunSummary(out={out!r}, total={self.total}, skipped={self.skipped}, written={self.written}, "
+                f"end_reasons={dict(self.end_reasons)}, conversations=[{len(self.conversations)}])")
+
 
 def _previous(out: Path, user: str, assistant: str, retry_errors: bool) -> dict[str, Conversation]:
     if not out.exists():
