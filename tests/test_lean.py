@@ -38,21 +38,24 @@ def own_last_logits(model, ids: list[int]) -> torch.Tensor:
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 def test_lean_logits_equal_the_models_own(kind, monkeypatch):
     monkeypatch.setattr(lean, "_QUERY_BLOCK", 3)  # long prompts attend in blocks: exercise the seams
+    monkeypatch.setattr(lean, "_SCORES", 100)  # and past this many scores, masks are made block by block
     model = tiny(kind)
     fast = lean_model(model)
     assert fast is not None
     generator = torch.Generator().manual_seed(1)
-    prompts = [torch.randint(0, VOCAB, (n,), generator=generator).tolist() for n in (5, 11, 8)]
+    prompts = [torch.randint(0, VOCAB, (n,), generator=generator).tolist() for n in (5, 11, 8, 10)]
+    cuts = (4, 3, 2, 4)
     batch = LeanBatch(fast, len(prompts), capacity=20)
-    # a first part of every prompt, then the rest after it (as a next turn after a cached one)
-    batch.prefill(0, [p[:4] for p in prompts])
-    logits = torch.cat([batch.prefill(0, [p[4:] for p in prompts[:2]]), batch.prefill(2, [prompts[2][4:]])])
+    # a first part of every prompt, then the rest after it (as a next turn after a cached one); the
+    # rest of rows 1 and 2 (8 and 6 new tokens after 3 and 2 cached) attend together, padded
+    batch.prefill(0, [p[:n] for p, n in zip(prompts, cuts)])
+    logits = torch.cat([batch.prefill(0, [p[n:] for p, n in zip(prompts[:3], cuts)]), batch.prefill(3, [prompts[3][cuts[3]:]])])
     for row, prompt in enumerate(prompts):
         torch.testing.assert_close(logits[row], own_last_logits(model, prompt), rtol=1e-4, atol=1e-4)
 
     fed = [list(p) for p in prompts]
-    for step, active in enumerate(([True, True, True], [True, False, True], [True, True, True])):
-        tokens = torch.tensor([7 + step, 30 + step, 60 + step])
+    for step, active in enumerate(([True] * 4, [True, False, True, False], [True] * 4)):
+        tokens = torch.tensor([7 + step, 30 + step, 60 + step, 80 + step])
         logits = batch.step(tokens, torch.tensor(active))
         for row, prompt in enumerate(fed):
             if active[row]:

@@ -175,17 +175,20 @@ class _Group:
         # where each packed token sits among the padded queries [rows * width]
         self.index = torch.cat([torch.arange(n, device=device) + b * self.width for b, n in enumerate(sizes)])
         at = torch.tensor(pasts, device=device)[:, None] + torch.arange(self.width, device=device)  # [rows, width]
-        columns = torch.arange(self.length, device=device)
+        self.at, self.dtype = at, dtype
         per_block = max(1, min(_QUERY_BLOCK, _SCORES // (self.count * heads * self.length)))
-        self.blocks = []
-        for a in range(0, self.width, per_block):
-            b = min(self.width, a + per_block)
-            # a query sees its own column and those before it; padded queries (discarded) see at
-            # least column 0, so no row of scores is all masked. Added to the scores: -inf past a
-            # query's position (many times faster than filling through a broadcast mask)
-            hidden = torch.zeros((self.count, 1, 1, b - a, self.length), dtype=dtype, device=device)
-            hidden.masked_fill_((columns > at[:, a:b, None])[:, None, None], float("-inf"))
-            self.blocks.append((a, b, hidden))
+        self.blocks = [(a, min(self.width, a + per_block)) for a in range(0, self.width, per_block)]
+        # the masks are made once for every layer, unless that would hold more than a block's scores
+        small = self.count * self.width * self.length <= _SCORES
+        self.masks = [self._mask(a, b) for a, b in self.blocks] if small else None
+
+    def _mask(self, a: int, b: int) -> torch.Tensor:
+        """Added to the scores of padded queries ``a .. b``: -inf past each query's position (many
+        times faster than filling through a broadcast mask). Padded queries (discarded) see at
+        least column 0, so no row of scores is all masked."""
+        columns = torch.arange(self.length, device=self.at.device)
+        hidden = torch.zeros((self.count, 1, 1, b - a, self.length), dtype=self.dtype, device=self.at.device)
+        return hidden.masked_fill_((columns > self.at[:, a:b, None])[:, None, None], float("-inf"))
 
     def attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, out: torch.Tensor) -> None:
         """Causal attention of the group's packed queries ``q`` [tokens, heads, dim] (scaled) over
@@ -201,17 +204,17 @@ class _Group:
         k = keys[:, :, :length].transpose(-1, -2).reshape(rows * kv_heads, dim, length)
         v = values[:, :, :length].reshape(rows * kv_heads, length, dim)
         attended = q.new_empty((rows, kv_heads, group, width, dim))
-        for a, b, hidden in self.blocks:
+        for i, (a, b) in enumerate(self.blocks):
             block = padded[:, :, :, a:b].reshape(rows * kv_heads, group * (b - a), dim)
             scores = torch.bmm(block, k).view(rows, kv_heads, group, b - a, length)
-            scores.add_(hidden)
+            scores.add_(self.masks[i] if self.masks is not None else self._mask(a, b))
             weights = torch.softmax(scores, dim=-1).view(rows * kv_heads, group * (b - a), length)
             attended[:, :, :, a:b] = torch.bmm(weights, v).view(rows, kv_heads, group, b - a, dim)
         out[:] = attended.permute(0, 3, 1, 2, 4).reshape(rows * width, heads, dim)[self.index]
 
 
 def _groups(sizes: list[int], pasts: list[int], heads: int, dtype, device) -> list[_Group]:
-    """Consecutive rows of similar new lengths (padding to the longest costs at most a third more)."""
+    """Consecutive rows of similar new lengths (padding them to the longest adds at most 30%)."""
     groups, first, token = [], 0, 0
     while first < len(sizes):
         last, widest = first + 1, sizes[first]
