@@ -89,17 +89,25 @@ def test_other_architectures_keep_the_models_own_forward(kind):
     assert lean_model(tiny(kind)) is None
 
 
+def greedy_engine(user_dir, max_new_tokens: int):
+    """The tiny user model's tokenizer and model, and the engine's greedy settings for it."""
+    from userlm.models.base import SamplingSettings
+    from userlm.models.engine import vocab_tables
+    from userlm.models.local import LoadOptions, LocalUserModel
+
+    user = LocalUserModel(str(user_dir), sampling=SamplingSettings(0.0, 1.0, max_new_tokens), options=LoadOptions(dtype="float32"))
+    tok = user.loaded.tokenizer
+    settings = dict(stop_ids=user.stop_ids, end_id=user.end_id, pad_id=user.loaded.pad_id,
+                    whitespace=vocab_tables(tok).whitespace, temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens)
+    return tok, user.loaded.model, settings
+
+
 def test_sampling_with_and_without_the_lean_forward_agrees(tiny_user_dir):
     """Two turns of several conversations, the second from the prefix cache: the same greedy
     tokens through the lean forward and the model's own."""
-    from userlm.models.engine import EngineStats, PrefixCache, Row, generate, vocab_tables
-    from userlm.models.local import LoadOptions, LocalUserModel
-    from userlm.models.base import SamplingSettings
+    from userlm.models.engine import EngineStats, PrefixCache, Row, generate
 
-    user = LocalUserModel(str(tiny_user_dir), sampling=SamplingSettings(0.0, 1.0, 8), options=LoadOptions(dtype="float32"))
-    tok, model = user.loaded.tokenizer, user.loaded.model
-    common = dict(stop_ids=user.stop_ids, end_id=user.end_id, pad_id=user.loaded.pad_id,
-                  whitespace=vocab_tables(tok).whitespace, temperature=0.0, top_p=1.0, max_new_tokens=8)
+    tok, model, common = greedy_engine(tiny_user_dir, 8)
     intents = ["You want lasagna.", "Plan a cheap trip to Lisbon with two friends.", "Sort a list."]
     firsts = [tok.encode(f"<|start_header_id|>system<|end_header_id|>\n{t}<|eot_id|>", add_special_tokens=False) for t in intents]
     follow = tok.encode("<|eot_id|><|start_header_id|>assistant<|end_header_id|>\nSure, tell me more.<|eot_id|>",
@@ -122,14 +130,9 @@ def test_kept_views_are_copied_out_once_their_batch_moves_on(tiny_user_dir):
     """A batch's conversations keep views of its buffers; once a later batch goes on without
     one of them, that one is copied out, the old buffers go to the batch after, and the copied
     conversation still reuses exactly."""
-    from userlm.models.base import SamplingSettings
-    from userlm.models.engine import EngineStats, PrefixCache, Row, generate, vocab_tables
-    from userlm.models.local import LoadOptions, LocalUserModel
+    from userlm.models.engine import EngineStats, PrefixCache, Row, generate
 
-    user = LocalUserModel(str(tiny_user_dir), sampling=SamplingSettings(0.0, 1.0, 6), options=LoadOptions(dtype="float32"))
-    tok, model = user.loaded.tokenizer, user.loaded.model
-    common = dict(stop_ids=user.stop_ids, end_id=user.end_id, pad_id=user.loaded.pad_id,
-                  whitespace=vocab_tables(tok).whitespace, temperature=0.0, top_p=1.0, max_new_tokens=6)
+    tok, model, common = greedy_engine(tiny_user_dir, 6)
     first = {key: tok.encode(f"<|start_header_id|>system<|end_header_id|>\n{text}<|eot_id|>", add_special_tokens=False)
              for key, text in (("a", "You want lasagna."), ("b", "You want a cheap trip to Lisbon."))}
     cache = PrefixCache()

@@ -9,8 +9,9 @@ transcripts exactly.)
 Each prompt is computed from where its conversation's keys and values kept from the previous
 turn leave off (:class:`PrefixCache`); then all rows decode together in one batch, writing into
 key/value buffers allocated once. Llama-recipe models (Llama, Mistral, Qwen2) run through the
-lean forward of :mod:`userlm.models.lean`: prompts packed without padding, attention row by row;
-any other model runs through its own forward, prompts in groups of similar length.
+lean forward of :mod:`userlm.models.lean`: prompts packed without padding for the projections,
+attending in groups of rows of similar new length; any other model runs through its own forward,
+prompts in groups of similar length.
 """
 
 from __future__ import annotations
