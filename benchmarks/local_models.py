@@ -14,6 +14,7 @@ counts and token budgets, in the same process. Both sides first run once untimed
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -61,18 +62,26 @@ def baseline(user_dir: Path, assistant_dir: Path, prompts: list[str], turns: int
             "dtype": dtype}
 
 
-def ours(user_dir: Path, assistant_dir: Path, prompts: list[str], turns: int, guardrails: bool) -> dict:
-    import userlm
-    from userlm.guardrails import OFF, GuardrailConfig
+@functools.cache
+def _our_models(user_dir: Path, assistant_dir: Path, batch: int):
+    """Loaded once per process and used by every run, as a user running several simulations would."""
     from userlm.models.base import SamplingSettings
     from userlm.models.local import LoadOptions, LocalChatModel, LocalUserModel
 
-    options = LoadOptions(max_batch_size=len(prompts))
+    options = LoadOptions(max_batch_size=batch)
     user_model = LocalUserModel(str(user_dir), sampling=SamplingSettings(1.0, 0.8, USER_TOKENS), options=options)
     asst = LocalChatModel(str(assistant_dir), sampling=SamplingSettings(0.7, 1.0, ASSISTANT_TOKENS), options=options)
-    for model in (user_model, asst):  # fresh counters and caches: each measurement on its own
-        model.stats.__init__()
-        model.prefix_cache._entries.clear()
+    return user_model, asst
+
+
+def ours(user_dir: Path, assistant_dir: Path, prompts: list[str], turns: int, guardrails: bool) -> dict:
+    import userlm
+    from userlm.guardrails import OFF, GuardrailConfig
+    from userlm.models.engine import EngineStats
+
+    user_model, asst = _our_models(user_dir, assistant_dir, len(prompts))
+    for model in (user_model, asst):  # fresh counters; every run starts without cached conversations (simulate forgets them)
+        model.stats = EngineStats()
     config = GuardrailConfig() if guardrails else OFF
     user = userlm.SimulatedUser(user_model, config)
     start = time.perf_counter()

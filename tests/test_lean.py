@@ -128,8 +128,8 @@ def test_sampling_with_and_without_the_lean_forward_agrees(tiny_user_dir):
 
 def test_kept_views_are_copied_out_once_their_batch_moves_on(tiny_user_dir):
     """A batch's conversations keep views of its buffers; once a later batch goes on without
-    one of them, that one is copied out, the old buffers go to the batch after, and the copied
-    conversation still reuses exactly."""
+    one of them, that one is copied out, the old buffers go back to the model's pool for the
+    batch after, and the copied conversation still reuses exactly."""
     from userlm.models.engine import EngineStats, PrefixCache, Row, generate
 
     tok, model, common = greedy_engine(tiny_user_dir, 6)
@@ -142,20 +142,53 @@ def test_kept_views_are_copied_out_once_their_batch_moves_on(tiny_user_dir):
     follow = tok.encode("<|eot_id|><|start_header_id|>assistant<|end_header_id|>\nSure.<|eot_id|>", add_special_tokens=False)
     nxt = {k: first[k] + turn[k].tokens + follow for k in first}
     first_batch = entries["a"].batch
+    buffers = first_batch.storage
     generate(model, [Row(nxt["a"], 0, key="a")], prefix_cache=cache, **common)
     assert entries["b"].batch is None and entries["a"].batch is not None
-    # nothing views the first batch now: the next batch reuses its buffers, zeroed (stale values
-    # past a row's length must not reach the sums)
-    spare = [flat.data_ptr() for flat in first_batch.storage]
+    # nothing views the first batch now: its buffers went back to the model, and the next batch
+    # takes them, zeroed (stale values past a row's length must not reach the sums)
+    assert first_batch.storage is None and any(kept is buffers for kept in lean_model(model).buffers._free)
     with torch.inference_mode():
-        for flat in first_batch.storage:
+        for flat in buffers:
             flat.fill_(float("nan"))
-    del first_batch
     stats = EngineStats()
     reused = generate(model, [Row(nxt["b"], 0, key="b")], prefix_cache=cache, stats=stats, **common)
-    assert [flat.data_ptr() for flat in entries["b"].batch.storage] == spare
+    assert entries["b"].batch.storage is buffers
     assert stats.reused_tokens >= len(first["b"])
     assert [r.tokens for r in reused] == [r.tokens for r in generate(model, [Row(nxt["b"], 0)], **common)]
+
+
+def test_batches_without_a_prefix_cache_reuse_the_models_buffers(tiny_user_dir, monkeypatch):
+    """Every batch of a model, in this run or a later one, starts from buffers an earlier batch
+    gave back when they are large enough (memory touched again costs no page faults)."""
+    from userlm.models.engine import Row, generate
+
+    tok, model, common = greedy_engine(tiny_user_dir, 6)
+    prompt = tok.encode("<|start_header_id|>system<|end_header_id|>\nYou want lasagna.<|eot_id|>", add_special_tokens=False)
+    made = []
+    original = LeanBatch.__init__
+
+    def record(self, *args):
+        original(self, *args)
+        made.append(self.storage)
+
+    monkeypatch.setattr(LeanBatch, "__init__", record)
+    first = generate(model, [Row(prompt, 0), Row(prompt[:-2], 1)], **common)
+    again = generate(model, [Row(prompt, 0), Row(prompt[:-2], 1)], **common)
+    generate(model, [Row(prompt * 12, seed) for seed in range(3)], **common)  # over three times the first batch
+    assert [r.tokens for r in first] == [r.tokens for r in again]
+    assert made[1] is made[0] and made[2] is not made[0]  # the same tensors, not an address malloc gave again
+
+
+def test_the_buffer_pool_keeps_the_latest_sets_and_gives_the_latest_that_fits():
+    from userlm.models.lean import BufferPool
+
+    pool = BufferPool(keep=2)
+    small, large, larger = ([torch.empty(n)] for n in (10, 100, 1000))
+    for storage in (small, large, larger):
+        pool.give(storage)
+    assert len(pool) == 2  # the oldest went
+    assert pool.take(50) is larger and pool.take(500) is None and pool.take(50) is large and pool.take(1) is None
 
 
 def test_a_model_with_fused_weights_is_still_freed():

@@ -118,7 +118,6 @@ class PrefixCache:
         self.max_entries = max_entries
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._viewed: object | None = None  #: the batch whose buffers entries may view
-        self._spare: object | None = None  #: a batch that nothing views any more, whose buffers the next may reuse
 
     def lookup(self, key: str, prompt: list[int]) -> tuple[_Entry | None, int]:
         entry = self._entries.get(key)
@@ -141,27 +140,30 @@ class PrefixCache:
 
     def settle(self, batch: object) -> None:
         """Copy out the entries that still view an earlier batch's buffers, so that nothing views
-        them any more: the next batch may reuse them (:meth:`take_spare`). In lockstep runs every
-        conversation of a batch stores anew from the next one and nothing is copied; what remains
-        are conversations that ended or sit elsewhere."""
+        them any more, and give those buffers back to their model's pool for a later batch. In
+        lockstep runs every conversation of a batch stores anew from the next one and nothing is
+        copied; what remains are conversations that ended or sit elsewhere."""
         for entry in self._entries.values():
             if entry.batch is not None and entry.batch is not batch:
                 entry.layers = [(k.clone(), v.clone()) for k, v in entry.layers]
                 entry.batch = None
         if self._viewed is not batch:
-            self._spare, self._viewed = self._viewed, batch
-
-    def take_spare(self) -> object | None:
-        """The finished batch that no entry views any more, once (its buffers are then the caller's)."""
-        spare, self._spare = self._spare, None
-        return spare
+            _release(self._viewed)
+            self._viewed = batch
 
     def clear(self) -> None:
+        """Forget every entry. The buffers they viewed go back to their model at the next
+        :meth:`settle`, not now: a batch in flight may still be copying from them."""
         self._entries.clear()
-        self._viewed = self._spare = None
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _release(batch: object | None) -> None:
+    """Give a finished lean batch's buffers back to its model (the model's own forward keeps none)."""
+    if batch is not None:
+        batch.release()
 
 
 def _reserved_cache(capacity: int, past: list[tuple[torch.Tensor, torch.Tensor]] | None):
@@ -248,8 +250,7 @@ def _generate(model, rows, pasts, groups, *, stop_ids, end_id, pad_id, whitespac
     batch = len(rows)
     fast = lean_model(model) if lean else None
     if fast is not None:
-        spare = prefix_cache.take_spare() if prefix_cache is not None else None
-        state = _LeanRows(fast, rows, max_new_tokens, getattr(spare, "storage", None))
+        state = _LeanRows(fast, rows, max_new_tokens)
     else:
         state = _ModelRows(model, rows, pad_id, max_new_tokens)
     logits = state.prefill(pasts, groups)
@@ -316,6 +317,8 @@ def _generate(model, rows, pasts, groups, *, stop_ids, end_id, pad_id, whitespac
                     length, layers = kept
                     prefix_cache.store(row.key, row.prompt + results[b].tokens[: length - len(row.prompt)], layers, state.views)
         prefix_cache.settle(state.views)
+    else:
+        _release(state.views)  # nothing views its buffers: the model's next batch takes them
     if stats is not None:
         stats.batches += 1
         stats.rows += batch
@@ -353,11 +356,11 @@ class _LeanRows:
     #: allocator keeps (larger ones are mapped afresh, a page fault per 4 KiB), 10-20% faster than 16384
     PREFILL_TOKENS = 2048
 
-    def __init__(self, lean, rows: list[Row], max_new_tokens: int, spare: list[torch.Tensor] | None = None):
+    def __init__(self, lean, rows: list[Row], max_new_tokens: int):
         from .lean import LeanBatch
 
         self.rows = rows
-        self.batch = LeanBatch(lean, len(rows), max(len(r.prompt) for r in rows) + max_new_tokens, spare)
+        self.batch = LeanBatch(lean, len(rows), max(len(r.prompt) for r in rows) + max_new_tokens)
         self.views = self.batch  #: what the kept keys and values are views of
 
     def prefill(self, pasts, groups: list[range]) -> torch.Tensor:
