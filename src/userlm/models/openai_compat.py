@@ -78,6 +78,11 @@ def _aiohttp_session(endpoint: Endpoint):
         import aiohttp
     except ImportError:  # the openai client alone then
         return None
+    from aiohttp.client_reqrep import ClientRequest
+
+    from .eager import start_eagerly
+
+    start_eagerly(asyncio.get_running_loop(), [ClientRequest.write_bytes])  # Python 3.11: requests leave at once
     connector = aiohttp.TCPConnector(limit=max(endpoint.concurrency, 1), ttl_dns_cache=300)
     return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=endpoint.timeout_s))
 
