@@ -70,10 +70,6 @@ class BufferPool:
             self._free.append(storage)
             del self._free[: -self.keep]
 
-    def clear(self) -> None:
-        with self._lock:
-            self._free.clear()
-
     def __len__(self) -> int:
         return len(self._free)
 
