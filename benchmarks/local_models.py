@@ -7,8 +7,9 @@ Baseline: the UserLM-8b model card's snippet in a loop: one conversation at a ti
 ``apply_chat_template`` on the whole history and ``generate`` at every turn, for the user model
 and for the assistant. Ours: ``userlm.simulate`` with local models (every waiting conversation in
 one batch, each conversation's keys and values kept between turns). Same models, intents, turn
-counts and token budgets, in the same process. Both sides first run once untimed; the baselines
-(minutes each) are then measured once, ours (seconds) ``--repeats`` times, its median run reported.
+counts and token budgets, in the same process. Both sides first run untimed to their steady state;
+the baselines (minutes each) are then measured once, ours (seconds) ``--repeats`` times, its
+median run reported.
 """
 
 from __future__ import annotations
@@ -107,10 +108,13 @@ def ours(user_dir: Path, assistant_dir: Path, prompts: list[str], turns: int, gu
     }
 
 
-def warm_up(user_dir: Path, assistant_dir: Path, prompts: list[str]) -> None:
+def warm_up(user_dir: Path, assistant_dir: Path, prompts: list[str], turns: int) -> None:
+    """The baseline one whole conversation in each dtype (each of its conversations then repeats
+    the same work); ours the whole workload once (its key/value buffers then fit the conversations,
+    as they do after the first batches of a long simulation)."""
     for dtype in ("float32", "bfloat16"):
-        baseline(user_dir, assistant_dir, prompts[:1], 1, dtype)
-    ours(user_dir, assistant_dir, prompts, 1, False)
+        baseline(user_dir, assistant_dir, prompts[:1], turns, dtype)
+    ours(user_dir, assistant_dir, prompts, turns, False)
 
 
 def median_run(results: list[dict]) -> dict:
@@ -161,7 +165,7 @@ def main() -> None:
 
     # untimed: each side's first run in a process pays for kernel selection and the allocator's
     # first mappings; neither side should carry that in its measurement
-    warm_up(user_dir, asst_dir, prompts)
+    warm_up(user_dir, asst_dir, prompts, args.turns)
     b1 = {}
     for name, dtype in (("baseline", "float32"), ("baseline_bf16", "bfloat16")):
         with peak_memory() as mem:
