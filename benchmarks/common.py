@@ -99,6 +99,12 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
+def median_run(runs: list, seconds) -> object:
+    """The run of median wall time, ``seconds(run)`` (the lower middle one of an even count)."""
+    ranked = sorted(runs, key=seconds)
+    return ranked[(len(ranked) - 1) // 2]
+
+
 def save(name: str, data: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -23,7 +23,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import save  # noqa: E402
+from common import median_run, save  # noqa: E402
 
 
 def free_port() -> int:
@@ -75,8 +75,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait()
-    runs.sort(key=lambda r: r[0])
-    wall, cpu, requests, conversations, end_reasons = runs[(len(runs) - 1) // 2]
+    wall, cpu, requests, conversations, end_reasons = median_run(runs, lambda r: r[0])
     ideal = requests * args.delay / args.concurrency
     result = {
         "python": platform.python_version(),

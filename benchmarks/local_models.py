@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import build_models, intents, machine, parameters, peak_matmul_flops, peak_memory, save  # noqa: E402
+from common import build_models, intents, machine, median_run, parameters, peak_matmul_flops, peak_memory, save  # noqa: E402
 
 USER_TOKENS, ASSISTANT_TOKENS = 32, 64
 
@@ -117,12 +117,6 @@ def warm_up(user_dir: Path, assistant_dir: Path, prompts: list[str], turns: int)
     ours(user_dir, assistant_dir, prompts, turns, False)
 
 
-def median_run(results: list[dict]) -> dict:
-    """The run of median wall time (the lower middle one of an even count)."""
-    ranked = sorted(results, key=lambda r: r["seconds"])
-    return ranked[(len(ranked) - 1) // 2]
-
-
 def summarise(result: dict, matmul_params: float, peaks: dict) -> dict:
     peak = peaks[result["dtype"]]
     tokens = result["prefilled_tokens"] + result["generated_tokens"]
@@ -181,7 +175,7 @@ def main() -> None:
             result["peak_memory_mb"] = mem["peak_bytes"] / 2**20
             runs[name].append(result)
     for name, results in runs.items():
-        b1[name] = {**median_run(results), "runs_s": [r["seconds"] for r in results]}
+        b1[name] = {**median_run(results, lambda r: r["seconds"]), "runs_s": [r["seconds"] for r in results]}
     b1 = {k: summarise(v, params["matmul"], peaks) for k, v in b1.items()}
     base = b1["baseline"]["conversations_per_s"]
     base16 = b1["baseline_bf16"]["conversations_per_s"]
