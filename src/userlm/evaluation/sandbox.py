@@ -1,60 +1,52 @@
-"""Run untrusted code (an assistant's answer) in a separate, limited process; never in ours.
+"""Run untrusted code (an assistant's answer) in isolation; never in our process.
 
-Each run gets:
+Isolation comes from bubblewrap (Debian's ``bubblewrap``) where the system has it and allows
+namespaces. Each run then gets:
 
-* a new Python process (``python -I``: no user site, no environment paths) in a new session,
-  killed with its whole process group at the wall-clock timeout;
-* resource limits: CPU seconds, address space, size of any file written, open files, and number
-  of processes (which root ignores: the audit hook below refuses new processes in any case);
-* no network: a fresh network namespace where the system allows it (Linux), and in any case an
-  audit hook that refuses sockets;
-* a temporary working directory that is deleted afterwards; the audit hook refuses writes
-  outside it, new processes, signals to other processes and ctypes;
-* output captured to a size-capped file, of which the first ``max_output`` bytes come back.
+* a read-only view of the filesystem with home directories hidden (only the Python installation is
+  shown again), a fresh ``/proc`` and ``/dev``, and one writable place: a size-limited ``/tmp``
+  that is also its working directory;
+* its own user, pid, network, mount, IPC and UTS namespaces (no network, nothing of ours to see,
+  and nothing it starts outlives the run), a new session, and an empty environment;
+* a seccomp filter that refuses new processes (threads are allowed);
+* resource limits: CPU seconds, address space, size of any file, open files; a wall-clock timeout
+  after which everything is killed; output captured to a size-capped file.
+
+Where bubblewrap is missing or refused, one loud warning says so and the older guard is used: a
+child process with the same limits, a new network namespace where allowed, and an in-process audit
+hook, which determined code can get around. :func:`isolation` says which one is in force; every
+test verdict records it.
+
+Test verdicts (:func:`run_tests`) are positive evidence: the task's trusted tests run in one sandbox
+and call the candidate function, which lives in another, through a pipe that carries plain values
+only. See ``sandbox_child.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
+import functools
+import json
+import logging
 import os
+import platform
 import resource
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 CLONE_NEWNET = 0x40000000
-
-# Runs first in the child: limits that Python code cannot lift, then the untrusted program.
-_PRELUDE = r'''
-import os, sys
-_root = os.path.realpath(os.getcwd())
-def _guard(event, args):
-    if event == "open":
-        path, mode = args[0], args[1]
-        if isinstance(path, int):
-            return
-        real = os.path.realpath(os.fsdecode(path)) if path is not None else ""
-        writing = isinstance(mode, str) and any(c in mode for c in "wax+")
-        writing = writing or (isinstance(args[2], int) and args[2] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC))
-        if writing and not (real == _root or real.startswith(_root + os.sep)):
-            raise PermissionError(f"sandbox: writing outside the working directory is not allowed: {real}")
-    elif event.startswith("socket.") and event not in ("socket.gethostname",):
-        raise PermissionError("sandbox: network access is not allowed")
-    elif event in ("os.fork", "os.forkpty", "os.system", "os.posix_spawn", "os.exec", "os.spawn", "subprocess.Popen", "pty.spawn"):
-        raise PermissionError("sandbox: starting processes is not allowed")
-    elif event in ("os.kill", "os.killpg") and args and args[0] not in (os.getpid(), 0):
-        raise PermissionError("sandbox: signalling other processes is not allowed")
-    elif event.startswith("ctypes.") or event in ("os.remove", "os.unlink", "os.rmdir", "os.rename", "os.chmod", "os.chown") and args and not os.path.realpath(os.fsdecode(args[0])).startswith(_root):
-        raise PermissionError(f"sandbox: {event} is not allowed")
-sys.addaudithook(_guard)
-del _guard
-_source = open("program.py").read()
-exec(compile(_source, "program.py", "exec"), {"__name__": "__main__"})
-'''
+BUBBLEWRAP = "bubblewrap"
+GUARD = "audit-hook"  #: the weaker fallback
+_CHILD = str(Path(__file__).with_name("sandbox_child.py"))
 
 
 @dataclass(frozen=True)
@@ -65,32 +57,160 @@ class Limits:
     cpu_s: int = 10
     memory_mb: int = 1024  #: address space
     file_size_mb: int = 8  #: largest file it may write (its output included)
-    processes: int = 32
+    disk_mb: int = 64  #: all files it writes together (bubblewrap only)
     open_files: int = 64
     max_output: int = 16_384  #: bytes of output returned
 
 
 @dataclass
 class RunResult:
-    """How a run went."""
+    """How a plain run went. ``ok`` is the exit status: never use it as a test verdict."""
 
     returncode: int | None  #: None when it was killed at the timeout
     output: str  #: stdout and stderr, capped
     timed_out: bool
     seconds: float
+    isolation: str = GUARD
 
     @property
     def ok(self) -> bool:
         return self.returncode == 0 and not self.timed_out
 
 
-def _limit_child(limits: Limits, workdir: str) -> None:
-    """In the child, before exec: its own session, no network, hard limits, no root."""
-    os.setsid()
-    try:
-        ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET)  # best effort: the audit hook also refuses sockets
-    except Exception:
-        pass
+@dataclass
+class TestResult:
+    """A test verdict, written by the trusted harness only after the tests ran to the end."""
+
+    passed: bool
+    detail: str  #: why it failed ("" when it passed)
+    isolation: str
+    seconds: float
+    output: str = ""  #: what the candidate's own process printed, capped
+    timed_out: bool = False
+
+
+# ---- which isolation --------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def isolation() -> str:
+    """``bubblewrap`` when a sandbox can be made here, else ``audit-hook`` (said once, loudly)."""
+    reason = _bubblewrap_unusable()
+    if reason is None:
+        return BUBBLEWRAP
+    message = (f"WARNING: code under test runs WITHOUT real isolation ({reason}); only an in-process guard "
+               "stands between it and this machine. Install bubblewrap (apt-get install bubblewrap) and allow "
+               "user namespaces for isolated runs.")
+    log.warning(message)
+    print(message, file=sys.stderr)
+    return GUARD
+
+
+def _bubblewrap_unusable() -> str | None:
+    if os.environ.get("USERLM_SANDBOX") == GUARD:
+        return f"USERLM_SANDBOX={GUARD} was set"
+    if sys.platform != "linux":
+        return "bubblewrap needs Linux"
+    if shutil.which("bwrap") is None:
+        return "bwrap was not found"
+    with tempfile.TemporaryDirectory(prefix="userlm-sandbox-") as workdir:
+        Path(workdir, "program.py").write_text("print('ok')\n")
+        try:
+            probe = subprocess.run(_bwrap_command(workdir, "program"), capture_output=True, text=True, timeout=30,
+                                   stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"bwrap did not start: {exc}"
+    if probe.returncode != 0 or probe.stdout.strip() != "ok":
+        return "bwrap was refused: " + (probe.stderr.strip().splitlines() or ["no reason given"])[-1]
+    return None
+
+
+# ---- the bubblewrap command ----------------------------------------------------------------------
+
+_HIDDEN = ("/root", "/home", "/var/tmp", "/run", "/mnt", "/media", "/srv")
+
+
+def _python_paths() -> list[str]:
+    """What the sandboxed interpreter must see again inside hidden folders: its installation."""
+    wanted = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, os.path.dirname(os.path.realpath(sys.executable)),
+              os.path.dirname(_CHILD)}
+    wanted.update(p for p in sys.path if p and os.path.isdir(p))
+    hidden = [p for p in wanted if any(p == h or p.startswith(h + "/") for h in (*_HIDDEN, "/tmp"))]
+    kept: list[str] = []
+    for path in sorted(hidden, key=len):
+        if not any(path == k or path.startswith(k + "/") for k in kept):
+            kept.append(path)
+    return kept
+
+
+def _bwrap_command(workdir: str, role: str, *args: str, limits: Limits = Limits(), seccomp_fd: int | None = None) -> list[str]:
+    command = ["bwrap", "--ro-bind", "/", "/"]
+    for hidden in _HIDDEN:
+        if os.path.isdir(hidden):
+            command += ["--tmpfs", hidden]
+    command += ["--dev", "/dev", "--remount-ro", "/dev", "--proc", "/proc",
+                "--size", str(limits.disk_mb * 1024 * 1024), "--tmpfs", "/tmp"]
+    for path in _python_paths():
+        command += ["--ro-bind", path, path]
+    for name in sorted(os.listdir(workdir)):
+        command += ["--ro-bind", os.path.join(workdir, name), f"/tmp/{name}"]
+    command += ["--chdir", "/tmp", "--unshare-all", "--die-with-parent", "--new-session",
+                "--uid", "65534", "--gid", "65534", "--clearenv",
+                "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "PYTHONHASHSEED", "0",
+                "--setenv", "PYTHONDONTWRITEBYTECODE", "1", "--setenv", "HOME", "/tmp"]
+    if seccomp_fd is not None:
+        command += ["--add-seccomp-fd", str(seccomp_fd)]
+    return command + ["--", sys.executable, "-I", _CHILD, role, "0", *args]
+
+
+# A classic-BPF seccomp filter: fork, vfork and clone without CLONE_THREAD fail with EPERM, clone3
+# with ENOSYS (so that the C library falls back to clone for threads). Other architectures: no filter.
+_ARCH = {"x86_64": (0xC000003E, 56, 435, (57, 58)), "aarch64": (0xC00000B7, 220, 435, ())}
+
+
+def _seccomp_filter() -> bytes | None:
+    arch = _ARCH.get(platform.machine())
+    if arch is None:
+        return None
+    audit_arch, clone, clone3, forks = arch
+    ld, jeq, jset, ret = 0x20, 0x15, 0x45, 0x06
+    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
+    body = [(jeq, 0, 0, n) for n in forks]  # jump targets filled below
+    n_forks = len(body)
+    # 0 ld arch; 1 jeq arch; 2 ld nr; forks...; clone3; clone; ld arg0; jset; ret allow; ret eperm; ret enosys
+    program: list[tuple[int, int, int, int]] = [(ld, 0, 0, 4)]
+    index_allow = 2 + 1 + n_forks + 2 + 2
+    index_eperm, index_enosys = index_allow + 1, index_allow + 2
+    program.append((jeq, 0, index_allow - 2, audit_arch))
+    program.append((ld, 0, 0, 0))
+    for i, (code, _, _, nr) in enumerate(body):
+        here = 3 + i
+        program.append((code, index_eperm - here - 1, 0, nr))
+    here = 3 + n_forks
+    program.append((jeq, index_enosys - here - 1, 0, clone3))
+    here += 1
+    program.append((jeq, 0, index_allow - here - 1, clone))
+    here += 1
+    program.append((ld, 0, 0, 16))
+    here += 1
+    program.append((jset, index_allow - here - 1, index_eperm - here - 1, 0x00010000))
+    program += [(ret, 0, 0, allow), (ret, 0, 0, eperm), (ret, 0, 0, enosys)]
+    return b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
+
+
+# ---- running -----------------------------------------------------------------------------------
+
+
+def _limit_child(limits: Limits, guarded: bool) -> None:
+    """In the child, before exec: hard limits; with the fallback guard also its own session and network."""
+    import ctypes
+
+    if guarded:
+        os.setsid()
+        try:
+            ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET)
+        except Exception:
+            pass
     mb = 1024 * 1024
     for name, value in (
         (resource.RLIMIT_CPU, limits.cpu_s),
@@ -100,43 +220,131 @@ def _limit_child(limits: Limits, workdir: str) -> None:
         (resource.RLIMIT_CORE, 0),
     ):
         resource.setrlimit(name, (value, value))
-    # root ignores this limit; the audit hook refuses new processes for everyone
-    resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
+
+
+class _Sandbox:
+    """One sandboxed process: its files, its command, its capped output."""
+
+    def __init__(self, files: dict[str, str], role: str, *args: str, limits: Limits, fds: tuple[int, ...] = ()):
+        self.limits = limits
+        self.kind = isolation()
+        self.dir = tempfile.TemporaryDirectory(prefix="userlm-sandbox-")
+        self.files_dir = os.path.join(self.dir.name, "files")
+        os.mkdir(self.files_dir)
+        os.chmod(self.dir.name, 0o700)
+        for name, text in files.items():
+            with open(os.path.join(self.files_dir, name), "w", encoding="utf-8") as f:
+                f.write(text)
+        self.out_path = os.path.join(self.dir.name, "output.txt")
+        fds = list(fds)
+        seccomp = _seccomp_filter() if self.kind == BUBBLEWRAP else None
+        seccomp_fd = None
+        if seccomp is not None:
+            seccomp_path = os.path.join(self.dir.name, "seccomp.bpf")
+            with open(seccomp_path, "wb") as f:
+                f.write(seccomp)
+            seccomp_fd = os.open(seccomp_path, os.O_RDONLY)
+            fds.append(seccomp_fd)
+        if self.kind == BUBBLEWRAP:
+            command = _bwrap_command(self.files_dir, role, *args, limits=limits, seccomp_fd=seccomp_fd)
+            cwd = None
+        else:
+            command = [sys.executable, "-I", _CHILD, role, "1", *args]
+            cwd = self.files_dir
+            os.chmod(self.files_dir, 0o700)
+        # bwrap itself is pid 1 in the sandbox, where /proc shows its environment: none of ours
+        env = {"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+        self.started = time.perf_counter()
+        with open(self.out_path, "wb") as out:
+            self.process = subprocess.Popen(
+                command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                preexec_fn=functools.partial(_limit_child, limits, self.kind != BUBBLEWRAP),
+                start_new_session=self.kind == BUBBLEWRAP, close_fds=True, pass_fds=tuple(fds),
+            )
+        if seccomp_fd is not None:
+            os.close(seccomp_fd)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds; True when it ended by itself."""
+        try:
+            self.process.wait(timeout=max(0.0, timeout))
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def close(self) -> str:
+        """Kill whatever is left of it, remove its files, and return its capped output."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # the whole group (the sandbox dies with bwrap)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process.wait()
+        with open(self.out_path, "rb") as f:
+            output = f.read(self.limits.max_output).decode("utf-8", errors="replace")
+        self.dir.cleanup()
+        return output
 
 
 def run_program(source: str, limits: Limits = Limits()) -> RunResult:
     """Run ``source`` as a Python program in the sandbox and wait for it."""
-    with tempfile.TemporaryDirectory(prefix="userlm-sandbox-") as workdir:
-        os.chmod(workdir, 0o700)
-        with open(os.path.join(workdir, "program.py"), "w", encoding="utf-8") as f:
-            f.write(source)
-        out_path = os.path.join(workdir, "output.txt")
-        started = time.perf_counter()
-        with open(out_path, "wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-I", "-c", _PRELUDE],
-                cwd=workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"},
-                preexec_fn=lambda: _limit_child(limits, workdir),
-                close_fds=True,
-            )
-            timed_out = False
-            try:
-                process.wait(timeout=limits.timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            finally:
-                try:
-                    os.killpg(process.pid, signal.SIGKILL)  # its children too
-                except (ProcessLookupError, PermissionError):
-                    pass
-                process.wait()
-        with open(out_path, "rb") as f:
-            output = f.read(limits.max_output).decode("utf-8", errors="replace")
-    return RunResult(None if timed_out else process.returncode, output, timed_out, time.perf_counter() - started)
+    box = _Sandbox({"program.py": source}, "program", limits=limits)
+    ended = box.wait(limits.timeout_s)
+    seconds = time.perf_counter() - box.started
+    returncode = box.process.returncode if ended else None
+    output = box.close()
+    return RunResult(returncode, output, not ended, seconds, box.kind)
+
+
+def run_tests(candidate: str, entry_point: str, prelude: str, test: str, limits: Limits = Limits()) -> TestResult:
+    """Run the trusted ``test`` (defining ``check``) against ``entry_point`` of the untrusted ``candidate``.
+
+    ``prelude`` is trusted code the tests need (the task's prompt: imports and helpers). The candidate
+    runs in its own sandbox; the verdict is the harness's, sent after ``check`` returned.
+    """
+    calls_r, calls_w = os.pipe()
+    answers_r, answers_w = os.pipe()
+    verdict_r, verdict_w = os.pipe()
+    try:
+        worker = _Sandbox({"program.py": f"{prelude}\n{candidate}\n"}, "worker", entry_point, f"{calls_r},{answers_w}",
+                          limits=limits, fds=(calls_r, answers_w))
+        try:
+            harness = _Sandbox({"tests.json": json.dumps({"prelude": prelude, "test": test, "entry_point": entry_point})}, "harness",
+                               f"{calls_w},{answers_r},{verdict_w}", limits=limits, fds=(calls_w, answers_r, verdict_w))
+        except BaseException:
+            worker.close()
+            raise
+    finally:
+        for fd in (calls_r, calls_w, answers_r, answers_w, verdict_w):
+            os.close(fd)
+    try:
+        ended = harness.wait(limits.timeout_s)
+        seconds = time.perf_counter() - worker.started
+        harness.close()
+        output = worker.close()
+        verdict = _read_verdict(verdict_r) if ended else None
+    finally:
+        os.close(verdict_r)
+    if verdict is None:
+        detail = f"the tests did not finish within {limits.timeout_s:g} s" if not ended else "the tests gave no verdict"
+        return TestResult(False, detail, worker.kind, seconds, output, timed_out=not ended)
+    return TestResult(verdict.get("passed") is True, "" if verdict.get("passed") is True else str(verdict.get("error", "")),
+                      worker.kind, seconds, output)
+
+
+def _read_verdict(fd: int) -> dict | None:
+    os.set_blocking(fd, False)
+    try:
+        data = os.read(fd, 1 << 16)
+    except BlockingIOError:
+        return None
+    if len(data) < 4:
+        return None
+    (size,) = struct.unpack(">I", data[:4])
+    try:
+        verdict = json.loads(data[4:4 + size])
+    except ValueError:
+        return None
+    return verdict if isinstance(verdict, dict) else None
 
 
 async def run_program_async(source: str, limits: Limits = Limits(), *, gate: asyncio.Semaphore | None = None) -> RunResult:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .sandbox import Limits, run_program
+from .sandbox import Limits, run_tests
 
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
 _CODE_BLOCK = re.compile(r"```[a-zA-Z0-9_+-]*\n(.*?)```", re.S)
@@ -76,24 +76,36 @@ def _same_number(a: str, b: str) -> bool:
         return False
 
 
-def humaneval_program(task: Task, code: str) -> str:
-    imports = "\n".join(line for line in task.text.splitlines() if line.startswith(("import ", "from ")))
-    return f"{imports}\n{code}\n\n{task.reference['test']}\n\ncheck({task.reference['entry_point']})\n"
+@dataclass(frozen=True)
+class Grade:
+    """A score and how it was reached."""
+
+    value: float  #: in [0, 1]
+    isolation: str | None = None  #: where code ran (``bubblewrap`` or ``audit-hook``); None when none ran
+    detail: str = ""  #: why code failed its tests
 
 
-def score(task: Task, answer: str, limits: Limits = Limits()) -> float:
-    """Score an extracted answer in [0, 1]. Code runs only in the sandbox."""
+def grade(task: Task, answer: str, limits: Limits = Limits()) -> Grade:
+    """Score an extracted answer in [0, 1]. Code runs only in the sandbox, and passes only on the
+    trusted harness's word that every test ran (see :func:`~userlm.evaluation.sandbox.run_tests`)."""
     if task.scorer is not None:
-        return float(task.scorer(task, answer))
+        return Grade(float(task.scorer(task, answer)))
     if task.suite == "gsm8k":
-        return float(_same_number(answer, task.reference["answer"]))
+        return Grade(float(_same_number(answer, task.reference["answer"])))
     if task.suite == "humaneval":
-        return float(run_program(humaneval_program(task, answer), limits).ok)
+        ref = task.reference
+        result = run_tests(answer, ref["entry_point"], task.text, ref["test"], limits)
+        return Grade(float(result.passed), result.isolation, result.detail[:500])
     if task.suite == "sharded" and task.reference.get("kind") == "translation":
         import sacrebleu
 
-        return min(1.0, sacrebleu.sentence_bleu(answer, [task.reference["document_en"]]).score / 100.0)
+        return Grade(min(1.0, sacrebleu.sentence_bleu(answer, [task.reference["document_en"]]).score / 100.0))
     raise ValueError(f"no scorer for {task.suite} task {task.id}")
+
+
+def score(task: Task, answer: str, limits: Limits = Limits()) -> float:
+    """:func:`grade`'s value alone."""
+    return grade(task, answer, limits).value
 
 
 # ---- loaders -----------------------------------------------------------------------------
