@@ -113,7 +113,8 @@ def test_end_to_end_scores_are_exactly_as_expected(tmp_path):
     simulated = {c["task_id"]: c for c in report["conversations"] if c["mode"] == "simulated"}
     assert simulated["t1"]["score"] == 1.0 and simulated["t2"]["score"] == 0.0
     assert rows[("gsm8k", "simulated")]["score"]["mean"] == 0.5
-    assert rows[("gsm8k", "simulated")]["drop_vs_full"]["mean"] == -0.5
+    # the drop is full minus the mode: the simulated mode did worse, so it is positive
+    assert rows[("gsm8k", "simulated")]["drop_vs_full"]["mean"] == 0.5
     assert rows[("gsm8k", "simulated")]["unreliability"] == 0.0
     assert 0 < rows[("gsm8k", "simulated")]["intent_coverage"]["mean"] < 1
     # the record holds every attempt with its score
@@ -124,6 +125,16 @@ def test_end_to_end_scores_are_exactly_as_expected(tmp_path):
     assert [(e["answer"], e["score"]) for e in eggs] == [("30", 1.0)]  # no number, no attempt, until solved
     md = (tmp_path / "assistant.md").read_text()
     assert "| gsm8k | simulated | 4 | 50.0" in md
+    assert "drop vs full (full − mode)" in md and "positive means this mode did worse" in md
+    simulated_row = next(line for line in md.splitlines() if line.startswith("| gsm8k | simulated"))
+    assert simulated_row.split(" | ")[4].startswith("50.0")
+    # every empty cell points at a footnote that says why
+    full_row = next(line for line in md.splitlines() if line.startswith("| gsm8k | full"))
+    assert "-[^1]" in full_row and "[^1]: the full mode is the baseline" in md
+    assert all("-[^" in cell or cell.strip() not in ("-",) for cell in full_row.split("|"))
+    # the paper's Table 3 is shown, labelled as published
+    assert "Published: simulated users talking to GPT-4o" in md and "| *UserLM-8b* | *57.4* |" in md
+    assert report["published"]["rows"][2]["simulator"] == "UserLM-8b"
 
 
 def test_descriptors_on_a_hand_computed_case():

@@ -340,7 +340,8 @@ def test_public_question_sets_fail_clearly_when_not_downloaded(monkeypatch, tmp_
 
 def test_published_figures_file_fills_the_labelled_rows(tmp_path):
     from userlm.errors import UserError
-    from userlm.evaluation.user_table import markdown, published_rows
+    from userlm.evaluation.tables import published_rows
+    from userlm.evaluation.user_table import markdown
 
     good = tmp_path / "pub.json"
     good.write_text(json.dumps({"source": "a paper", "rows": [{"simulator": "Model X", "metrics": {"end_f1": 12.3}}]}), encoding="utf-8")
@@ -352,3 +353,78 @@ def test_published_figures_file_fills_the_labelled_rows(tmp_path):
     bad.write_text('{"rows": [{"metrics": {}}]}', encoding="utf-8")
     with pytest.raises(UserError, match="bad.json: expected"):
         published_rows(bad)
+
+
+def _points(n_conversations: int, seed: int, informative: bool) -> list[dict]:
+    """Termination points of ``n_conversations`` conversations of four replies each, the user
+    ending after the last one; P(end) noisy, and unrelated to the truth unless ``informative``."""
+    import random
+
+    rng = random.Random(seed)
+    points = []
+    for c in range(n_conversations):
+        for reply in range(4):
+            ended = reply == 3
+            prob = rng.random() * 0.5 + (0.5 if ended and informative else 0.0)
+            points.append({"conversation": f"c{c}", "after_reply": reply, "ended": ended, "prob": prob})
+    return points
+
+
+def test_termination_f1_is_out_of_sample_and_the_in_sample_best_is_labelled():
+    from userlm.evaluation.user_eval import termination_figure
+
+    settings = UserEvalSettings(resamples=200)
+    noise = termination_figure(_points(200, 1, informative=False), settings, "test")
+    # tuned on the same points, pure noise looks better than chance; out of sample it does not
+    assert noise["in_sample"]["f1"] > noise["value"]
+    assert "same conversations" in noise["in_sample"]["label"]
+    assert noise["folds"] == 5 and len(noise["fold_thresholds"]) == 5
+    assert noise["threshold"] == sorted(noise["fold_thresholds"])[2]  # the advice is the folds' median
+    signal = termination_figure(_points(200, 2, informative=True), settings, "test")
+    assert signal["value"] > 0.95 and 0.5 <= signal["threshold"] < 0.6
+
+
+def test_too_few_conversations_give_a_note_not_a_number():
+    from userlm.evaluation.user_eval import termination_figure
+    from userlm.evaluation.user_table import markdown
+
+    few = termination_figure(_points(6, 3, informative=True), UserEvalSettings(resamples=50), "test")
+    assert few["value"] is None and "too few conversations" in few["note"] and few["in_sample"]["f1"] == 1.0
+    report = {"settings": {"held_out_conversations": 6, "intents": 0, "questions": 0, "assistant": "a", "judge": None, "detector": None},
+              "simulators": [{"simulator": "m", "metrics": {"end_f1": few}, "missing": {"end_f1": few["note"]}}],
+              "real_users": {"metrics": {}}, "published": {}}
+    md = markdown(report)
+    assert "--end-threshold" not in md and "no termination F1 and no threshold advice: too few conversations" in md
+    row = next(line for line in md.splitlines() if line.startswith("| `m` |"))
+    assert "100.0" not in row and "-[^" in row
+
+
+def test_a_simulator_whose_every_draft_is_refused_gets_a_warning_not_a_best_score(tmp_path):
+    from userlm.evaluation.user_eval import evaluate_users
+    from userlm.intents import Intent
+    from userlm.models.scripted import ScriptedUser
+
+    intents = [Intent(id=f"i{k}", text=f"You are a user who wants help with chore number {k} at home today.") for k in range(4)]
+    refused = Simulator("always-refused", ScriptedUser([["I want help."]], name="refused"))
+    settings = UserEvalSettings(parts=("conversations",), resamples=50)
+    report = asyncio.run(evaluate_users([refused], [], intents, tmp_path, settings=settings, progress=False, log=lambda *a: None))
+    [sim] = report["simulators"]
+    assert "intent_overlap_turn" not in sim["metrics"] and "first_turn_diversity" not in sim["metrics"]
+    assert "none of the 4 simulated conversations has a user turn (4 guardrail_exhausted)" in sim["missing"]["intent_overlap_turn"]
+    md = (tmp_path / "user_eval.md").read_text()
+    assert "**Warning:** always-refused: none of the 4 simulated conversations" in md
+    row = next(line for line in md.splitlines() if line.startswith("| `always-refused` |"))
+    assert "0.0" not in row and "| - |" not in row  # every empty cell carries its footnote
+    assert "[^1]:" in md
+
+
+def test_the_papers_figures_are_shown_by_default():
+    from userlm.evaluation.tables import published_rows
+    from userlm.evaluation.user_table import markdown
+
+    report = {"settings": {"held_out_conversations": 0, "intents": 0, "questions": 0, "assistant": "a", "judge": None, "detector": None},
+              "simulators": [], "real_users": {"metrics": {}}, "published": published_rows()}
+    md = markdown(report)
+    row = next(line for line in md.splitlines() if line.startswith("| *UserLM-8b* (published)"))
+    assert row.startswith("| *UserLM-8b* (published) | *4.33* | *5.6* | *94.55* |")  # Table 1's perplexities, then Table 2
+    assert "transcribed from secondary summaries" in md and "not measured here" in md

@@ -31,7 +31,8 @@ from ..models.base import ChatModel, UserDraft, UserTurnRequest
 from ..simulation import RunSettings, simulate_async
 from ..user import SimulatedUser
 from .metrics import aptitude_unreliability, describe, mean_ci, paired_difference_ci
-from .tasks import Task, extract_answer, score
+from .tasks import Task, extract_answer, grade
+from .tables import Footnotes, number, published_rows
 from .text import content_words, words
 
 MODES = ("full", "concat", "sharded", "simulated")
@@ -99,9 +100,14 @@ async def evaluate(
         if answer is None:
             return False
         async with sandbox:
-            value = await asyncio.to_thread(score, task, answer)
-        reply.events = (reply.events or []) + [{"type": "answer_attempt", "answer": answer[:4000], "score": value}]
-        return task.binary and value >= 1.0
+            result = await asyncio.to_thread(grade, task, answer)
+        event = {"type": "answer_attempt", "answer": answer[:4000], "score": result.value}
+        if result.isolation is not None:  # code ran: under which isolation, and why it failed
+            event["isolation"] = result.isolation
+            if result.detail:
+                event["detail"] = result.detail
+        reply.events = (reply.events or []) + [event]
+        return task.binary and result.value >= 1.0
 
     records: dict[str, list[Conversation]] = {}
     for mode in settings.modes:
@@ -124,6 +130,7 @@ async def evaluate(
                           "seed": settings.seed, "assistant": assistant.name,
                           "user": getattr(user_model, "name", None), "extractor": getattr(extractor, "name", None),
                           "rephrase": getattr(rephrase, "name", None)}
+    report["published"] = published_rows(kind="extrinsic")
     out.mkdir(parents=True, exist_ok=True)
     (out / "assistant.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     (out / "assistant.md").write_text(markdown(report), encoding="utf-8")
@@ -142,9 +149,13 @@ async def _extract(task: Task, reply: str, extractor: ChatModel | None) -> str |
     return None if not text or text.upper() == "NONE" else (extract_answer(task, text) or text)
 
 
+def _attempts(conv: Conversation) -> list[dict]:
+    return [e for m in conv.messages for e in (m.events or []) if e.get("type") == "answer_attempt"]
+
+
 def conversation_score(conv: Conversation) -> float:
     """The score of the last answer attempt (0 when there was none)."""
-    attempts = [e for m in conv.messages for e in (m.events or []) if e.get("type") == "answer_attempt"]
+    attempts = _attempts(conv)
     return float(attempts[-1]["score"]) if attempts else 0.0
 
 
@@ -165,6 +176,9 @@ def summarise(tasks: list[Task], records: dict[str, list[Conversation]]) -> dict
             row = {"suite": suite, "mode": mode, "conversations": len(items), "score": mean_ci(scores),
                    **aptitude_unreliability(per_task), "turns": describe([len(c.user_turns()) for c in items]),
                    "end_reasons": dict(sorted(Counter(c.end_reason for c in items).items()))}
+            isolations = Counter(e["isolation"] for c in items for e in _attempts(c) if "isolation" in e)
+            if isolations:
+                row["code_isolation"] = dict(sorted(isolations.items()))
             if mode == "simulated":
                 row["intent_coverage"] = describe([intent_coverage(by_id[c.metadata["task_id"]], c) for c in items])
                 row["lexical_difference"] = describe([lexical_difference(by_id[c.metadata["task_id"]], c) for c in items])
@@ -175,6 +189,7 @@ def summarise(tasks: list[Task], records: dict[str, list[Conversation]]) -> dict
     for row in rows:
         full = task_means.get((row["suite"], "full"))
         if full is not None and row["mode"] != "full":
+            # full minus this mode: positive when the mode scored worse than the whole task in one turn
             row["drop_vs_full"] = paired_difference_ci(full, task_means[(row["suite"], row["mode"])])
     return {"results": rows, "conversations": per_conversation}
 
@@ -193,27 +208,61 @@ def lexical_difference(task: Task, conv: Conversation) -> float:
     return sum(1 for w in said if w not in task_words) / len(said) if said else 0.0
 
 
-def _fmt(ci: dict | None, scale: float = 100.0) -> str:
+def _fmt(ci: dict | None, scale: float = 100.0) -> str | None:
     if not ci or ci.get("mean") is None:
-        return "-"
+        return None
     return f"{scale * ci['mean']:.1f} [{scale * ci['low']:.1f}, {scale * ci['high']:.1f}]"
 
 
 def markdown(report: dict) -> str:
+    notes = Footnotes()
     lines = ["# Assistant evaluation", "", f"Assistant: `{report['settings']['assistant']}`; user model (simulated mode): "
              f"`{report['settings']['user']}`; samples per task: {report['settings']['samples']}.", "",
-             "| suite | mode | n | score (95% CI) | drop vs full | aptitude | unreliability | turns (mean) | intent coverage | lexical difference |",
+             "| suite | mode | n | score (95% CI) | drop vs full (full − mode) | aptitude | unreliability | turns (mean) | intent coverage | lexical difference |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    modes = {r["mode"] for r in report["results"]}
     for r in report["results"]:
         cov = r.get("intent_coverage", {}).get("mean")
         lex = r.get("lexical_difference", {}).get("mean")
-        lines.append(
-            f"| {r['suite']} | {r['mode']} | {r['conversations']} | {_fmt(r['score'])} | {_fmt(r.get('drop_vs_full'))} | "
-            f"{r['aptitude']:.1f} | {r['unreliability']:.1f} | {r['turns']['mean']:.2f} | "
-            f"{'-' if cov is None else f'{100 * cov:.1f}'} | {'-' if lex is None else f'{100 * lex:.1f}'} |"
-        )
-    lines += ["", "Scores and drops are percentages; intervals are percentile bootstraps over conversations (drops: over tasks).",
+        if r["mode"] == "full":
+            drop_reason = "the full mode is the baseline the drops are measured against."
+        elif "full" not in modes:
+            drop_reason = "no drop without the full mode; add full to --modes."
+        else:
+            drop_reason = "no task was scored in both this mode and the full mode."
+        only_simulated = "measured for the simulated mode only (the other modes replay the task's own words)."
+        unscored = "no task was scored."
+        cells = [
+            notes.cell(_fmt(r["score"]), "no conversation was scored."),
+            notes.cell(_fmt(r.get("drop_vs_full")), drop_reason),
+            notes.cell(number(r["aptitude"], "{:.1f}"), unscored),
+            notes.cell(number(r["unreliability"], "{:.1f}"), unscored),
+            notes.cell(number(r["turns"]["mean"], "{:.2f}"), "no conversation."),
+            notes.cell(number(cov, "{:.1f}", 100), only_simulated),
+            notes.cell(number(lex, "{:.1f}", 100), only_simulated),
+        ]
+        lines.append(f"| {r['suite']} | {r['mode']} | {r['conversations']} | " + " | ".join(cells) + " |")
+    lines += ["", "Scores and drops are percentages; intervals are percentile bootstraps over conversations (drops: over tasks). "
+              "A drop is the full mode's score minus this mode's, task by task: positive means this mode did worse.",
               "Transcripts: `transcripts/<mode>.jsonl` (open them with `userlm show` or `userlm report`)."]
+    isolations = Counter()
+    for r in report["results"]:
+        isolations.update(r.get("code_isolation", {}))
+    if isolations:
+        lines += ["", "Code under test ran under: " + ", ".join(f"{k} ({v} attempts)" for k, v in sorted(isolations.items())) + "."]
+        if set(isolations) - {"bubblewrap"}:
+            lines.append("**Warning:** some code ran without real isolation (only an in-process guard); install bubblewrap.")
+    pub = report.get("published") or {}
+    if pub.get("rows"):
+        lines += ["", "## Published: simulated users talking to GPT-4o (the UserLM paper's Table 3)", "",
+                  f"Not measured here. {pub.get('setup', '')}", "",
+                  "| simulator (published) | assistant score | intent coverage | turn variance | turns (range) | unigram difference |",
+                  "|---|---|---|---|---|---|"]
+        for row in pub["rows"]:
+            span = row.get("turn_range") or [None, None]
+            lines.append(f"| *{row['simulator']}* | *{row.get('assistant_score', '-')}* | *{row.get('intent_coverage', '-')}* | "
+                         f"*{row.get('turn_variance', '-')}* | *{span[0]}–{span[1]}* | *{row.get('unigram_difference', '-')}* |")
+        lines += ["", f"Source: {pub.get('source', '')}"]
+    if notes.reasons:
+        lines += [""] + notes.lines()
     return "\n".join(lines) + "\n"
-
-

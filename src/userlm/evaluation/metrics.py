@@ -18,10 +18,10 @@ def mean_ci(values: Sequence[float], *, resamples: int = 2000, seed: int = 0, le
     return {"mean": sum(values) / n, "low": means[int(tail * resamples)], "high": means[min(resamples - 1, int((1 - tail) * resamples))], "n": n}
 
 
-def paired_difference_ci(a: dict[str, float], b: dict[str, float], *, resamples: int = 2000, seed: int = 0) -> dict:
-    """Mean of b[k] - a[k] over the keys both have, with a bootstrap interval over those keys."""
-    keys = sorted(set(a) & set(b))
-    return mean_ci([b[k] - a[k] for k in keys], resamples=resamples, seed=seed)
+def paired_difference_ci(first: dict[str, float], second: dict[str, float], *, resamples: int = 2000, seed: int = 0) -> dict:
+    """Mean of ``first[k] - second[k]`` over the keys both have, with a bootstrap interval over those keys."""
+    keys = sorted(set(first) & set(second))
+    return mean_ci([first[k] - second[k] for k in keys], resamples=resamples, seed=seed)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

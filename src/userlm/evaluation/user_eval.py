@@ -28,7 +28,10 @@ import asyncio
 import json
 import math
 import os
+import random
 import re
+import statistics
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -45,7 +48,8 @@ from .judge import CachedJudge
 from .metrics import bootstrap
 from .scenarios import INTENT_JUDGE_PROMPT, ROLE_JUDGE_PROMPT, Question, package_lines, pick, role_rule_check, transcript
 from .text import words
-from .user_table import METRICS, markdown, published_rows
+from .tables import published_rows
+from .user_table import METRICS, markdown
 from .user_metrics import best_threshold, distinct_n, end_curve, end_scores, first_turn_diversity, intent_overlap, jaccard
 
 PARTS = ("alignment", "termination", "conversations", "naturalness", "role", "intent")
@@ -120,34 +124,63 @@ def perplexity_figure(nll: list[float], tokens: list[int], settings: UserEvalSet
     return figure(value, bootstrap(len(nll), ppl, resamples=settings.resamples, seed=settings.seed), len(nll), tokens=total)
 
 
+FOLDS = 5  #: termination F1 is cross-validated over this many folds of conversations
+MIN_CONVERSATIONS = 10  #: fewer cannot tune a threshold out of sample
+
+
 def termination_figure(points: list[dict], settings: UserEvalSettings, how: str) -> dict:
-    """Best-F1 threshold, F1 at 0.5 and the curve; intervals resample whole conversations."""
+    """Termination F1 out of sample: the P(end) threshold is tuned on the other folds of conversations
+    and applied to each held-out fold; the interval resamples whole conversations. The threshold to
+    advise is the median of the folds' thresholds. The in-sample best (tuned and scored on the same
+    conversations) is kept, labelled, for reference only."""
     import numpy as np
 
+    if not points:
+        return figure(None, how=how, note="no termination points were scored.")
     probs = [p["prob"] for p in points]
     ended = [p["ended"] for p in points]
-    if not points:
-        return figure(None, how=how)
-    best = best_threshold(probs, ended)
-    at_half = end_scores(probs, ended, 0.5)
     groups: dict[str, list[int]] = {}
     for i, p in enumerate(points):
         groups.setdefault(p["conversation"], []).append(i)
     members = list(groups.values())
+    best = best_threshold(probs, ended)
+    at_half = end_scores(probs, ended, 0.5)
+    curve = end_curve(probs, ended)
+    step = max(1, len(curve) // 200)
+    positives = int(np.sum(ended))
+    common = dict(
+        how=how, positives=positives, conversations=len(members), curve=[s.__dict__ for s in curve[::step]],
+        in_sample={"f1": best.f1, "threshold": best.threshold, "precision": best.precision, "recall": best.recall,
+                   "label": "tuned and scored on the same conversations: optimistic, for reference only"},
+        f1_at_half={"precision": at_half.precision, "recall": at_half.recall, "f1": at_half.f1},
+        always_end_f1=end_scores([1.0] * len(points), ended, 0.5).f1,
+    )
+    if len(members) < MIN_CONVERSATIONS or positives < FOLDS:
+        return figure(None, None, len(points), note=(
+            f"too few conversations to tune a threshold out of sample ({len(members)} conversations with {positives} ends; "
+            f"at least {MIN_CONVERSATIONS} conversations and {FOLDS} ends are needed)."), **common)
+    order = list(range(len(members)))
+    random.Random(settings.seed).shuffle(order)
+    predicted = [False] * len(points)
+    thresholds = []
+    for fold in range(FOLDS):
+        held = {g for g in order[fold::FOLDS]}
+        train = [k for g in range(len(members)) if g not in held for k in members[g]]
+        threshold = best_threshold([probs[k] for k in train], [ended[k] for k in train]).threshold
+        thresholds.append(threshold)
+        for g in held:
+            for k in members[g]:
+                predicted[k] = probs[k] >= threshold
+    said = [1.0 if p else 0.0 for p in predicted]
+    scores = end_scores(said, ended, 0.5)
 
     def f1(idx):
         chosen = [k for g in idx for k in members[g]]
-        return end_scores([probs[k] for k in chosen], [ended[k] for k in chosen], best.threshold).f1
+        return end_scores([said[k] for k in chosen], [ended[k] for k in chosen], 0.5).f1
 
-    curve = end_curve(probs, ended)
-    step = max(1, len(curve) // 200)
-    return figure(
-        best.f1, bootstrap(len(members), f1, resamples=settings.resamples, seed=settings.seed), len(points), how=how,
-        threshold=best.threshold, precision=best.precision, recall=best.recall,
-        f1_at_half={"precision": at_half.precision, "recall": at_half.recall, "f1": at_half.f1},
-        positives=int(np.sum(ended)), curve=[s.__dict__ for s in curve[::step]],
-        always_end_f1=end_scores([1.0] * len(points), ended, 0.5).f1,
-    )
+    return figure(scores.f1, bootstrap(len(members), f1, resamples=settings.resamples, seed=settings.seed), len(points),
+                  threshold=float(statistics.median(thresholds)), fold_thresholds=thresholds, folds=FOLDS,
+                  precision=scores.precision, recall=scores.recall, **common)
 
 
 async def alignment_part(sim: Simulator, data: list[Conversation], settings: UserEvalSettings, progress: bool = False) -> dict:
@@ -288,9 +321,16 @@ async def conversations_part(sim: Simulator, intents: list[Intent], assistant: C
         settings=RunSettings(samples=1, max_turns=settings.max_turns, seed=settings.seed, concurrency=settings.concurrency),
         progress=progress,
     )
-    convs = [c for c in run.conversations if c.error is None]
+    convs = [c for c in run.conversations if c.error is None and c.user_turns()]
     result = conversation_figures(convs, settings)
     result["conversations"] = len(convs)
+    result["simulated"] = len(run.conversations)
+    result["end_reasons"] = dict(sorted(Counter(c.end_reason for c in run.conversations).items()))
+    if not convs:
+        how = ", ".join(f"{n} {reason}" for reason, n in result["end_reasons"].items())
+        result["skipped"] = (f"none of the {len(run.conversations)} simulated conversations has a user turn ({how}), "
+                             "so there is nothing to measure diversity or intent overlap on.")
+        result["warning"] = f"{sim.spec}: {result['skipped']}"
     result["transcripts"] = f"transcripts/{sim.slug}.jsonl"
     return result
 
@@ -358,13 +398,17 @@ async def role_part(sim: Simulator, questions: list[Question], judge: CachedJudg
 def _adherence(key: str, items: list[dict], settings: UserEvalSettings) -> dict:
     """The share of items where the user adhered (items the check could not decide left out)."""
     decided = [1.0 if i["adhered"] else 0.0 for i in items if i["adhered"] is not None]
-    return {key: mean_figure(decided, settings) | {"undecided": len(items) - len(decided)}, "items": items}
+    fig = mean_figure(decided, settings) | {"undecided": len(items) - len(decided)}
+    if not decided:
+        fig["note"] = ("no question to ask." if not items else
+                       "no item could be decided" + (" (open questions need a judge: --judge)." if any(i.get("method") == "needs --judge" for i in items) else "."))
+    return {key: fig, "items": items}
 
 
 async def intent_part(sim: Simulator, intents: list[Intent], judge: CachedJudge | None, scenario_assistant: ChatModel | None,
                       settings: UserEvalSettings) -> dict:
     if judge is None:
-        return {"intent_adherence": figure(None, note="needs --judge"), "items": []}
+        return {"intent_adherence": figure(None, note="not measured: intent adherence needs a judge (--judge)."), "items": []}
     user = SimulatedUser(sim.model, settings.guardrails)
     diversions = package_lines("diversions.txt")
 
@@ -433,7 +477,9 @@ async def evaluate_users(
             await run("naturalness", lambda: naturalness_part(texts, detector, settings))
         await run("role", lambda: role_part(sim, list(questions), judge, scenario_assistant, settings))
         await run("intent", lambda: intent_part(sim, intents[: settings.scenario_limit], judge, scenario_assistant, settings))
-        results.append({"simulator": sim.spec, "metrics": _collect(parts), "parts": parts})
+        metrics, missing = _collect(parts, settings, detector is not None)
+        results.append({"simulator": sim.spec, "metrics": metrics, "missing": missing, "parts": parts,
+                        "warnings": [p["warning"] for p in parts.values() if isinstance(p, dict) and p.get("warning")]})
     reference = await _real_users(data, intents, detector, settings, out)
     report = {
         "simulators": results,
@@ -452,13 +498,38 @@ async def evaluate_users(
     return report
 
 
-def _collect(parts: dict) -> dict:
-    metrics = {}
-    for part in parts.values():
-        for key, _, _ in METRICS:
-            if isinstance(part, dict) and key in part:
-                metrics[key] = part[key]
-    return metrics
+#: which part measures which table column
+PART_OF = {"ppl_intent": "alignment", "ppl_no_intent": "alignment", "end_f1": "termination",
+           "first_turn_diversity": "conversations", "distinct_1": "conversations", "distinct_2": "conversations",
+           "intent_overlap_first": "conversations", "intent_overlap_turn": "conversations", "naturalness": "naturalness",
+           "role_adherence": "role", "intent_adherence": "intent"}
+
+
+def _collect(parts: dict, settings: UserEvalSettings, has_detector: bool) -> tuple[dict, dict[str, str]]:
+    """The table's figures from the parts, and for each column without a figure the reason why."""
+    metrics: dict = {}
+    missing: dict[str, str] = {}
+    for key, _, _ in METRICS:
+        name = PART_OF[key]
+        part = parts.get(name)
+        fig = part.get(key) if isinstance(part, dict) else None
+        if isinstance(fig, dict):
+            metrics[key] = fig
+            if fig.get("value") is not None:
+                continue
+        if name not in settings.parts:
+            missing[key] = f"not measured: the {name} part was not asked for (--parts)."
+        elif name == "naturalness" and not has_detector:
+            missing[key] = "not measured: naturalness needs a detector (--detector)."
+        elif isinstance(fig, dict) and fig.get("note"):
+            missing[key] = str(fig["note"])
+        elif isinstance(part, dict) and part.get("skipped"):
+            missing[key] = str(part["skipped"])
+        elif isinstance(fig, dict) and fig.get("n") == 0:
+            missing[key] = "no item could be decided."
+        else:
+            missing[key] = "not measured for this simulator."
+    return metrics, missing
 
 
 async def _real_users(data: list[Conversation], intents: list[Intent], detector: Detector | None, settings: UserEvalSettings,

@@ -3,11 +3,7 @@ rows shown alongside (package data, or a file given with ``--published``)."""
 
 from __future__ import annotations
 
-import json
-from importlib.resources import files
-from pathlib import Path
-
-from ..errors import UserError
+from .tables import Footnotes
 
 #: Table columns: key, heading, which direction is better.
 METRICS = (
@@ -27,53 +23,69 @@ PERCENT = {"first_turn_diversity", "end_f1", "naturalness", "role_adherence", "i
            "intent_overlap_first", "intent_overlap_turn", "distinct_1", "distinct_2"}
 
 
-def published_rows(path: str | Path | None = None) -> dict:
-    """The paper's published figures to show alongside (package data unless a file is given)."""
-    if path is None:
-        return json.loads(files("userlm.evaluation").joinpath("data", "published.json").read_text(encoding="utf-8"))
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not a readable JSON file of published figures ({exc}).") from None
-    if not isinstance(data, dict) or not all(isinstance(r, dict) and "simulator" in r for r in data.get("rows", [])):
-        raise UserError(f"{path}: expected {{\"rows\": [{{\"simulator\": ..., \"metrics\": {{...}}}}]}}, like the built-in published.json.")
-    return data
+def text(key: str, fig: dict | None) -> str | None:
+    """A figure as the table prints it (percentages except perplexity, with its interval), or None."""
+    if not fig or fig.get("value") is None:
+        return None
+    scale = 100.0 if key in PERCENT and key != "first_turn_diversity" else 1.0
+    out = f"{fig['value'] * scale:.1f}"
+    if fig.get("low") is not None:
+        out += f" [{fig['low'] * scale:.1f}, {fig['high'] * scale:.1f}]"
+    return out
 
 
 def cell(key: str, fig: dict | None) -> str:
-    """A figure as the table prints it: percentages except perplexity, with its interval."""
-    if not fig or fig.get("value") is None:
-        return "-"
-    scale = 100.0 if key in PERCENT and key != "first_turn_diversity" else 1.0
-    text = f"{fig['value'] * scale:.1f}"
-    if fig.get("low") is not None:
-        text += f" [{fig['low'] * scale:.1f}, {fig['high'] * scale:.1f}]"
-    return text
+    """:func:`text`, or ``-`` where there is no figure."""
+    return text(key, fig) or "-"
+
+
+def _real_users_gap(key: str) -> str:
+    if key == "naturalness":
+        return "not measured for real users: naturalness needs a detector (--detector)."
+    if key in ("ppl_intent", "ppl_no_intent", "end_f1", "role_adherence", "intent_adherence"):
+        return "does not apply to real users: it scores a model's probabilities or replies."
+    return "no held-out conversation to measure it on."
 
 
 def markdown(report: dict) -> str:
     s = report["settings"]
+    notes = Footnotes()
     lines = ["# User simulator evaluation", "",
              f"Held-out conversations: {s['held_out_conversations']}; intents: {s['intents']}; questions: {s['questions']}; "
-             f"assistant in simulated conversations: `{s['assistant']}`; judge: `{s['judge']}`; detector: `{s['detector']}`.", "",
-             "| simulator | " + " | ".join(f"{h} {'↓' if d == 'lower' else '↑'}" for _, h, d in METRICS) + " |",
-             "|---|" + "---|" * len(METRICS)]
+             f"assistant in simulated conversations: `{s['assistant']}`; judge: `{s['judge']}`; detector: `{s['detector']}`.", ""]
     for r in report["simulators"]:
-        lines.append(f"| `{r['simulator']}` | " + " | ".join(cell(k, r["metrics"].get(k)) for k, _, _ in METRICS) + " |")
-    lines.append("| real users (held-out) | " + " | ".join(cell(k, report["real_users"]["metrics"].get(k)) for k, _, _ in METRICS) + " |")
+        for warning in r.get("warnings", []):
+            lines.append(f"**Warning:** {warning}")
+    if any(r.get("warnings") for r in report["simulators"]):
+        lines.append("")
+    lines += ["| simulator | " + " | ".join(f"{h} {'↓' if d == 'lower' else '↑'}" for _, h, d in METRICS) + " |",
+              "|---|" + "---|" * len(METRICS)]
+    for r in report["simulators"]:
+        missing = r.get("missing", {})
+        lines.append(f"| `{r['simulator']}` | " + " | ".join(
+            notes.cell(text(k, r["metrics"].get(k)), missing.get(k, "not measured for this simulator.")) for k, _, _ in METRICS) + " |")
+    real = report["real_users"]["metrics"]
+    lines.append("| real users (held-out) | " + " | ".join(
+        notes.cell(text(k, real.get(k)), _real_users_gap(k)) for k, _, _ in METRICS) + " |")
     pub = report.get("published") or {}
     for row in pub.get("rows", []):
         lines.append(f"| *{row['simulator']}* (published) | " + " | ".join(
-            "-" if row.get("metrics", {}).get(k) is None else f"*{row['metrics'][k]}*" for k, _, _ in METRICS) + " |")
+            notes.cell(None if row.get("metrics", {}).get(k) is None else f"*{row['metrics'][k]}*", "the paper gives no figure here.")
+            for k, _, _ in METRICS) + " |")
     lines += ["", "Percentages except perplexity; brackets are bootstrap 95% intervals (perplexity and termination resample "
               "conversations, the rest resample items; distinct-n, a ratio over pooled turns, has none). The termination F1 "
-              "is at the threshold that maximises it on these data.", ""]
+              "is out of sample: the P(end) threshold is tuned on four fifths of the conversations and scored on the fifth it "
+              "did not see, five times over (the in-sample best is in the JSON, labelled as such).", ""]
     if pub.get("rows"):
-        lines += [f"Rows in italics are published figures, not measured here: {pub.get('source', '')}. {pub.get('note', '')}".strip(), ""]
+        lines += [f"Rows in italics are published figures, not measured here: {pub.get('source', '')} {pub.get('note', '')}".strip(), ""]
     for r in report["simulators"]:
         f1 = r["metrics"].get("end_f1")
         if f1 and f1.get("value") is not None:
-            lines.append(f"- `{r['simulator']}`: best termination F1 at P(end) >= {f1['threshold']:.3g} "
-                         f"(precision {f1['precision']:.2f}, recall {f1['recall']:.2f}; ending everywhere would score "
-                         f"{100 * f1['always_end_f1']:.1f}); use `userlm simulate --end-threshold {f1['threshold']:.3g}`.")
+            lines.append(f"- `{r['simulator']}`: termination F1 {100 * f1['value']:.1f} out of sample (precision {f1['precision']:.2f}, "
+                         f"recall {f1['recall']:.2f}; ending everywhere would score {100 * f1['always_end_f1']:.1f}); the folds' "
+                         f"median threshold is P(end) >= {f1['threshold']:.3g}: `userlm simulate --end-threshold {f1['threshold']:.3g}`.")
+        elif f1 and f1.get("note"):
+            lines.append(f"- `{r['simulator']}`: no termination F1 and no threshold advice: {f1['note']}")
+    if notes.reasons:
+        lines += [""] + notes.lines()
     return "\n".join(lines) + "\n"
