@@ -208,3 +208,30 @@ def test_user_simulator_evaluation_shows_its_table_and_termination_curve(browser
         assert expected in text, expected
     assert tab.locator("#eval-plot-0 .main-svg").count() > 0
     assert errors == []
+
+
+def test_the_rejection_rate_counts_refused_drafts_only(tmp_path):
+    """Two refusals, then a kept turn, then an accepted end: 2 refused of 4 drafts, not 3 of 4."""
+    from userlm.conversation import Conversation, Message, Rejection
+    from userlm.reports.data import run_summary
+
+    conv = Conversation(id="c#0", intent_id="c", intent="x", end_reason="user_ended", messages=[
+        Message(role="user", content="hello there friend", attempts=3,
+                rejected=[Rejection(draft="I want", reason="first_word"), Rejection(draft="hi", reason="too_short")]),
+        Message(role="assistant", content="Hi!"),
+    ], final_turn=Message(role="user", content="", attempts=1))
+    summary = run_summary(tmp_path / "r.jsonl", [conv])
+    assert (summary["refused"], summary["drafts"]) == (2, 4)
+    assert summary["rejections"] == {"first_word": 1, "too_short": 1}
+
+
+def test_the_page_shows_rates_drops_and_published_figures_as_labelled(page, report_inputs):
+    tab, _ = page
+    a, b, ev, ref, root = report_inputs
+    summary = build([a], [ev], ref)["runs"][0]
+    row = tab.locator("#summary-table tr").nth(1).inner_text()
+    assert f"{summary['refused']} refused of {summary['drafts']} drafts ({100 * summary['refused'] / summary['drafts']:.1f}%)" in row
+    evaluations = tab.locator("#evaluations-body").inner_text()
+    assert "drop vs full (full − mode)" in evaluations and "positive means this mode did worse" in evaluations
+    assert "Published: simulated users talking to GPT-4o" in evaluations and "57.4" in evaluations
+    assert tab.locator("#evaluations-body sup.fn").count() > 0 and tab.locator("#evaluations-body ol.footnotes li").count() > 0

@@ -214,16 +214,19 @@ def _fmt(ci: dict | None, scale: float = 100.0) -> str | None:
     return f"{scale * ci['mean']:.1f} [{scale * ci['low']:.1f}, {scale * ci['high']:.1f}]"
 
 
-def markdown(report: dict) -> str:
-    notes = Footnotes()
-    lines = ["# Assistant evaluation", "", f"Assistant: `{report['settings']['assistant']}`; user model (simulated mode): "
-             f"`{report['settings']['user']}`; samples per task: {report['settings']['samples']}.", "",
-             "| suite | mode | n | score (95% CI) | drop vs full (full − mode) | aptitude | unreliability | turns (mean) | intent coverage | lexical difference |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+HEADINGS = ["suite", "mode", "n", "score (95% CI)", "drop vs full (full − mode)", "aptitude", "unreliability", "turns (mean)",
+            "intent coverage", "lexical difference"]
+NOTE = ("Scores and drops are percentages; intervals are percentile bootstraps over conversations (drops: over tasks). "
+        "A drop is the full mode's score minus this mode's, task by task: positive means this mode did worse.")
+
+
+def table(report: dict, notes: Footnotes) -> list[list[str]]:
+    """The table's rows as printed (markdown and the HTML report alike); empty cells get a footnote."""
     modes = {r["mode"] for r in report["results"]}
+    rows = []
     for r in report["results"]:
-        cov = r.get("intent_coverage", {}).get("mean")
-        lex = r.get("lexical_difference", {}).get("mean")
+        cov = (r.get("intent_coverage") or {}).get("mean")
+        lex = (r.get("lexical_difference") or {}).get("mean")
         if r["mode"] == "full":
             drop_reason = "the full mode is the baseline the drops are measured against."
         elif "full" not in modes:
@@ -232,26 +235,46 @@ def markdown(report: dict) -> str:
             drop_reason = "no task was scored in both this mode and the full mode."
         only_simulated = "measured for the simulated mode only (the other modes replay the task's own words)."
         unscored = "no task was scored."
-        cells = [
-            notes.cell(_fmt(r["score"]), "no conversation was scored."),
-            notes.cell(_fmt(r.get("drop_vs_full")), drop_reason),
-            notes.cell(number(r["aptitude"], "{:.1f}"), unscored),
-            notes.cell(number(r["unreliability"], "{:.1f}"), unscored),
-            notes.cell(number(r["turns"]["mean"], "{:.2f}"), "no conversation."),
-            notes.cell(number(cov, "{:.1f}", 100), only_simulated),
-            notes.cell(number(lex, "{:.1f}", 100), only_simulated),
-        ]
-        lines.append(f"| {r['suite']} | {r['mode']} | {r['conversations']} | " + " | ".join(cells) + " |")
-    lines += ["", "Scores and drops are percentages; intervals are percentile bootstraps over conversations (drops: over tasks). "
-              "A drop is the full mode's score minus this mode's, task by task: positive means this mode did worse.",
-              "Transcripts: `transcripts/<mode>.jsonl` (open them with `userlm show` or `userlm report`)."]
-    isolations = Counter()
+        rows.append([r["suite"], r["mode"], str(r["conversations"]),
+                     notes.cell(_fmt(r["score"]), "no conversation was scored."),
+                     notes.cell(_fmt(r.get("drop_vs_full")), drop_reason),
+                     notes.cell(number(r["aptitude"], "{:.1f}"), unscored),
+                     notes.cell(number(r["unreliability"], "{:.1f}"), unscored),
+                     notes.cell(number(r["turns"]["mean"], "{:.2f}"), "no conversation."),
+                     notes.cell(number(cov, "{:.1f}", 100), only_simulated),
+                     notes.cell(number(lex, "{:.1f}", 100), only_simulated)])
+    return rows
+
+
+def isolation_lines(report: dict) -> list[str]:
+    """Where the code under test ran, and a warning when some of it ran without real isolation."""
+    isolations: Counter = Counter()
     for r in report["results"]:
         isolations.update(r.get("code_isolation", {}))
-    if isolations:
-        lines += ["", "Code under test ran under: " + ", ".join(f"{k} ({v} attempts)" for k, v in sorted(isolations.items())) + "."]
-        if set(isolations) - {"bubblewrap"}:
-            lines.append("**Warning:** some code ran without real isolation (only an in-process guard); install bubblewrap.")
+    if not isolations:
+        return []
+    lines = ["Code under test ran under: " + ", ".join(f"{k} ({v} attempts)" for k, v in sorted(isolations.items())) + "."]
+    if set(isolations) - {"bubblewrap"}:
+        lines.append("**Warning:** some code ran without real isolation (only an in-process guard); install bubblewrap.")
+    return lines
+
+
+def table_notes(report: dict) -> dict:
+    """What the HTML report shows of a result: the printed rows, their footnotes, the notes below."""
+    notes = Footnotes()
+    return {"headings": HEADINGS, "rows": table(report, notes), "notes": notes.reasons, "note": NOTE,
+            "isolation": isolation_lines(report)}
+
+
+def markdown(report: dict) -> str:
+    notes = Footnotes()
+    lines = ["# Assistant evaluation", "", f"Assistant: `{report['settings']['assistant']}`; user model (simulated mode): "
+             f"`{report['settings']['user']}`; samples per task: {report['settings']['samples']}.", "",
+             "| " + " | ".join(HEADINGS) + " |", "|" + "---|" * len(HEADINGS)]
+    lines += ["| " + " | ".join(row) + " |" for row in table(report, notes)]
+    lines += ["", NOTE, "Transcripts: `transcripts/<mode>.jsonl` (open them with `userlm show` or `userlm report`)."]
+    if isolation_lines(report):
+        lines += [""] + isolation_lines(report)
     pub = report.get("published") or {}
     if pub.get("rows"):
         lines += ["", "## Published: simulated users talking to GPT-4o (the UserLM paper's Table 3)", "",

@@ -47,35 +47,48 @@ def _real_users_gap(key: str) -> str:
     return "no held-out conversation to measure it on."
 
 
+def table(report: dict, notes: Footnotes) -> tuple[list[str], list[list[str]]]:
+    """The table's headings and rows as printed (markdown and the HTML report alike); empty cells
+    get a footnote in ``notes``."""
+    headings = ["simulator"] + [f"{h} {'↓' if d == 'lower' else '↑'}" for _, h, d in METRICS]
+    rows = []
+    for r in report["simulators"]:
+        missing = r.get("missing", {})
+        rows.append([f"`{r['simulator']}`"] + [notes.cell(text(k, r["metrics"].get(k)), missing.get(k, "not measured for this simulator."))
+                                               for k, _, _ in METRICS])
+    real = report["real_users"]["metrics"]
+    rows.append(["real users (held-out)"] + [notes.cell(text(k, real.get(k)), _real_users_gap(k)) for k, _, _ in METRICS])
+    for row in (report.get("published") or {}).get("rows", []):
+        values = row.get("metrics", {})
+        rows.append([f"*{row['simulator']}* (published)"] + [
+            notes.cell(None if values.get(k) is None else f"*{values[k]}*", "the paper gives no figure here.") for k, _, _ in METRICS])
+    return headings, rows
+
+
+def warnings(report: dict) -> list[str]:
+    return [w for r in report["simulators"] for w in r.get("warnings", [])]
+
+
+NOTE = ("Percentages except perplexity; brackets are bootstrap 95% intervals (perplexity and termination resample "
+        "conversations, the rest resample items; distinct-n, a ratio over pooled turns, has none). The termination F1 "
+        "is out of sample: the P(end) threshold is tuned on four fifths of the conversations and scored on the fifth it "
+        "did not see, five times over (the in-sample best is in the JSON, labelled as such).")
+
+
 def markdown(report: dict) -> str:
     s = report["settings"]
     notes = Footnotes()
     lines = ["# User simulator evaluation", "",
              f"Held-out conversations: {s['held_out_conversations']}; intents: {s['intents']}; questions: {s['questions']}; "
              f"assistant in simulated conversations: `{s['assistant']}`; judge: `{s['judge']}`; detector: `{s['detector']}`.", ""]
-    for r in report["simulators"]:
-        for warning in r.get("warnings", []):
-            lines.append(f"**Warning:** {warning}")
-    if any(r.get("warnings") for r in report["simulators"]):
+    lines += [f"**Warning:** {w}" for w in warnings(report)]
+    if warnings(report):
         lines.append("")
-    lines += ["| simulator | " + " | ".join(f"{h} {'↓' if d == 'lower' else '↑'}" for _, h, d in METRICS) + " |",
-              "|---|" + "---|" * len(METRICS)]
-    for r in report["simulators"]:
-        missing = r.get("missing", {})
-        lines.append(f"| `{r['simulator']}` | " + " | ".join(
-            notes.cell(text(k, r["metrics"].get(k)), missing.get(k, "not measured for this simulator.")) for k, _, _ in METRICS) + " |")
-    real = report["real_users"]["metrics"]
-    lines.append("| real users (held-out) | " + " | ".join(
-        notes.cell(text(k, real.get(k)), _real_users_gap(k)) for k, _, _ in METRICS) + " |")
+    headings, rows = table(report, notes)
+    lines += ["| " + " | ".join(headings) + " |", "|---|" + "---|" * len(METRICS)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["", NOTE, ""]
     pub = report.get("published") or {}
-    for row in pub.get("rows", []):
-        lines.append(f"| *{row['simulator']}* (published) | " + " | ".join(
-            notes.cell(None if row.get("metrics", {}).get(k) is None else f"*{row['metrics'][k]}*", "the paper gives no figure here.")
-            for k, _, _ in METRICS) + " |")
-    lines += ["", "Percentages except perplexity; brackets are bootstrap 95% intervals (perplexity and termination resample "
-              "conversations, the rest resample items; distinct-n, a ratio over pooled turns, has none). The termination F1 "
-              "is out of sample: the P(end) threshold is tuned on four fifths of the conversations and scored on the fifth it "
-              "did not see, five times over (the in-sample best is in the JSON, labelled as such).", ""]
     if pub.get("rows"):
         lines += [f"Rows in italics are published figures, not measured here: {pub.get('source', '')} {pub.get('note', '')}".strip(), ""]
     for r in report["simulators"]:

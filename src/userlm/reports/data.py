@@ -39,6 +39,7 @@ def run_summary(path: Path, convs: list[Conversation]) -> dict[str, Any]:
     user_turns = [m for c in convs for m in c.user_turns()]
     finals = [c.final_turn for c in convs if c.final_turn is not None]
     rejections = Counter(r.reason for m in user_turns + finals for r in (m.rejected or []))
+    # every draft the user model wrote: kept turns, accepted ends and refusals alike
     drafts = sum((m.attempts or 1) for m in user_turns) + sum((m.attempts or 0) for m in finals)
     first = convs[0] if convs else None
     return {
@@ -52,6 +53,7 @@ def run_summary(path: Path, convs: list[Conversation]) -> dict[str, Any]:
         "end_reasons": dict(Counter(c.end_reason for c in convs)),
         "user_turns": len(user_turns),
         "drafts": drafts,
+        "refused": sum(rejections.values()),  #: refused drafts; the rejection rate is refused / drafts
         "rejections": dict(rejections),
         "turns_per_conversation": [len(c.user_turns()) for c in convs],
         "words_per_user_turn": [len(m.content.split()) for m in user_turns],
@@ -102,25 +104,24 @@ def load_evaluation(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or "results" not in data:
         raise UserError(f"{path}: not an evaluation result; give the assistant.json or user_eval.json that "
                         "userlm eval-assistant or eval-user wrote.")
-    return {"name": path.name, "kind": "assistant", "results": data["results"], "settings": data.get("settings", {})}
+    from ..evaluation.assistant import table_notes
+
+    return {"name": path.name, "kind": "assistant", "results": data["results"], "settings": data.get("settings", {}),
+            "published": data.get("published"), **table_notes(data)}
 
 
 def _user_evaluation(path: Path, data: dict[str, Any]) -> dict[str, Any]:
-    """Table rows as the markdown shows them, and each simulator's termination curve."""
-    from ..evaluation.user_table import METRICS, cell
+    """Table rows as the markdown shows them (empty cells footnoted), and each simulator's termination curve."""
+    from ..evaluation.tables import Footnotes
+    from ..evaluation.user_table import NOTE, table, warnings
 
-    def row(name: str, metrics: dict[str, Any]) -> dict[str, str]:
-        return {"simulator": name, **{f"{h} {'↓' if d == 'lower' else '↑'}": cell(k, metrics.get(k)) for k, h, d in METRICS}}
-
-    rows = [row(s["simulator"], s["metrics"]) for s in data["simulators"]]
-    rows.append(row("real users (held-out)", data.get("real_users", {}).get("metrics", {})))
-    for published in (data.get("published") or {}).get("rows", []):
-        values = published.get("metrics", {})
-        rows.append({"simulator": f"{published['simulator']} (published)",
-                     **{f"{h} {'↓' if d == 'lower' else '↑'}": "-" if values.get(k) is None else str(values[k]) for k, h, d in METRICS}})
+    notes = Footnotes()
+    headings, cells = table(data, notes)
+    rows = [dict(zip(headings, [c.replace("`", "") for c in row])) for row in cells]
     curves = [{"simulator": s["simulator"], **{key: [p[key] for p in s["metrics"]["end_f1"]["curve"]] for key in ("threshold", "f1", "precision", "recall")}}
               for s in data["simulators"] if (s["metrics"].get("end_f1") or {}).get("curve")]
-    return {"name": path.name, "kind": "user", "results": rows, "curves": curves, "settings": data.get("settings", {})}
+    return {"name": path.name, "kind": "user", "results": rows, "curves": curves, "settings": data.get("settings", {}),
+            "notes": notes.reasons, "note": NOTE, "warnings": warnings(data)}
 
 
 def build(runs: list[Path], evaluations: list[Path], reference: Path | None = None) -> dict[str, Any]:

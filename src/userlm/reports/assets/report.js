@@ -21,7 +21,7 @@
         `min turns ${g.min_turns ?? "never"}, repetition ${g.block_repetition ? "on" : "off"}`;
       return `<tr><td>${i + 1}. ${esc(r.name)}</td><td>${esc(r.user_models.join(", "))}</td><td>${esc(r.assistant_models.join(", "))}</td>` +
         `<td>${r.conversations}</td><td>${r.intents}</td><td>${r.user_turns}</td><td>${esc(ends)}</td>` +
-        `<td>${pct(1 - r.user_turns / Math.max(r.drafts, 1))}% of ${r.drafts} drafts: ${rej}</td><td>${esc(settings)}</td></tr>`;
+        `<td>${r.refused} refused of ${r.drafts} drafts (${pct(r.refused / Math.max(r.drafts, 1))}%): ${rej}</td><td>${esc(settings)}</td></tr>`;
     }).join("");
     document.getElementById("summary-body").innerHTML =
       `<table id="summary-table"><tr><th>run</th><th>user model</th><th>assistant</th><th>conversations</th><th>intents</th>` +
@@ -64,19 +64,27 @@
   function evaluations() {
     const box = document.getElementById("evaluations-body");
     if (!DATA.evaluations.length) { box.innerHTML = '<p class="hint">No evaluation results given (pass the assistant.json or user_eval.json that userlm eval-assistant or eval-user writes).</p>'; return; }
+    // cells come as printed in the markdown: "-[^n]" marks an empty cell whose reason is note n
+    const shown = (v) => esc(v).replace(/-\[\^(\d+)\]/g, '-<sup class="fn">$1</sup>').replace(/\*([^*]+)\*/g, "<i>$1</i>");
+    const footnotes = (e) => (e.notes && e.notes.length ? `<ol class="footnotes">${e.notes.map((n) => `<li>${esc(n)}</li>`).join("")}</ol>` : "");
+    const warnings = (list) => (list || []).map((w) => `<p class="warning">${shown(w.replace(/\*\*/g, ""))}</p>`).join("");
     box.innerHTML = DATA.evaluations.map((e, k) => {
       if (e.kind === "assistant") {
-        const rows = e.results.map((r) => `<tr><td>${esc(r.suite)}</td><td>${esc(r.mode)}</td><td>${r.conversations}</td><td>${ci(r.score)}</td>` +
-          `<td>${ci(r.drop_vs_full)}</td><td>${r.aptitude == null ? "-" : r.aptitude.toFixed(1)}</td><td>${r.unreliability == null ? "-" : r.unreliability.toFixed(1)}</td>` +
-          `<td>${r.turns && r.turns.mean != null ? r.turns.mean.toFixed(2) : "-"}</td></tr>`).join("");
-        return `<h3>${esc(e.name)} (assistant)</h3><table class="eval-table"><tr><th>suite</th><th>mode</th><th>n</th><th>score % (95% CI)</th>` +
-          `<th>drop vs full</th><th>aptitude</th><th>unreliability</th><th>turns</th></tr>${rows}</table><div class="plot" id="eval-plot-${k}"></div>`;
+        const rows = e.rows.map((r) => `<tr>${r.map((c) => `<td>${shown(c)}</td>`).join("")}</tr>`).join("");
+        const pub = e.published && e.published.rows ? `<h4>Published: simulated users talking to GPT-4o (the UserLM paper's Table 3, not measured here)</h4>` +
+          `<table class="eval-table published"><tr><th>simulator</th><th>assistant score</th><th>intent coverage</th><th>turn variance</th><th>turns (range)</th><th>unigram difference</th></tr>` +
+          e.published.rows.map((r) => `<tr><td><i>${esc(r.simulator)}</i></td><td><i>${esc(r.assistant_score)}</i></td><td><i>${esc(r.intent_coverage)}</i></td>` +
+            `<td><i>${esc(r.turn_variance)}</i></td><td><i>${esc((r.turn_range || []).join("–"))}</i></td><td><i>${esc(r.unigram_difference)}</i></td></tr>`).join("") +
+          `</table><p class="hint">${esc(e.published.setup || "")} Source: ${esc(e.published.source || "")}</p>` : "";
+        return `<h3>${esc(e.name)} (assistant)</h3>${warnings(e.isolation.filter((l) => l.startsWith("**")))}` +
+          `<table class="eval-table"><tr>${e.headings.map((h) => `<th>${esc(h)}</th>`).join("")}</tr>${rows}</table>` +
+          `<p class="hint">${esc(e.note)} ${esc(e.isolation.filter((l) => !l.startsWith("**")).join(" "))}</p>${footnotes(e)}` +
+          `<div class="plot" id="eval-plot-${k}"></div>${pub}`;
       }
       const keys = [...new Set(e.results.flatMap((r) => Object.keys(r).filter((x) => x !== "simulator")))];
-      const cell = (v) => (v && typeof v === "object" ? ci(v) : esc(v));
-      const rows = e.results.map((r) => `<tr><td>${esc(r.simulator)}</td>${keys.map((key) => `<td>${cell(r[key])}</td>`).join("")}</tr>`).join("");
-      return `<h3>${esc(e.name)} (user simulators)</h3><p class="hint">Percentages except perplexity; brackets are bootstrap 95% intervals; published rows are the paper's figures, not measured here.</p>` +
-        `<table class="eval-table"><tr><th>simulator</th>${keys.map((x) => `<th>${esc(x)}</th>`).join("")}</tr>${rows}</table><div class="plot" id="eval-plot-${k}"></div>`;
+      const rows = e.results.map((r) => `<tr><td>${shown(r.simulator)}</td>${keys.map((key) => `<td>${shown(r[key])}</td>`).join("")}</tr>`).join("");
+      return `<h3>${esc(e.name)} (user simulators)</h3>${warnings(e.warnings)}<p class="hint">${esc(e.note)} Rows in italics are the paper's published figures, not measured here.</p>` +
+        `<table class="eval-table"><tr><th>simulator</th>${keys.map((x) => `<th>${esc(x)}</th>`).join("")}</tr>${rows}</table>${footnotes(e)}<div class="plot" id="eval-plot-${k}"></div>`;
     }).join("");
     DATA.evaluations.forEach((e, k) => {
       if (e.kind === "user" && e.curves && e.curves.length) {
