@@ -74,8 +74,8 @@ def test_user_and_assistant_over_a_real_openai_compatible_server(server, tiny_us
     end_id = tiny_tokenizer.convert_tokens_to_ids("<|endconversation|>")
     http, bodies = recording_client()
     endpoint = Endpoint(base_url=server, max_retries=1, timeout_s=60)
-    user_model = OpenAIUserModel(str(tiny_user_dir), endpoint=endpoint, sampling=SAMPLING, end_token_id=end_id, client=endpoint.client(http))
-    assistant = OpenAIChatModel(str(tiny_assistant_dir), endpoint=endpoint, sampling=SAMPLING, client=endpoint.client(http))
+    user_model = OpenAIUserModel(str(tiny_user_dir), endpoint=endpoint, sampling=SAMPLING, end_token_id=end_id, http_client=http)
+    assistant = OpenAIChatModel(str(tiny_assistant_dir), endpoint=endpoint, sampling=SAMPLING, http_client=http)
     user = userlm.SimulatedUser(user_model, GuardrailConfig(min_words=1, max_words=None))
     intents = [Intent("a", "You want a vegan lasagna recipe."), Intent("b", "You want to plan a trip to Lisbon.")]
     runs = userlm.simulate(intents, user, assistant, settings=RunSettings(max_turns=2), progress=False)
@@ -147,7 +147,7 @@ def mock_assistant(responses, max_retries=3):
 
     endpoint = Endpoint(base_url="http://mock.test/v1", max_retries=max_retries)
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return OpenAIChatModel("m", endpoint=endpoint, sampling=SAMPLING, client=endpoint.client(http)), calls
+    return OpenAIChatModel("m", endpoint=endpoint, sampling=SAMPLING, http_client=http), calls
 
 
 def test_rate_limits_are_retried_honouring_retry_after():
@@ -163,8 +163,8 @@ def test_retries_are_bounded_and_the_failure_is_recorded():
     model, calls = mock_assistant([(500, {"retry-after": "0"})], max_retries=2)
     user = userlm.SimulatedUser(ScriptedUser(["got a recipe for me?"]))
     conv = userlm.simulate(["You want lasagna."], user, model, progress=False).conversations[0]
-    assert len(calls) == 3
-    assert conv.end_reason == "assistant_error" and "InternalServerError" in conv.error
+    assert len(calls) == 3  # --max-retries 2: three attempts in all
+    assert conv.end_reason == "assistant_error" and "ServerError: HTTP 500" in conv.error and "gave up after 3 attempts" in conv.error
 
 
 def test_a_refused_key_aborts_the_run():

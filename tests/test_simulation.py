@@ -128,9 +128,12 @@ def test_resume_skips_finished_conversations_and_retry_errors_redoes_failures(tm
     kw = dict(out=out, progress=False)
     first = userlm.simulate(INTENTS, user, userlm.load_assistant(assistant), settings=RunSettings(max_turns=1, concurrency=1), **kw)
     assert first.written == 2 and sorted(first.end_reasons.elements()) == ["assistant_error", "max_turns"]
-    again = userlm.simulate(INTENTS, user, userlm.load_assistant(assistant), settings=RunSettings(max_turns=1, samples=2), **kw)
+    with pytest.raises(UserError, match="was made with --samples 1, this run has --samples 2; pass --extend"):
+        userlm.simulate(INTENTS, user, userlm.load_assistant(assistant), settings=RunSettings(max_turns=1, samples=2), **kw)
+    again = userlm.simulate(INTENTS, user, userlm.load_assistant(assistant), settings=RunSettings(max_turns=1, samples=2, extend=True), **kw)
     assert (again.skipped, again.written) == (2, 2)
-    retry = userlm.simulate(INTENTS, user, userlm.load_assistant(assistant), settings=RunSettings(max_turns=1, samples=2, retry_errors=True), **kw)
+    retry = userlm.simulate(INTENTS, user, userlm.load_assistant(assistant),
+                            settings=RunSettings(max_turns=1, samples=2, retry_errors=True, extend=True), **kw)
     assert (retry.skipped, retry.written) == (3, 1)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["id"] for r in records) == ["a#0", "a#1", "b#0", "b#1"]
@@ -141,7 +144,7 @@ def test_resume_refuses_a_file_from_another_pair_of_models(tmp_path):
     out = tmp_path / "run.jsonl"
     user = userlm.SimulatedUser(ScriptedUser(TURNS))
     userlm.simulate(INTENTS, user, ScriptedAssistant(["x y z"], name="one"), out=out, progress=False)
-    with pytest.raises(UserError, match="holds conversations between scripted and one"):
+    with pytest.raises(UserError, match="made with assistant = one, but this run has two"):
         userlm.simulate(INTENTS, user, ScriptedAssistant(["x y z"], name="two"), out=out, progress=False)
 
 

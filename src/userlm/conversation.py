@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +20,10 @@ from .errors import UserError
 
 SCHEMA_VERSION = 1
 
-EndReason = Literal["user_ended", "max_turns", "guardrail_exhausted", "user_error", "assistant_error", "task_solved"]
+#: how a conversation ended; ``assistant_quit`` is a person playing the assistant in ``userlm chat``
+#: who stopped (``/quit``, Ctrl-D or Ctrl-C)
+EndReason = Literal["user_ended", "max_turns", "guardrail_exhausted", "user_error", "assistant_error", "task_solved",
+                    "assistant_quit"]
 END_REASONS: tuple[str, ...] = EndReason.__args__  # type: ignore[attr-defined]
 
 
@@ -87,6 +91,7 @@ class Conversation(BaseModel):
     assistant_model: str | None = None
     seed: int | None = None
     settings: dict[str, Any] = Field(default_factory=dict, description="generation settings and guardrail configuration")
+    fingerprint: str | None = Field(default=None, description="hash of what determined it (userlm.runs.determinants)")
     usage: dict[str, Usage] = Field(default_factory=dict, description="token usage per side: 'user', 'assistant'")
     error: str | None = None
     duration_s: float | None = None
@@ -133,6 +138,10 @@ def iter_conversations(path: str | Path, *, tolerate_truncated_tail: bool = Fals
             ) from None
 
 
+#: held while a record is written, so that a forced exit (see ``userlm.cli.stopping``) never cuts one
+WRITE_LOCK = threading.Lock()
+
+
 class ConversationWriter:
     """Appends finished conversations to a JSONL file, one flushed and synced line each.
 
@@ -147,9 +156,11 @@ class ConversationWriter:
         self._file = open(self.path, "a", encoding="utf-8")
 
     def write(self, conversation: Conversation) -> None:
-        self._file.write(conversation.to_json() + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        line = conversation.to_json() + "\n"
+        with WRITE_LOCK:
+            self._file.write(line)
+            self._file.flush()
+            os.fsync(self._file.fileno())
 
     def close(self) -> None:
         self._file.close()
@@ -162,6 +173,8 @@ class ConversationWriter:
 
 
 def _drop_unfinished_tail(path: Path) -> None:
+    """Cut off a last line that a crash left unfinished; a complete last record that merely lacks
+    its newline is kept, and the newline added."""
     if not path.exists() or path.stat().st_size == 0:
         return
     with open(path, "rb+") as f:
@@ -169,7 +182,14 @@ def _drop_unfinished_tail(path: Path) -> None:
         if data.endswith(b"\n"):
             return
         keep = data.rfind(b"\n") + 1
-        f.truncate(keep)
+        try:
+            Conversation.model_validate_json(data[keep:])
+        except ValidationError:
+            f.truncate(keep)
+        else:
+            f.write(b"\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_conversations(path: str | Path, conversations: Iterable[Conversation]) -> None:

@@ -29,6 +29,7 @@ from .intents import Intent
 from .models import lockstep
 from .models.base import ChatModel
 from .render import END_OF_CONVERSATION, assistant_view
+from .runs import OutputLock, determinants, fingerprint, mismatch
 from .user import SimulatedUser, derive_seed
 
 
@@ -41,6 +42,7 @@ class RunSettings:
     seed: int = 0  #: run seed; each conversation derives its own from it and its id
     concurrency: int = 64  #: conversations in flight at once
     retry_errors: bool = False  #: redo conversations that ended with an error
+    extend: bool = False  #: resume a file made with another --samples (or other intents), adding to it
 
     def __post_init__(self) -> None:
         if self.samples < 1 or self.max_turns < 1 or self.concurrency < 1:
@@ -56,6 +58,8 @@ class RunSummary:
     skipped: int  #: already in the output from an earlier run
     written: int  #: finished in this run
     end_reasons: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)  #: conversations of this run that failed, by error kind
+    first_error: str | None = None  #: the first failure's message, as recorded
     conversations: list[Conversation] = field(default_factory=list)  #: every conversation of the run, in order
 
     def __repr__(self) -> str:
@@ -65,19 +69,31 @@ class RunSummary:
                 f"end_reasons={dict(self.end_reasons)}, conversations=[{len(self.conversations)}])")
 
 
-def _previous(out: Path, user: str, assistant: str, retry_errors: bool) -> dict[str, Conversation]:
+def _previous(out: Path, wanted: dict[str, dict[str, Any]], settings: RunSettings) -> dict[str, Conversation]:
+    """The conversations ``out`` already holds, once they are known to come from this run's settings."""
     if not out.exists():
         return {}
     done: dict[str, Conversation] = {}
     for c in iter_conversations(out, tolerate_truncated_tail=True):
         done[c.id] = c
+    if not done:
+        return done
+    anyone = next(iter(wanted.values()), None)
     for c in done.values():
-        if (c.user_model, c.assistant_model) != (user, assistant):
-            raise UserError(
-                f"{out} holds conversations between {c.user_model} and {c.assistant_model}, not {user} and "
-                f"{assistant}; choose another --out, or delete the file to start over."
-            )
-    if retry_errors:
+        have = determinants(c.intent, c.settings, c.user_model or "", c.assistant_model or "")
+        new = wanted.get(c.id)
+        if new is None:  # a conversation this run does not cover: its run-wide settings must still agree
+            if anyone is None:
+                continue
+            have, new = {**have, "intent": None}, {**anyone, "intent": None}
+        problem = mismatch(out, c.id, have, new)
+        if problem:
+            raise UserError(problem)
+        samples = c.settings.get("samples")
+        if samples is not None and samples != settings.samples and not settings.extend:
+            raise UserError(f"{out} was made with --samples {samples}, this run has --samples {settings.samples}; "
+                            "pass --extend to add to the file, or write to another --out.")
+    if settings.retry_errors:
         kept = {k: c for k, c in done.items() if c.error is None}
         if len(kept) != len(done):
             write_conversations(out, kept.values())
@@ -101,9 +117,7 @@ async def simulate_async(
     from tqdm.auto import tqdm
 
     path = Path(out) if out is not None else None
-    previous = _previous(path, user.name, assistant.name, settings.retry_errors) if path else {}
     jobs = [(intent, s) for intent in intents for s in range(settings.samples)]
-    todo = [(i, s) for i, s in jobs if conversation_id(i.id, s) not in previous]
     recorded = {
         "run_seed": settings.seed,
         "max_turns": settings.max_turns,
@@ -111,9 +125,18 @@ async def simulate_async(
         "guardrails": user.guardrails.to_dict(),
         **(generation or {}),
     }
+    wanted = {conversation_id(i.id, s): determinants(i.text, recorded, user.name, assistant.name) for i, s in jobs}
+    lock = OutputLock(path) if path else None
+    try:
+        previous = _previous(path, wanted, settings) if path else {}
+        writer = ConversationWriter(path) if path else None
+    except BaseException:
+        if lock:
+            lock.release()
+        raise
+    todo = [(i, s) for i, s in jobs if conversation_id(i.id, s) not in previous]
     summary = RunSummary(out=path, total=len(jobs), skipped=len(jobs) - len(todo), written=0)
     finished: dict[str, Conversation] = {}
-    writer = ConversationWriter(path) if path else None
     bar = tqdm(total=len(jobs), initial=summary.skipped, unit="conv", desc="simulating", disable=not progress)
     limit = asyncio.Semaphore(settings.concurrency)
     flight = lockstep.gate()  # local models batch in lockstep with the conversations in flight
@@ -130,11 +153,15 @@ async def simulate_async(
                 conversation = await run_conversation(intent, sample, user, assistant, settings, recorded, after_reply)
             finally:
                 await flight.leave()
+        conversation.fingerprint = fingerprint(wanted[conversation.id])
         finished[conversation.id] = conversation
         if writer:
             writer.write(conversation)
         summary.written += 1
         summary.end_reasons[conversation.end_reason] += 1
+        if conversation.error is not None:
+            summary.errors[f"{conversation.end_reason} ({conversation.error.split(':', 1)[0]})"] += 1
+            summary.first_error = summary.first_error or f"{conversation.id}: {conversation.error}"
         if on_finish:
             on_finish(conversation)
         bar.update(1)
@@ -150,6 +177,8 @@ async def simulate_async(
         bar.close()
         if writer:
             writer.close()
+        if lock:
+            lock.release()
         for model in (user.model, assistant):
             close = getattr(model, "aclose", None)
             if close is not None:

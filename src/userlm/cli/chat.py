@@ -47,7 +47,6 @@ def _intent(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from ..conversation import Conversation, ConversationWriter
     from ..models.registry import user_model
-    from ..render import END_OF_CONVERSATION
     from ..user import SimulatedUser, derive_seed
 
     intent = _intent(args)
@@ -57,10 +56,28 @@ def run(args: argparse.Namespace) -> int:
         id=f"{intent.id}#chat", intent_id=intent.id, intent=intent.text, metadata=dict(intent.metadata),
         user_model=user.name, assistant_model="human", seed=session.seed,
     )
-    print(f"intent: {intent.text}\n(type the assistant's replies; /quit to stop)\n", file=sys.stderr)
+    print(f"intent: {intent.text}\n(type the assistant's replies; /quit, Ctrl-D or Ctrl-C to stop)\n", file=sys.stderr)
+    try:
+        _converse(session, conv, args.max_turns)
+    except KeyboardInterrupt:
+        conv.end_reason, conv.error = "assistant_quit", None
+        print("", file=sys.stderr)
+    conv.messages = list(session.messages)
+    conv.usage = {"user": session.usage}
+    if args.out:
+        with ConversationWriter(args.out) as writer:
+            writer.write(conv)
+        print(f"saved to {args.out} ({conv.end_reason})", file=sys.stderr)
+    return 0
+
+
+def _converse(session, conv, max_turns: int) -> None:
+    """Turn after turn until the user ends, the limit, or the person stops; ``conv.end_reason`` says which."""
+    from ..render import END_OF_CONVERSATION
+
     reply = None
     conv.end_reason = "max_turns"
-    for _ in range(args.max_turns):
+    for _ in range(max_turns):
         text = session.step(reply)
         turn = session.last
         if turn and turn.rejected:
@@ -70,18 +87,12 @@ def run(args: argparse.Namespace) -> int:
             ended = bool(turn and turn.ended)
             conv.end_reason = "user_ended" if ended else "guardrail_exhausted"
             print(f"user> {END_OF_CONVERSATION}" if ended else "user> (every draft was refused)")
-            break
+            return
         print(f"user> {text}")
         try:
             reply = input("assistant> ")
         except EOFError:
             reply = "/quit"
         if reply.strip() == "/quit":
-            break
-    conv.messages = list(session.messages)
-    conv.usage = {"user": session.usage}
-    if args.out:
-        with ConversationWriter(args.out) as writer:
-            writer.write(conv)
-        print(f"saved to {args.out}", file=sys.stderr)
-    return 0
+            conv.end_reason = "assistant_quit"
+            return

@@ -21,6 +21,8 @@ Everything lands under ``--out``; running it again reuses what is there.
 from __future__ import annotations
 
 import argparse
+
+from .stopping import run_async
 import sys
 from pathlib import Path
 
@@ -107,7 +109,6 @@ def run(args: argparse.Namespace) -> int:
     report = write(build([run_file], [], prepared / "test.jsonl"), out / "report.html", "userlm demo")
     print(f"{report}: open it in a browser", file=sys.stderr)
 
-    import asyncio
 
     from ..evaluation.scenarios import load_questions
     from ..evaluation.user_eval import Simulator, UserEvalSettings, evaluate_users
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     print("[4/4] evaluating the user model as a simulator", file=sys.stderr)
     held_out = read_conversations(prepared / "test.jsonl")
     settings = UserEvalSettings(max_turns=2, scenario_limit=6, guardrails=GuardrailConfig(), resamples=500)
-    evaluation = asyncio.run(evaluate_users(
+    evaluation = run_async(evaluate_users(
         [Simulator(f"hf:{model_dir}", user.model)], held_out, choose_intents(None, held_out, 12), out / "eval",
         assistant=assistant, questions=load_questions("fixture:mcq", limit=6), settings=settings, progress=False,
         log=lambda m: print(m, file=sys.stderr),

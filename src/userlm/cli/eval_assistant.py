@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from .options import add_guardrail_options, add_model_options, guardrails_from, provider_options
+from .stopping import run_async
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -37,7 +38,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
 
     from ..errors import UserError
     from ..evaluation.assistant import MODES, EvalSettings, evaluate
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     rephrase = chat_model(args.rephrase, provider_options(args, "assistant")) if args.rephrase else None
     settings = EvalSettings(modes=modes, samples=args.samples, max_turns=args.max_turns, seed=args.seed,
                             concurrency=args.concurrency, guardrails=guardrails_from(args))
-    report = asyncio.run(evaluate(tasks, assistant, args.out, user_model=user, extractor=extractor, rephrase=rephrase,
+    report = run_async(evaluate(tasks, assistant, args.out, user_model=user, extractor=extractor, rephrase=rephrase,
                                   settings=settings, progress=not args.no_progress))
     from ..evaluation.assistant import markdown
 

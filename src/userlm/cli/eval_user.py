@@ -20,6 +20,7 @@ import argparse
 import sys
 
 from .options import add_guardrail_options, add_model_options, guardrails_from, provider_options
+from .stopping import run_async
 
 HUB_DATA = {"wildchat": "allenai/WildChat-1M", "prism": "HannahRoseKirk/prism-alignment:conversations"}
 
@@ -54,7 +55,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
     from dataclasses import replace
 
     from ..errors import UserError
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     settings = UserEvalSettings(parts=parts, max_turns=args.max_turns, scenario_limit=args.scenario_limit, end_samples=args.end_samples,
                                 seed=args.seed, concurrency=args.concurrency, resamples=args.resamples, guardrails=guardrails_from(args))
     published = published_rows(args.published) if args.published else None
-    report = asyncio.run(evaluate_users(
+    report = run_async(evaluate_users(
         simulators, data, intents, args.out, assistant=assistant, judge=judge, detector=detector, questions=questions,
         scenario_assistant=scenario_assistant, settings=settings, published=published, progress=not args.no_progress,
         log=lambda m: print(m, file=sys.stderr),

@@ -9,6 +9,8 @@ in ``<out>.failed.jsonl``.
 from __future__ import annotations
 
 import argparse
+
+from .stopping import run_async
 import sys
 
 
@@ -26,7 +28,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
 
     from ..conversation import read_conversations
     from ..errors import UserError
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     options = ProviderOptions(sampling=SamplingSettings(temperature=0.0, top_p=1.0, max_new_tokens=120),
                               endpoint=Endpoint(base_url=args.base_url, concurrency=args.concurrency))
     model = chat_model(args.model, options)
-    result = asyncio.run(write_intents(conversations, model, args.out, concurrency=args.concurrency,
+    result = run_async(write_intents(conversations, model, args.out, concurrency=args.concurrency,
                                        overwrite_existing=args.overwrite, progress=not args.no_progress,
                                        cache=args.cache))
     print(f"{args.out}: {result.written} intents written ({result.cached} from the cache), {result.skipped} already there, "

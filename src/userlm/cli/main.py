@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 
 from ..errors import UserError
+from .stopping import Interrupted, exit_interrupted
 from . import chat, demo, eval_assistant, eval_user, intents, prepare, report, show, simulate, train, train_detector
 
 
@@ -25,14 +28,23 @@ def _version() -> str:
     return __version__
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="userlm: %(message)s")
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)  # a SIGTERM stops like Ctrl-C, and says so
     try:
         return args.run(args)
     except UserError as exc:
         print(f"userlm: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:  # threads may still be busy (a local batch, a hung assistant): leave without them
+        exit_interrupted(str(exc))
+        return 130  # not reached
     except KeyboardInterrupt:
         print("userlm: interrupted; finished conversations are saved, run the same command again to go on.", file=sys.stderr)
         return 130

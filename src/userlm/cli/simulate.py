@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from .options import add_guardrail_options, add_model_options, generation_record, guardrails_from, provider_options
+from .stopping import run_async
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -21,6 +22,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="run seed: same seed and local models give the same transcripts")
     p.add_argument("--concurrency", type=int, default=64, metavar="N", help="conversations in flight (default: 64)")
     p.add_argument("--retry-errors", action="store_true", help="redo conversations that ended with an error")
+    p.add_argument("--extend", action="store_true",
+                   help="resume a file made with another --samples or other intents, adding to it (the per-conversation settings must still match)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_options(p)
     add_guardrail_options(p)
@@ -28,7 +31,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
 
     from ..intents import load_intents
     from ..models.registry import chat_model, user_model
@@ -37,22 +39,33 @@ def run(args: argparse.Namespace) -> int:
 
     settings = RunSettings(
         samples=args.samples, max_turns=args.max_turns, seed=args.seed, concurrency=args.concurrency,
-        retry_errors=args.retry_errors,
+        retry_errors=args.retry_errors, extend=args.extend,
     )
     intents = load_intents(args.intents)
     guardrails = guardrails_from(args)
     user = SimulatedUser(user_model(args.user, provider_options(args, "user")), guardrails)
     assistant = chat_model(args.assistant, provider_options(args, "assistant"))
-    summary = asyncio.run(
+    summary = run_async(
         simulate_async(
             intents, user, assistant, out=args.out, settings=settings,
             generation=generation_record(args), progress=not args.no_progress,
         )
     )
+    return report_run(args.out, summary)
+
+
+def report_run(out: str, summary) -> int:
+    """The end-of-run lines: what was written, how conversations ended, and what failed (exit 1
+    when every conversation of this run failed)."""
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.end_reasons.items())) or "none"
     print(
-        f"{args.out}: {summary.written} conversations written, {summary.skipped} already there "
+        f"{out}: {summary.written} conversations written, {summary.skipped} already there "
         f"({summary.total} in all); end reasons this run: {reasons}",
         file=sys.stderr,
     )
-    return 0
+    failed = sum(summary.errors.values())
+    if failed:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(summary.errors.items()))
+        print(f"{failed} of {summary.written} conversations failed: {kinds}. First: {summary.first_error}", file=sys.stderr)
+        print("Fix the cause, then run the same command with --retry-errors to redo them.", file=sys.stderr)
+    return 1 if summary.written and failed == summary.written else 0

@@ -2,8 +2,11 @@
 
 Assistants use the chat completions endpoint. User models use the plain completions endpoint
 with the prompt rendered by :mod:`userlm.render` and ``<|eot_id|>`` as the stop, so a UserLM
-served by vLLM works as it is. Retries (429, 5xx, timeouts, honouring Retry-After, bounded)
-are the openai client's own; each model has its own concurrency limit.
+served by vLLM works as it is. Every request follows one retry policy (:mod:`.retry`: 5xx, 429,
+timeouts, dropped connections and malformed answers are retried with backoff, honouring
+Retry-After; an endpoint that keeps failing stops the run); each model has its own concurrency
+limit. Requests go over a pooled aiohttp session, or over an ``httpx.AsyncClient`` given as
+``http_client`` (tests hand in one with a mock transport).
 """
 
 from __future__ import annotations
@@ -15,15 +18,19 @@ import math
 import os
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import ConfigurationError
 from ..render import END_OF_CONVERSATION, END_OF_TURN, user_prompt_text
 from .base import ChatReply, SamplingSettings, UserDraft, UserTurnRequest
+from .retry import (Breaker, ConnectionLost, MalformedResponse, RateLimited, RequestRejected, RequestTimeout, RetryPolicy,
+                    ServerError, parse_json, with_retries)
 
 if TYPE_CHECKING:  # pragma: no cover
     import httpx
-    from openai import AsyncOpenAI
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +40,14 @@ class Endpoint:
     """Where a server is and how patiently to talk to it."""
 
     base_url: str | None = None  #: None: OPENAI_BASE_URL, else the OpenAI API
-    max_retries: int = 5
+    max_retries: int = 5  #: attempts per request = max_retries + 1
     timeout_s: float = 120.0
     concurrency: int = 32
+    breaker: int = 8  #: requests failed for good in a row (no success between) that stop the run
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0 or self.concurrency < 1 or self.timeout_s <= 0 or self.breaker < 0:
+            raise ConfigurationError("--max-retries must be 0 or more, --request-concurrency at least 1 and --timeout above 0.")
 
     def resolve(self) -> tuple[str | None, str]:
         """The base URL and API key to use (the key is never logged or stored)."""
@@ -49,35 +61,12 @@ class Endpoint:
             )
         return base_url, api_key
 
-    def client(self, http_client: httpx.AsyncClient | None = None) -> AsyncOpenAI:
-        from openai import AsyncOpenAI
-
-        base_url, api_key = self.resolve()
-        return AsyncOpenAI(
-            base_url=base_url,
-            api_key=api_key,
-            max_retries=self.max_retries,
-            timeout=self.timeout_s,
-            http_client=http_client or _fast_transport(),
-        )
-
-
-def _fast_transport():
-    """aiohttp under the openai client where it is installed (``openai[aiohttp]``): its connection
-    pool costs far less CPU per request than the default one at a hundred connections and more."""
-    try:
-        from openai import DefaultAioHttpClient
-
-        return DefaultAioHttpClient()
-    except (ImportError, RuntimeError):
-        return None
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(max_retries=self.max_retries, breaker=self.breaker)
 
 
 def _aiohttp_session(endpoint: Endpoint):
-    try:
-        import aiohttp
-    except ImportError:  # the openai client alone then
-        return None
+    import aiohttp
     from aiohttp.client_reqrep import ClientRequest
 
     from .eager import start_eagerly
@@ -87,37 +76,12 @@ def _aiohttp_session(endpoint: Endpoint):
     return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=endpoint.timeout_s))
 
 
-async def _fast_post(session, url: str, body: dict[str, Any], api_key: str) -> dict[str, Any] | float:
-    """The JSON answer of a 200, else how long to wait before the openai client takes over."""
-    import aiohttp
-
+def _retry_after(headers: Any) -> float | None:
     try:
-        async with session.post(url, json=body, headers={"Authorization": f"Bearer {api_key}"}) as response:
-            if response.status == 200:
-                return await response.json(content_type=None)
-            if response.status in (429, 503):
-                try:
-                    return min(max(float(response.headers.get("retry-after", 0)), 0.0), 60.0)
-                except ValueError:
-                    return 0.0
-            return 0.0
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-        return 0.0
-
-
-def _fatal(exc: Exception, model: str, base_url: str) -> Exception:
-    """Errors that would fail every conversation the same way abort the run with one sentence."""
-    import openai
-
-    if isinstance(exc, openai.AuthenticationError):
-        return ConfigurationError(f"{base_url} refused the API key for {model} (401); check OPENAI_API_KEY.")
-    if isinstance(exc, openai.PermissionDeniedError):
-        return ConfigurationError(f"{base_url} denied access to {model} (403); check the key's permissions.")
-    if isinstance(exc, openai.NotFoundError):
-        return ConfigurationError(f"{base_url} has no model {model!r} or no such endpoint (404); check the model name.")
-    if isinstance(exc, openai.APIConnectionError) and (not isinstance(exc, openai.APITimeoutError) or _refused(exc)):
-        return ConfigurationError(f"cannot reach {base_url} for {model}; is the server running?")
-    return exc
+        value = headers.get("retry-after")
+        return None if value is None else float(value)
+    except (TypeError, ValueError):  # an HTTP date: backoff instead
+        return None
 
 
 def _refused(exc: BaseException) -> bool:
@@ -131,58 +95,115 @@ def _refused(exc: BaseException) -> bool:
     return False
 
 
+def _error_message(data: bytes) -> str:
+    """The server's own words for an error, short."""
+    import json
+
+    try:
+        answer = json.loads(data)
+        error = answer.get("error", answer) if isinstance(answer, dict) else answer
+        text = error.get("message", error) if isinstance(error, dict) else error
+    except ValueError:
+        text = data.decode("utf-8", errors="replace")
+    text = " ".join(str(text).split())
+    return text[:200] or "no message"
+
+
+@dataclass
+class _LoopState:
+    """What belongs to one event loop: the connection pool, the request limit, the breaker."""
+
+    session: Any  #: aiohttp.ClientSession, or None with an injected httpx client
+    limit: asyncio.Semaphore
+    breaker: Breaker
+
+
 class _OpenAIModel:
     remote = True  #: answers over the network
 
-    def __init__(self, model: str, *, endpoint: Endpoint, sampling: SamplingSettings, client: Any = None):
+    def __init__(self, model: str, *, endpoint: Endpoint, sampling: SamplingSettings, http_client: httpx.AsyncClient | None = None):
         self.model = model
         self.endpoint = endpoint
         self.sampling = sampling
-        self._fixed_client = client
-        base_url, _ = endpoint.resolve()  # a missing key is an error now, not at the first request
-        self.base_url = str(client.base_url) if client is not None else (base_url or "https://api.openai.com/v1")
-        # clients and limits belong to an event loop: each asyncio.run gets its own
-        self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, asyncio.Semaphore, Any]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self.policy = endpoint.policy()
+        self._http = http_client
+        base_url, self._api_key = endpoint.resolve()  # a missing key is an error now, not at the first request
+        self.base_url = (base_url or "https://api.openai.com/v1").rstrip("/")
+        # connections and limits belong to an event loop: each asyncio.run gets its own
+        self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
 
-    def _state(self) -> tuple[Any, asyncio.Semaphore, Any]:
+    def _state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
         if loop not in self._per_loop:
-            client = self._fixed_client or self.endpoint.client()
-            session = None if self._fixed_client is not None else _aiohttp_session(self.endpoint)
-            self._per_loop[loop] = (client, asyncio.Semaphore(self.endpoint.concurrency), session)
+            session = None if self._http is not None else _aiohttp_session(self.endpoint)
+            self._per_loop[loop] = _LoopState(session, asyncio.Semaphore(self.endpoint.concurrency),
+                                              Breaker(f"{self.base_url} ({self.model})", self.policy.breaker))
         return self._per_loop[loop]
 
     async def aclose(self) -> None:
         """Close this event loop's connections (the simulation runner calls it at the end)."""
         state = self._per_loop.pop(asyncio.get_running_loop(), None)
-        if state is not None and self._fixed_client is None:
-            await state[0].close()
-            if state[2] is not None:
-                await state[2].close()
+        if state is not None and state.session is not None:
+            await state.session.close()
 
-    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST a request and return the JSON answer.
+    async def _send(self, url: str, body: dict[str, Any]) -> tuple[int, Any, bytes]:
+        """One POST: status, headers and body; transport failures as :mod:`.retry`'s errors."""
+        state = self._state()
+        headers = {"Authorization": f"Bearer {self._api_key}"}
+        if state.session is None:
+            import httpx
 
-        The first try is a plain POST on a pooled aiohttp session (little CPU per request, which
-        is what keeps a hundred conversations in flight cheap). Anything but a 200 hands the
-        request to the openai client, which retries with backoff, honours Retry-After and raises
-        its typed errors; a 429 or 503 is first waited out as its Retry-After asks.
-        """
-        client, limit, session = self._state()
-        async with limit:
-            if session is not None:
-                wait = await _fast_post(session, f"{self.base_url.rstrip('/')}{path}", body, client.api_key)
-                if isinstance(wait, dict):
-                    return wait
-                if wait:
-                    await asyncio.sleep(wait)
             try:
-                return await client.post(path, body=body, cast_to=dict)
-            except Exception as exc:
-                raise _fatal(exc, self.model, self.base_url) from exc
+                response = await self._http.post(url, json=body, headers=headers, timeout=self.endpoint.timeout_s)
+                return response.status_code, response.headers, response.content
+            except httpx.TimeoutException as exc:
+                raise RequestTimeout(f"no answer from {url} within {self.endpoint.timeout_s:g} s") from exc
+            except httpx.TransportError as exc:
+                raise self._connection_error(url, exc) from exc
+        import aiohttp
 
+        try:
+            async with state.session.post(url, json=body, headers=headers) as response:
+                return response.status, response.headers, await response.read()
+        except asyncio.TimeoutError as exc:
+            raise RequestTimeout(f"no answer from {url} within {self.endpoint.timeout_s:g} s") from exc
+        except aiohttp.ClientError as exc:
+            raise self._connection_error(url, exc) from exc
+
+    def _connection_error(self, url: str, exc: BaseException) -> Exception:
+        if _refused(exc) and not self._state().breaker.successes:
+            return ConfigurationError(f"cannot reach {self.base_url} for {self.model}; is the server running?")
+        return ConnectionLost(f"{type(exc).__name__} talking to {url}: {exc}".rstrip(": "))
+
+    async def _post(self, path: str, body: dict[str, Any], parse: Callable[[Any], T]) -> T:
+        """POST under the retry policy and return ``parse(answer)``; a ``parse`` that finds the answer
+        malformed (a missing key or an empty list) makes the attempt transient."""
+        url = f"{self.base_url}{path}"
+        state = self._state()
+
+        async def attempt() -> T:
+            status, headers, data = await self._send(url, body)
+            if status == 200:
+                answer = parse_json(data)
+                try:
+                    return parse(answer)
+                except (KeyError, IndexError, TypeError, AttributeError) as exc:
+                    raise MalformedResponse(f"{url} answered 200 without the expected fields ({type(exc).__name__}: {exc})") from None
+            message = _error_message(data)
+            if status in (401, 403, 404):
+                raise ConfigurationError({
+                    401: f"{self.base_url} refused the API key for {self.model} (401); check OPENAI_API_KEY.",
+                    403: f"{self.base_url} denied access to {self.model} (403); check the key's permissions.",
+                    404: f"{self.base_url} has no model {self.model!r} or no such endpoint (404); check the model name.",
+                }[status])
+            if status == 429 or status >= 500:
+                error = (RateLimited if status == 429 else ServerError)(f"HTTP {status} from {url}: {message}")
+                error.retry_after = _retry_after(headers)
+                raise error
+            raise RequestRejected(f"HTTP {status} from {url}: {message}")
+
+        async with state.limit:
+            return await with_retries(attempt, self.policy, state.breaker)
     def _sampling_args(self) -> dict[str, Any]:
         return {
             "temperature": self.sampling.temperature,
@@ -202,13 +223,16 @@ class OpenAIChatModel(_OpenAIModel):
         body = {"model": self.model, "messages": messages, **self._sampling_args()}
         if seed is not None:
             body["seed"] = seed
-        response = await self._post("/chat/completions", body)
-        usage = response.get("usage") or {}
-        return ChatReply(
-            text=response["choices"][0]["message"].get("content") or "",
-            prompt_tokens=usage.get("prompt_tokens", 0),
-            completion_tokens=usage.get("completion_tokens", 0),
-        )
+
+        def parse(answer: dict[str, Any]) -> ChatReply:
+            usage = answer.get("usage") or {}
+            return ChatReply(
+                text=answer["choices"][0]["message"].get("content") or "",
+                prompt_tokens=usage.get("prompt_tokens", 0),
+                completion_tokens=usage.get("completion_tokens", 0),
+            )
+
+        return await self._post("/chat/completions", body, parse)
 
 
 class OpenAIUserModel(_OpenAIModel):
@@ -240,21 +264,25 @@ class OpenAIUserModel(_OpenAIModel):
         return self._end_token_id
 
     async def _tokenize_end_token(self) -> int | None:
-        root = self.base_url.rstrip("/").removesuffix("/v1")
-        client, _, _ = self._state()
+        root = self.base_url.removesuffix("/v1")
         try:
-            response = await client._client.post(
-                f"{root}/tokenize",
-                json={"model": self.model, "prompt": END_OF_CONVERSATION, "add_special_tokens": False},
-                headers={"Authorization": f"Bearer {client.api_key}"},
-            )
-            tokens = response.json().get("tokens") if response.status_code == 200 else None
+            status, _, data = await self._send(f"{root}/tokenize",
+                                               {"model": self.model, "prompt": END_OF_CONVERSATION, "add_special_tokens": False})
+            tokens = parse_json(data).get("tokens") if status == 200 else None
         except Exception:  # a server without /tokenize: fall back to the client-side check
             return None
         return tokens[0] if isinstance(tokens, list) and len(tokens) == 1 else None
 
     async def _complete(self, **body: Any) -> dict[str, Any]:
-        return await self._post("/completions", {"model": self.model, **body})
+        """A completions answer whose first choice is there (else the attempt is retried)."""
+
+        def parse(answer: dict[str, Any]) -> dict[str, Any]:
+            choice = answer["choices"][0]
+            if not isinstance(choice, dict):
+                raise TypeError("a choice is not an object")
+            return answer
+
+        return await self._post("/completions", {"model": self.model, **body}, parse)
 
     async def end_probability(self, prompt: str, seed: int) -> float:
         """P(<|endconversation|>) as the first token of the turn, from the server's logprobs."""

@@ -1,0 +1,108 @@
+"""Run integrity: one writer per output file, and records that say what determined them.
+
+* :class:`OutputLock` -- an exclusive lock beside the output (``.NAME.lock``); a second run on the
+  same file stops with one sentence naming the holder.
+* :func:`determinants` -- what decides a conversation (intent text, seed, turn limit, sampling,
+  guardrails, each model's canonical identity), stored in every record with its
+  :func:`fingerprint`; resume compares them and names the first setting that differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+#: the determinants that a resumed run must share with what the file already holds
+KEYS = ("intent", "run_seed", "max_turns", "sampling", "guardrails", "user", "assistant")
+_FLAGS = {"intent": "the intents file", "run_seed": "--seed", "max_turns": "--max-turns", "sampling": "the sampling options",
+          "guardrails": "the guardrail options", "user": "--user", "assistant": "--assistant"}
+
+
+class OutputLock:
+    """Holds ``.NAME.lock`` beside ``path`` exclusively while a run writes ``path``."""
+
+    def __init__(self, path: str | Path):
+        import fcntl
+
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(f".{self.path.name}.lock")
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.lock_path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "another process"
+            self._file.close()
+            raise UserError(f"{self.path} is being written by another run ({holder}); wait for it to finish, "
+                            "or choose another --out.") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        self._file.flush()
+
+    def release(self) -> None:
+        if not self._file.closed:
+            self._file.truncate(0)
+            self._file.close()  # closing releases the lock
+
+    def __enter__(self) -> OutputLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def model_identity(name: str) -> str:
+    """A model's canonical identity: local paths resolved (``hf:./m`` and ``hf:/abs/m`` are one
+    model), hub ids and remote names as given."""
+    kind, sep, rest = name.partition(":")
+    if not sep:
+        return name
+    if kind == "prompted":
+        return f"prompted:{model_identity(rest)}"
+    if kind in ("hf", "vllm", "scripted") and rest and Path(rest).expanduser().exists():
+        return f"{kind}:{Path(rest).expanduser().resolve()}"
+    if kind == "python":
+        module, _, fn = rest.rpartition(":")
+        if module.endswith(".py") and Path(module).exists():
+            return f"python:{Path(module).resolve()}:{fn}"
+    return name
+
+
+def determinants(intent: str | None, settings: dict[str, Any], user: str, assistant: str) -> dict[str, Any]:
+    """What determines a conversation, from a record's fields (``settings`` as recorded), in the
+    form it takes in a record (tuples as lists)."""
+    return json.loads(json.dumps({
+        "intent": intent,
+        "run_seed": settings.get("run_seed"),
+        "max_turns": settings.get("max_turns"),
+        "sampling": {k: v for k, v in sorted(settings.items()) if k.endswith("_sampling")},
+        "guardrails": settings.get("guardrails"),
+        "user": model_identity(user),
+        "assistant": model_identity(assistant),
+    }, default=str))
+
+
+def fingerprint(values: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def mismatch(out: Path, conversation_id: str, old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """One sentence naming the first determinant that differs, or None when none does."""
+    for key in KEYS:
+        if old.get(key) != new.get(key):
+            def show(v: Any) -> str:
+                text = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+                return text if len(text) <= 80 else text[:77] + "..."
+
+            return (f"{out} holds conversation {conversation_id} made with {key} = {show(old.get(key))}, but this run has "
+                    f"{show(new.get(key))} ({_FLAGS[key]}); resume with the same settings, or write to another --out.")
+    return None
