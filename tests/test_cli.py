@@ -57,7 +57,7 @@ def test_simulate_and_show_with_scripted_models(tmp_path, intents_file, scripts)
         (["--user", "llama:x"], "unknown user model 'llama:x'; use one of hf:<name>, openai:<name>, prompted:<name>, scripted:<name>."),
         (["--assistant", "gpt4"], "unknown assistant model 'gpt4'; use one of hf:<name>, openai:<name>, python:<name>, scripted:<name>."),
         (["--intents", "missing.jsonl"], "missing.jsonl: no such file"),
-        (["--max-attempts", "0"], "invalid guardrail setting: max_attempts must be at least 1."),
+        (["--min-words", "10", "--max-words", "5"], "invalid guardrail setting: min_words must not exceed max_words."),
         (["--user", "scripted:nowhere.json"], "nowhere.json: no such script file"),
     ],
 )

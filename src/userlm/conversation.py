@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from .errors import UserError
+from .errors import ConfigurationError, UserError
 
 SCHEMA_VERSION = 1
 
@@ -27,11 +27,23 @@ EndReason = Literal["user_ended", "max_turns", "guardrail_exhausted", "user_erro
 END_REASONS: tuple[str, ...] = EndReason.__args__  # type: ignore[attr-defined]
 
 
+#: refused drafts are stored up to this many characters (a runaway draft can be megabytes)
+MAX_DRAFT_CHARS = 2000
+
+
 class Rejection(BaseModel):
     """A user-turn draft that a guardrail refused."""
 
-    draft: str = Field(description="the text the user model produced")
+    draft: str = Field(description=f"the text the user model produced (its first {MAX_DRAFT_CHARS} characters)")
     reason: str = Field(description="which guardrail refused it (see userlm.guardrails.REASONS)")
+    length: int | None = Field(default=None, description="the draft's whole length in characters, when it was cut to MAX_DRAFT_CHARS")
+
+    @classmethod
+    def of(cls, draft: str, reason: str) -> Rejection:
+        """A refusal as stored: a long draft is cut, keeping its length."""
+        if len(draft) <= MAX_DRAFT_CHARS:
+            return cls(draft=draft, reason=reason)
+        return cls(draft=draft[:MAX_DRAFT_CHARS], reason=reason, length=len(draft))
 
 
 class Message(BaseModel):
@@ -120,6 +132,8 @@ def iter_conversations(path: str | Path, *, tolerate_truncated_tail: bool = Fals
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file; give the path of a JSONL file of conversations.")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give the path of a JSONL file of conversations.")
     lines = path.read_bytes().split(b"\n")
     last = len(lines) - 1
     for number, raw in enumerate(lines, start=1):
@@ -158,9 +172,26 @@ class ConversationWriter:
     def write(self, conversation: Conversation) -> None:
         line = conversation.to_json() + "\n"
         with WRITE_LOCK:
-            self._file.write(line)
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            try:
+                self._file.write(line)
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            except OSError as exc:
+                self._cut_back()
+                raise ConfigurationError(f"cannot write {self.path} ({exc.strerror or exc}); the records before this one are "
+                                         "kept. Free some space (or fix the folder), then run the same command again.") from None
+
+    def _cut_back(self) -> None:
+        """After a failed write: drop whatever part of the line reached the file."""
+        try:
+            self._file.close()
+        except OSError:
+            pass  # the buffer that could not be written
+        try:
+            _drop_unfinished_tail(self.path)
+            self._file = open(self.path, "a", encoding="utf-8")
+        except OSError:
+            pass
 
     def close(self) -> None:
         self._file.close()

@@ -54,6 +54,10 @@ class GuardrailConfig:
         object.__setattr__(self, "first_words", tuple(w.strip() for w in self.first_words if w.strip()))
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if (self.min_words is not None and self.min_words < 0) or (self.min_turns is not None and self.min_turns < 0):
+            raise ValueError("min_words and min_turns must be 0 or more")
+        if self.max_words is not None and self.max_words < 1:
+            raise ValueError("max_words must be at least 1")
         if self.end_threshold is not None and not 0.0 < self.end_threshold <= 1.0:
             raise ValueError("end_threshold must be in (0, 1]")
         if self.min_words is not None and self.max_words is not None and self.min_words > self.max_words:

@@ -30,7 +30,7 @@ def load_intents(path: str | Path) -> list[Intent]:
     if not path.is_file():
         raise UserError(f"{path}: no such file; pass --intents a JSONL file or a text file with one intent per line.")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first intent
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text; save the intents file as UTF-8.") from None
     if path.suffix in {".jsonl", ".json"} or text.lstrip().startswith("{"):

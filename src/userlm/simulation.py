@@ -117,6 +117,8 @@ async def simulate_async(
     from tqdm.auto import tqdm
 
     path = Path(out) if out is not None else None
+    if path is not None and path.is_dir():
+        raise UserError(f"{path} is a folder; --out takes a file (a JSONL of conversations), e.g. {path / 'run.jsonl'}.")
     jobs = [(intent, s) for intent in intents for s in range(settings.samples)]
     recorded = {
         "run_seed": settings.seed,

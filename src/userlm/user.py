@@ -89,7 +89,7 @@ class SimulatedUser:
                 turn.text = None if verdict.ended else draft.text
                 return turn
             shown = draft.text if not draft.ended else "<|endconversation|>"
-            turn.rejected.append(Rejection(draft=shown, reason=verdict.reason or "refused"))
+            turn.rejected.append(Rejection.of(shown, verdict.reason or "refused"))
         turn.exhausted = True
         return turn
 

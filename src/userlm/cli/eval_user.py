@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     simulators = [Simulator(spec, user_model(spec, provider_options(args, "user"))) for spec in dict.fromkeys(args.user)]
     assistant = chat_model(args.assistant, provider_options(args, "assistant")) if args.assistant else None
     judge_options = replace(provider_options(args, "assistant"), sampling=SamplingSettings(temperature=0.0, top_p=1.0, max_new_tokens=256))
-    judge_options = replace(judge_options, endpoint=replace(judge_options.endpoint, base_url=args.judge_base_url))
+    judge_options = replace(judge_options, endpoint=replace(judge_options.endpoint, base_url=args.judge_base_url, flag="--judge-base-url"))
     judge = CachedJudge(chat_model(args.judge, judge_options), f"{args.out}/judge_cache.jsonl") if args.judge else None
     detector = make_detector(args.detector, judge) if args.detector else None
     scenario_assistant = chat_model(args.scenario_assistant, provider_options(args, "assistant")) if args.scenario_assistant else None

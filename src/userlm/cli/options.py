@@ -11,31 +11,64 @@ from ..models.openai_compat import Endpoint
 from ..models.registry import ProviderOptions
 
 
+def at_least(low: float, kind: type = int):
+    """An argparse type: a number of ``kind`` no smaller than ``low``."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, not {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {low:g} or more, not {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def above_zero(text: str) -> float:
+    """An argparse type: a number above 0."""
+    value = at_least(0, float)(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    return value
+
+
+def probability(text: str) -> float:
+    """An argparse type: a probability in (0, 1]."""
+    value = above_zero(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], not {text}")
+    return value
+
+
+COUNT, NONNEGATIVE, NONNEGATIVE_FLOAT = at_least(1), at_least(0), at_least(0, float)
+
+
 def add_model_options(parser: argparse.ArgumentParser, *, assistant: bool = True, user_required: bool = True,
                       many_users: bool = False, assistant_required: bool = True) -> None:
     g = parser.add_argument_group("user model")
     g.add_argument("--user", required=user_required, metavar="SPEC", action="append" if many_users else "store",
                    help="hf:PATH_OR_ID, openai:MODEL, prompted:SPEC or scripted:FILE" + (" (repeatable)" if many_users else ""))
     g.add_argument("--user-base-url", metavar="URL", help="OpenAI-compatible server of the user model (default: OPENAI_BASE_URL)")
-    g.add_argument("--user-temperature", type=float, default=1.0, metavar="T", help="(default: 1.0, as on the UserLM-8b card)")
-    g.add_argument("--user-top-p", type=float, default=0.8, metavar="P", help="(default: 0.8, as on the UserLM-8b card)")
-    g.add_argument("--user-max-tokens", type=int, default=64, metavar="N", help="new tokens per user turn (default: 64)")
-    g.add_argument("--user-end-token-id", type=int, metavar="ID", help="id of <|endconversation|> on the user model's server")
+    g.add_argument("--user-temperature", type=NONNEGATIVE_FLOAT, default=1.0, metavar="T", help="(default: 1.0, as on the UserLM-8b card)")
+    g.add_argument("--user-top-p", type=probability, default=0.8, metavar="P", help="(default: 0.8, as on the UserLM-8b card)")
+    g.add_argument("--user-max-tokens", type=COUNT, default=64, metavar="N", help="new tokens per user turn (default: 64)")
+    g.add_argument("--user-end-token-id", type=NONNEGATIVE, metavar="ID", help="id of <|endconversation|> on the user model's server")
     if assistant:
         g = parser.add_argument_group("assistant")
         g.add_argument("--assistant", required=assistant_required, metavar="SPEC", help="hf:PATH_OR_ID, openai:MODEL, python:MODULE:FN or scripted:FILE")
         g.add_argument("--assistant-base-url", metavar="URL", help="OpenAI-compatible server of the assistant (default: OPENAI_BASE_URL)")
-        g.add_argument("--assistant-temperature", type=float, default=0.7, metavar="T", help="(default: 0.7)")
-        g.add_argument("--assistant-top-p", type=float, default=1.0, metavar="P", help="(default: 1.0)")
-        g.add_argument("--assistant-max-tokens", type=int, default=512, metavar="N", help="new tokens per reply (default: 512)")
+        g.add_argument("--assistant-temperature", type=NONNEGATIVE_FLOAT, default=0.7, metavar="T", help="(default: 0.7)")
+        g.add_argument("--assistant-top-p", type=probability, default=1.0, metavar="P", help="(default: 1.0)")
+        g.add_argument("--assistant-max-tokens", type=COUNT, default=512, metavar="N", help="new tokens per reply (default: 512)")
     g = parser.add_argument_group("local models and servers")
     g.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:N, mps")
     g.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs and on CPUs with AMX or AVX-512 BF16, else fp32), float32, bfloat16, float16")
     g.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's own code to run")
-    g.add_argument("--batch-size", type=int, default=64, metavar="N", help="most sequences a local model runs at once (default: 64)")
-    g.add_argument("--request-concurrency", type=int, default=32, metavar="N", help="requests in flight per server (default: 32)")
-    g.add_argument("--max-retries", type=int, default=5, metavar="N", help="retries on 429/5xx/timeouts (default: 5)")
-    g.add_argument("--timeout", type=float, default=120.0, metavar="S", help="seconds per request (default: 120)")
+    g.add_argument("--batch-size", type=COUNT, default=64, metavar="N", help="most sequences a local model runs at once (default: 64)")
+    g.add_argument("--request-concurrency", type=COUNT, default=32, metavar="N", help="requests in flight per server (default: 32)")
+    g.add_argument("--max-retries", type=NONNEGATIVE, default=5, metavar="N", help="retries of a failed request (5xx, 429, timeouts, cut or malformed answers): N + 1 attempts at most (default: 5)")
+    g.add_argument("--timeout", type=above_zero, default=120.0, metavar="S", help="seconds per request (default: 120)")
 
 
 def add_guardrail_options(parser: argparse.ArgumentParser) -> None:
@@ -43,13 +76,13 @@ def add_guardrail_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("guardrails (all on by default)")
     g.add_argument("--first-words", default=",".join(d.first_words), metavar="W,W", help=f"words a user turn may not start with (default: {','.join(d.first_words)})")
     g.add_argument("--no-first-word-filter", action="store_true", help="allow any first word")
-    g.add_argument("--min-turns", type=int, metavar="N", help="user turns before the user may end (default: never)")
-    g.add_argument("--end-threshold", type=float, metavar="P", help="end when P(<|endconversation|>) at a turn's start reaches P")
-    g.add_argument("--min-words", type=int, default=d.min_words, metavar="N", help=f"(default: {d.min_words})")
-    g.add_argument("--max-words", type=int, default=d.max_words, metavar="N", help=f"(default: {d.max_words})")
+    g.add_argument("--min-turns", type=NONNEGATIVE, metavar="N", help="user turns before the user may end (default: never)")
+    g.add_argument("--end-threshold", type=probability, metavar="P", help="end when P(<|endconversation|>) at a turn's start reaches P")
+    g.add_argument("--min-words", type=NONNEGATIVE, default=d.min_words, metavar="N", help=f"(default: {d.min_words})")
+    g.add_argument("--max-words", type=COUNT, default=d.max_words, metavar="N", help=f"(default: {d.max_words})")
     g.add_argument("--no-length-bounds", action="store_true", help="allow turns of any length")
     g.add_argument("--no-repetition-check", action="store_true", help="allow repeated turns and copies of the intent")
-    g.add_argument("--max-attempts", type=int, default=d.max_attempts, metavar="N", help=f"drafts per turn before giving up (default: {d.max_attempts})")
+    g.add_argument("--max-attempts", type=COUNT, default=d.max_attempts, metavar="N", help=f"drafts per turn before giving up (default: {d.max_attempts})")
     g.add_argument("--no-guardrails", action="store_true", help="switch every guardrail off (ends still follow --min-turns)")
 
 

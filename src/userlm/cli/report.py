@@ -29,7 +29,11 @@ def run(args: argparse.Namespace) -> int:
     from ..reports.html import write
 
     paths = [Path(p) for p in args.inputs]
+    if Path(args.out).is_dir():
+        raise UserError(f"{args.out} is a folder; --out takes the .html file to write, e.g. {Path(args.out) / 'report.html'}.")
     for p in paths:
+        if p.is_dir():
+            raise UserError(f"{p} is a folder; give conversation files (.jsonl) and evaluation results (.json).")
         if not p.is_file():
             raise UserError(f"{p}: no such file.")
     runs = [p for p in paths if p.suffix == ".jsonl"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import add_guardrail_options, add_model_options, generation_record, guardrails_from, provider_options
+from .options import COUNT, add_guardrail_options, add_model_options, generation_record, guardrails_from, provider_options
 from .stopping import run_async
 
 
@@ -17,10 +17,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("simulate", help="simulate conversations between a user model and an assistant", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--intents", required=True, metavar="FILE", help="JSONL of {id, intent, ...} or text with one intent per line")
     p.add_argument("--out", required=True, metavar="FILE", help="JSONL to append conversations to (re-running resumes it)")
-    p.add_argument("--samples", type=int, default=1, metavar="N", help="conversations per intent (default: 1)")
-    p.add_argument("--max-turns", type=int, default=6, metavar="N", help="user turns per conversation at most (default: 6)")
+    p.add_argument("--samples", type=COUNT, default=1, metavar="N", help="conversations per intent (default: 1)")
+    p.add_argument("--max-turns", type=COUNT, default=6, metavar="N", help="user turns per conversation at most (default: 6)")
     p.add_argument("--seed", type=int, default=0, help="run seed: same seed and local models give the same transcripts")
-    p.add_argument("--concurrency", type=int, default=64, metavar="N", help="conversations in flight (default: 64)")
+    p.add_argument("--concurrency", type=COUNT, default=64, metavar="N", help="conversations in flight (default: 64)")
     p.add_argument("--retry-errors", action="store_true", help="redo conversations that ended with an error")
     p.add_argument("--extend", action="store_true",
                    help="resume a file made with another --samples or other intents, adding to it (the per-conversation settings must still match)")

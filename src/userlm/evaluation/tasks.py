@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,7 +120,7 @@ def _question_first(text: str) -> list[str]:
 
 def load_gsm8k(path: str | Path) -> list[Task]:
     tasks = []
-    for n, row in enumerate(_jsonl(path), 1):
+    for n, row in enumerate(_jsonl(path, ("question", "answer"), "gsm8k"), 1):
         gold = row["answer"].split("####")[-1].strip().replace(",", "")
         tasks.append(Task(id=f"gsm8k-{n}", suite="gsm8k", text=row["question"], shards=_question_first(row["question"]),
                           reference={"answer": gold, "solution": row["answer"]}))
@@ -128,13 +129,13 @@ def load_gsm8k(path: str | Path) -> list[Task]:
 
 def load_humaneval(path: str | Path) -> list[Task]:
     tasks = []
-    for row in _jsonl(path):
+    for row in _jsonl(path, ("task_id", "prompt", "entry_point", "test"), "humaneval"):
         prompt = row["prompt"]
         head, _, doc = prompt.partition('"""') if '"""' in prompt else prompt.partition("'''")
         parts = [p.strip() for p in re.split(r"\n\s*\n|(?=>>>)", doc.rstrip().rstrip('"').rstrip("'")) if p.strip()]
         shards = [f"Write a Python function:\n{head.strip()}"] + parts
         tasks.append(Task(id=row["task_id"], suite="humaneval", text=prompt, shards=shards,
-                          reference={k: row[k] for k in ("entry_point", "test", "canonical_solution")}))
+                          reference={k: row.get(k) for k in ("entry_point", "test", "canonical_solution")}))
     return tasks
 
 
@@ -148,8 +149,11 @@ def load_sharded(path: str | Path) -> list[Task]:
     path = Path(path)
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not a readable JSON list of sharded tasks ({exc}).") from None
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc
+        raise UserError(f"{path}: not a readable JSON list of sharded tasks ({reason}).") from None
+    if not isinstance(rows, list) or not rows:
+        raise UserError(f"{path}: expected a non-empty JSON list of sharded tasks.")
     tasks = []
     for n, row in enumerate(rows, 1):
         try:
@@ -179,19 +183,36 @@ def load_custom(path: str | Path, scorer: Callable[[Task, str], float]) -> list[
     return tasks
 
 
-def _jsonl(path: str | Path) -> list[dict]:
+def _jsonl(path: str | Path, needs: tuple[str, ...] = (), suite: str = "") -> list[dict]:
+    """The rows of a JSONL file (gzipped when it ends in .gz), each holding the fields ``needs``."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give the tasks file.")
     if not path.is_file():
         raise UserError(f"{path}: no such file.")
     opener = gzip.open if path.suffix == ".gz" else open
     rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
+    n = 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise UserError(f"{path}:{n}: not valid JSON ({exc.msg}).") from None
+                missing = [k for k in needs if not isinstance(row, dict) or k not in row]
+                if missing:
+                    raise UserError(f"{path}:{n}: a {suite} task needs {', '.join(missing)}; is this a {suite} file?")
+                rows.append(row)
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        kind = "gzip file" if path.suffix == ".gz" else "file"
+        raise UserError(f"{path}: not a readable {kind} ({exc}).") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}:{n + 1}: not UTF-8 text; give a JSONL file.") from None
+    if not rows:
+        raise UserError(f"{path} holds no tasks; give a file with one JSON task per line.")
     return rows
 
 

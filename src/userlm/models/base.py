@@ -19,6 +19,10 @@ class SamplingSettings:
     top_p: float = 0.8
     max_new_tokens: int = 64
 
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1:
+            raise ValueError("sampling needs temperature >= 0, top_p in (0, 1] and max_new_tokens >= 1")
+
 
 @dataclass
 class UserTurnRequest:

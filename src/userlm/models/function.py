@@ -6,6 +6,7 @@ import asyncio
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -49,9 +50,17 @@ def import_function(spec: str) -> Callable:
             sys.modules[path.stem] = module
             module_spec.loader.exec_module(module)  # type: ignore[union-attr]
         else:
+            if "" not in sys.path and os.getcwd() not in sys.path:
+                sys.path.insert(0, os.getcwd())  # a module in the current folder, as `python -c "import m"` finds it
             module = importlib.import_module(target)
+    except SyntaxError as exc:
+        raise UserError(f"{exc.filename or target}:{exc.lineno}: not valid Python ({exc.msg}); fix the file.") from None
     except ImportError as exc:
         raise UserError(f"python:{spec}: cannot import {target} ({exc}).") from None
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"{target} raised {type(exc).__name__} on import: {exc}; it must import cleanly.") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise UserError(f"python:{spec}: {target} has no function {attr!r}.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -154,7 +155,34 @@ class LoadedModel:
         return ids
 
 
+def check_source(path: str) -> None:
+    """Fail fast, in one sentence, on a model that cannot be there: a mistyped folder, a folder
+    without a model, or a hub id that is neither cached nor downloadable (offline)."""
+    import os
+
+    local = Path(path).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise UserError(f"{path} is a folder but holds no model (no config.json); give the folder a model was saved to.")
+        return
+    if local.exists():
+        raise UserError(f"{path} is a file; give the model's folder (or a hub id such as microsoft/UserLM-8b).")
+    looks_local = path.startswith(("/", "./", "../", "~")) or path.count("/") > 1 or (
+        "/" in path and Path(path.split("/", 1)[0]).is_dir())
+    if looks_local:
+        raise UserError(f"{path}: no such model folder; check the path.")
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(path, "config.json")
+    if isinstance(cached, str):
+        return
+    if constants.HF_HUB_OFFLINE or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
+        raise UserError(f"hf:{path}: no such model folder here, and not in the local hub cache (offline mode); download it "
+                        f"first (hf download {path}) or give a local folder.")
+
+
 def load(path: str, options: LoadOptions) -> LoadedModel:
+    check_source(path)
     key = (path, options.device, options.dtype, options.trust_remote_code)
     with _load_lock:
         if key not in _loaded:

@@ -44,6 +44,7 @@ class Endpoint:
     timeout_s: float = 120.0
     concurrency: int = 32
     breaker: int = 8  #: requests failed for good in a row (no success between) that stop the run
+    flag: str = "--user-base-url/--assistant-base-url"  #: the option that sets base_url, named in errors
 
     def __post_init__(self) -> None:
         if self.max_retries < 0 or self.concurrency < 1 or self.timeout_s <= 0 or self.breaker < 0:
@@ -56,8 +57,7 @@ class Endpoint:
         api_key = os.environ.get("OPENAI_API_KEY") or ("EMPTY" if base_url else None)
         if api_key is None:
             raise ConfigurationError(
-                "OPENAI_API_KEY is not set; export it, or point --user-base-url/--assistant-base-url "
-                "(or OPENAI_BASE_URL) at a local server."
+                f"OPENAI_API_KEY is not set; export it, or point {self.flag} (or OPENAI_BASE_URL) at a local server."
             )
         return base_url, api_key
 

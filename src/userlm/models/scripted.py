@@ -60,8 +60,11 @@ def load_script(path: str) -> list:
             turns = json.loads(text)
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); give a JSON list of turns.") from None
-        if not isinstance(turns, list) or not turns:
-            raise UserError(f"{path}: expected a non-empty JSON list of turns.")
+        if not isinstance(turns, list) or not turns or not all(
+                isinstance(t, str) or (isinstance(t, list) and t and all(isinstance(d, str) for d in t)) for t in turns):
+            found = type(turns).__name__ if not isinstance(turns, list) else "a list with other things in it"
+            raise UserError(f"{path}: expected a JSON list of turns (each a string, or a list of strings tried in turn), "
+                            f"not {found}.")
         return turns
     turns = [line for line in text.splitlines() if line.strip()]
     if not turns:

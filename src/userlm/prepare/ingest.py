@@ -65,7 +65,10 @@ def read_rows(source: str, *, split: str = "train") -> Iterator[tuple[str, dict[
 
 
 def _json_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text; give a JSON or JSONL file of conversations.") from None
     if path.suffix == ".json" and text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
@@ -114,7 +117,10 @@ def conversations_from(
             else:
                 threads = [_CONVERTERS[kind](row, where)]
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise UserError(f"{where}: not a {fmt if fmt != 'auto' else 'known chat-log'} row ({exc}); check --format.") from None
+            advice = ("check --format" if fmt != "auto" else
+                      "give chat logs in a format userlm reads: WildChat, ShareGPT, OpenAI messages, Open-Assistant trees, "
+                      "PRISM or userlm records")
+            raise UserError(f"{where}: not a {fmt if fmt != 'auto' else 'known chat-log'} row ({exc}); {advice}.") from None
         for conv in threads:
             if conv is not None:
                 stats.threads += 1
