@@ -8,6 +8,7 @@ import os
 import resource
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -107,6 +108,18 @@ def test_one_sentence_and_a_non_zero_exit(files, case, tmp_path):
     errors = [line for line in done.stderr.splitlines() if ROW in line and line.startswith("userlm")]
     assert len(errors) == 1 and sentence in errors[0], done.stderr
     assert not files["run"].exists() or not files["run"].read_text().strip()
+
+
+def test_an_unknown_hub_id_without_network_fails_at_once(files, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env["HF_ENDPOINT"] = "https://hub.invalid"  # resolves nowhere, on any machine
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "userlm", *map(str, sim(files, user="hf:someone/nonexistent-model"))],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert done.returncode == 2 and time.perf_counter() - started < 30
+    assert done.stderr.strip().splitlines() == ["userlm: error: hf:someone/nonexistent-model: no such model folder here, not in the "
+                                                "local hub cache, and hub.invalid cannot be reached; check the name, download it "
+                                                "first (hf download someone/nonexistent-model), or give a local folder."]
 
 
 def test_a_python_assistant_in_the_current_folder_is_found(files, tmp_path):

@@ -127,7 +127,7 @@ def test_simulated_conversation_records_end_probabilities(tiny_user_dir, tiny_as
 
 
 def test_a_model_directory_that_does_not_exist_is_one_clear_error(tmp_path):
-    with pytest.raises(userlm.UserError, match="cannot load hf:"):
+    with pytest.raises(userlm.UserError, match="missing: no such model folder; check the path"):
         userlm.load_user(f"hf:{tmp_path / 'missing'}")
 
 

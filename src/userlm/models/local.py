@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from pathlib import Path
+from urllib.parse import urlparse
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -179,6 +180,26 @@ def check_source(path: str) -> None:
     if constants.HF_HUB_OFFLINE or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
         raise UserError(f"hf:{path}: no such model folder here, and not in the local hub cache (offline mode); download it "
                         f"first (hf download {path}) or give a local folder.")
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    if not _reachable(host):
+        raise UserError(f"hf:{path}: no such model folder here, not in the local hub cache, and {host} cannot be reached; "
+                        f"check the name, download it first (hf download {path}), or give a local folder.")
+
+
+def _reachable(host: str, timeout_s: float = 5.0) -> bool:
+    """Whether ``host`` resolves within ``timeout_s`` (a machine without network fails at once or times out)."""
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as Timeout
+
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        pool.submit(socket.getaddrinfo, host, 443).result(timeout=timeout_s)
+        return True
+    except (OSError, Timeout):
+        return False
+    finally:
+        pool.shutdown(wait=False)
 
 
 def load(path: str, options: LoadOptions) -> LoadedModel:
