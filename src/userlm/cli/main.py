@@ -10,14 +10,14 @@ import threading
 
 from ..errors import UserError
 from .stopping import Interrupted, exit_interrupted
-from . import chat, demo, eval_assistant, eval_user, intents, prepare, report, show, simulate, train, train_detector
+from . import chat, demo, eval_assistant, eval_user, intents, prepare, report, serve, show, simulate, train, train_detector
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="userlm", description="Simulate, train and evaluate user language models.")
     parser.add_argument("--version", action="version", version=f"userlm {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (simulate, chat, show, report, prepare, intents, train, eval_assistant, eval_user, train_detector, demo):
+    for module in (simulate, chat, serve, show, report, prepare, intents, train, eval_assistant, eval_user, train_detector, demo):
         module.register(commands)
     return parser
 

@@ -1,0 +1,177 @@
+"""A guarded simulated user behind an OpenAI-compatible chat API, for frameworks that play the user
+with a chat model (tau2-bench, DeepEval, openevals, promptfoo, inspect_ai, ...).
+
+    userlm serve --user hf:microsoft/UserLM-8b --port 8000 --stop-marker '###STOP###'
+
+The caller plays the assistant: ``POST /v1/chat/completions`` with the conversation so far returns
+the simulated user's next turn, drafted under the guardrails, or the stop marker when the user ends
+(or every draft was refused). Two views of the conversation are accepted:
+
+* ``flipped`` (the default: what those frameworks send to a prompted user): ``system`` is the
+  scenario or intent, ``assistant`` messages are the user's earlier turns, ``user`` messages the
+  agent's replies;
+* ``plain``: ``system`` is the intent, ``user`` the user's turns, ``assistant`` the agent's.
+
+``seed`` is honoured (the same request and seed give the same turn on a local model); the server's
+own sampling flags decide the rest. The answer's ``userlm`` field says how the turn came about:
+refused drafts with their reasons, attempts, P(end) where known, and why the user stopped.
+Concurrent requests to a local model run as one batch.
+"""
+
+from __future__ import annotations
+
+import hmac
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigurationError
+from ..render import END_OF_CONVERSATION, flipped_view
+from ..user import SimulatedUser
+
+VIEWS = ("flipped", "plain")
+
+
+class BadRequest(ValueError):
+    """A request the server cannot serve, explained in one sentence (answered with 400)."""
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    view: str = "flipped"  #: how the caller lays out the conversation (see the module docs)
+    stop_marker: str = END_OF_CONVERSATION  #: the answer's text when the user ends
+    api_key: str | None = None  #: the bearer token callers must send, if any
+    model_name: str | None = None  #: the id /v1/models lists (default: the user model's spec)
+
+    def __post_init__(self) -> None:
+        if self.view not in VIEWS:
+            raise ConfigurationError(f"unknown --view {self.view!r}; use one of {', '.join(VIEWS)}.")
+        if not self.stop_marker:
+            raise ConfigurationError("--stop-marker must not be empty.")
+
+
+def _text(content: Any, index: int) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise BadRequest(f"messages[{index}]: only text content parts are supported.")
+            parts.append(part["text"])
+        return "".join(parts)
+    raise BadRequest(f"messages[{index}].content must be a string or a list of text parts.")
+
+
+def conversation_of(body: Any, view: str) -> tuple[str | None, list[dict[str, str]]]:
+    """The intent and the conversation in the simulated user's own view (its turns as ``user``)."""
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object.")
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise BadRequest('the request needs "messages", a list of {"role", "content"} objects.')
+    if body.get("stream"):
+        raise BadRequest("stream is not supported; send stream: false.")
+    if body.get("n", 1) != 1:
+        raise BadRequest("n must be 1: the simulated user writes one next turn.")
+    intents, turns = [], []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or "role" not in message:
+            raise BadRequest(f'messages[{index}] must be an object with "role" and "content".')
+        role, text = message["role"], _text(message.get("content"), index)
+        if role in ("system", "developer"):
+            intents.append(text)
+        elif role in ("user", "assistant"):
+            turns.append({"role": role, "content": text})
+        else:
+            raise BadRequest(f"messages[{index}]: role {role!r} is not supported; use system, user and assistant.")
+    if view == "flipped":
+        turns = flipped_view(turns)
+    intent = "\n\n".join(t for t in intents if t.strip()) or None
+    return intent, turns
+
+
+async def next_user_turn(user: SimulatedUser, body: dict, settings: ServeSettings) -> dict[str, Any]:
+    """The chat-completion answer for one request: the next user turn or the stop marker."""
+    intent, turns = conversation_of(body, settings.view)
+    seed = body.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise BadRequest("seed must be an integer.")
+    turn = await user.next_turn(intent, turns, seed=seed if seed is not None else random.randrange(2**31))
+    stopped = turn.text is None
+    reason = None if not stopped else ("user_ended" if turn.ended else "guardrail_exhausted")
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": settings.model_name or user.name,
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": settings.stop_marker if stopped else turn.text}}],
+        "usage": {"prompt_tokens": turn.usage.prompt_tokens, "completion_tokens": turn.usage.completion_tokens,
+                  "total_tokens": turn.usage.prompt_tokens + turn.usage.completion_tokens},
+        "userlm": {"ended": stopped, "end_reason": reason, "attempts": turn.attempts, "end_prob": turn.end_prob,
+                   "refused": [r.model_dump(exclude_none=True) for r in turn.rejected]},
+    }
+
+
+def make_app(user: SimulatedUser, settings: ServeSettings = ServeSettings()):
+    """The aiohttp application: ``GET /v1/models`` and ``POST /v1/chat/completions``."""
+    from aiohttp import web
+
+    def error(status: int, message: str, kind: str = "invalid_request_error") -> web.Response:
+        return web.json_response({"error": {"message": message, "type": kind}}, status=status)
+
+    @web.middleware
+    async def authorised(request: web.Request, handler):
+        if settings.api_key is not None:
+            sent = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(sent.encode(), f"Bearer {settings.api_key}".encode()):
+                return error(401, "missing or wrong bearer token; send Authorization: Bearer <the server's --api-key>.",
+                             "authentication_error")
+        return await handler(request)
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [
+            {"id": settings.model_name or user.name, "object": "model", "created": 0, "owned_by": "userlm"}]})
+
+    async def chat(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return error(400, "the request body is not JSON.")
+        try:
+            return web.json_response(await next_user_turn(user, body, settings))
+        except BadRequest as exc:
+            return error(400, str(exc))
+        except ConfigurationError as exc:
+            return error(500, str(exc), "server_error")
+        except Exception as exc:  # the model failed: the caller hears it in one sentence, the server goes on
+            return error(500, f"the user model failed: {type(exc).__name__}: {exc}", "server_error")
+
+    app = web.Application(middlewares=[authorised])
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", chat)
+    return app
+
+
+async def serve(user: SimulatedUser, settings: ServeSettings, host: str, port: int, ready=print) -> None:
+    """Serve until cancelled."""
+    import asyncio
+
+    from aiohttp import web
+
+    runner = web.AppRunner(make_app(user, settings), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigurationError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port.") from None
+        ready(f"serving the simulated user {user.name} at http://{host}:{port}/v1 (view: {settings.view}; "
+              f"stop marker: {settings.stop_marker}); Ctrl-C stops")
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,156 @@
+"""userlm inside frameworks nobody here wrote: ``userlm serve`` driven by openevals' multi-turn
+simulator (through LangChain's OpenAI chat model), and ``inspect eval`` running a userlm task."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from userlm.guardrails import GuardrailConfig, check_draft
+from userlm.integrations.serve import BadRequest, ServeSettings, conversation_of, next_user_turn
+from userlm.models.scripted import ScriptedUser
+from userlm.user import SimulatedUser
+
+TOKEN = "test-token"
+MARKER = "###STOP###"
+INTENT = "You are a user chatting with an assistant to plan a cheap weekend trip to Lisbon."
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_user_dir):
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "userlm", "serve", "--user", f"hf:{tiny_user_dir}", "--port", str(port),
+                                "--api-key", TOKEN, "--stop-marker", MARKER, "--user-max-tokens", "24"],
+                               stderr=subprocess.PIPE, text=True)
+    line = process.stderr.readline()
+    assert "serving the simulated user" in line, line + process.stderr.read()
+    yield f"http://127.0.0.1:{port}/v1"
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 130
+
+
+def post(server, body, token=TOKEN):
+    return httpx.post(f"{server}/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=120)
+
+
+def flipped(*agent_and_user):
+    """A framework's flipped view: the agent's replies as user messages, the user's turns as assistant ones."""
+    return [{"role": "system", "content": INTENT}] + [
+        {"role": "user" if k % 2 == 0 else "assistant", "content": text} for k, text in enumerate(agent_and_user)]
+
+
+def test_the_endpoint_answers_with_guarded_user_turns_and_says_how(server):
+    models = httpx.get(f"{server}/models", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert models["data"][0]["object"] == "model" and models["data"][0]["id"].startswith("hf:")
+    answer = post(server, {"model": "userlm", "messages": flipped("Hi! How can I help you today?"), "seed": 5}).json()
+    text = answer["choices"][0]["message"]["content"]
+    extension = answer["userlm"]
+    assert answer["object"] == "chat.completion" and answer["choices"][0]["message"]["role"] == "assistant"
+    if not extension["ended"]:  # a kept turn passed every guardrail
+        assert check_draft(text, ended=False, intent=INTENT, earlier_user_turns=[], config=GuardrailConfig()).accepted
+    assert extension["attempts"] == len(extension["refused"]) + (0 if extension["end_reason"] == "guardrail_exhausted" else 1)
+    assert all(r["reason"] for r in extension["refused"])
+    again = post(server, {"model": "userlm", "messages": flipped("Hi! How can I help you today?"), "seed": 5}).json()
+    assert again["choices"][0]["message"]["content"] == text  # the seed is honoured
+
+
+def test_concurrent_requests_all_answer(server):
+    bodies = [{"model": "userlm", "messages": flipped(f"Hello, visitor number {k}. What do you need?"), "seed": k} for k in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda b: post(server, b), bodies))
+    assert [a.status_code for a in answers] == [200] * 6
+
+
+@pytest.mark.parametrize("body,status,sentence", [
+    ({"messages": "hi"}, 400, 'the request needs "messages"'),
+    ({"messages": [{"role": "tool", "content": "x"}]}, 400, "role 'tool' is not supported"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400, "only text content parts are supported"),
+    ({"messages": [], "stream": True}, 400, "stream is not supported"),
+    ({"messages": [], "seed": "x"}, 400, "seed must be an integer"),
+])
+def test_bad_requests_get_4xx_in_one_sentence(server, body, status, sentence):
+    answer = post(server, body)
+    assert answer.status_code == status and sentence in answer.json()["error"]["message"]
+
+
+def test_a_missing_token_is_refused(server):
+    answer = post(server, {"messages": []}, token="wrong")
+    assert answer.status_code == 401 and "bearer token" in answer.json()["error"]["message"]
+
+
+def test_views_and_the_stop_marker():
+    intent, turns = conversation_of({"messages": flipped("Hi!", "need a trip plan", "Sure, when?")}, "flipped")
+    assert intent == INTENT and turns == [{"role": "assistant", "content": "Hi!"}, {"role": "user", "content": "need a trip plan"},
+                                          {"role": "assistant", "content": "Sure, when?"}]
+    plain = [{"role": "system", "content": INTENT}, {"role": "user", "content": "need a trip plan"}]
+    assert conversation_of({"messages": plain}, "plain") == (INTENT, plain[1:])
+    with pytest.raises(BadRequest, match="n must be 1"):
+        conversation_of({"messages": [], "n": 2}, "flipped")
+    user = SimulatedUser(ScriptedUser(["can you plan a trip to lisbon for me?"]), GuardrailConfig(min_turns=1))
+    settings = ServeSettings(stop_marker=MARKER)
+    first = asyncio.run(next_user_turn(user, {"messages": flipped()}, settings))
+    assert first["choices"][0]["message"]["content"] == "can you plan a trip to lisbon for me?"
+    done = asyncio.run(next_user_turn(user, {"messages": flipped("Hi", "can you plan a trip to lisbon for me?", "Done!")}, settings))
+    assert done["choices"][0]["message"]["content"] == MARKER and done["userlm"]["end_reason"] == "user_ended"
+
+
+def test_openevals_drives_a_conversation_with_the_guarded_user(server):
+    from langchain_openai import ChatOpenAI
+    from openevals.simulators import create_llm_simulated_user, run_multiturn_simulation
+
+    client = ChatOpenAI(model="userlm", base_url=server, api_key=TOKEN, seed=11, max_retries=0, timeout=120)
+    user = create_llm_simulated_user(system=INTENT, client=client)
+    replies = []
+
+    def app(inputs, **kwargs):
+        replies.append(inputs["content"])
+        return {"role": "assistant", "content": f"Sure. Reply number {len(replies)}: what else do you need?"}
+
+    result = run_multiturn_simulation(app=app, user=user, max_turns=3,
+                                      stopping_condition=lambda trajectory, **kw: trajectory[-1]["content"] == MARKER)
+    trajectory = result["trajectory"]
+    users = [m["content"] for m in trajectory if m["role"] == "user"]
+    assert users and users == replies[: len(users)]
+    # each user turn is the server's answer to the flipped conversation so far, under the guardrails
+    for k, text in enumerate(users):
+        if text == MARKER:
+            continue
+        assert check_draft(text, ended=False, intent=INTENT, earlier_user_turns=users[:k], config=GuardrailConfig()).accepted
+
+
+def test_inspect_eval_runs_a_userlm_task(tiny_user_dir, tiny_assistant_dir, tmp_path):
+    folder = Path(__file__).parent / "frameworks"  # inspect takes the task file relative to where it runs
+    done = subprocess.run([sys.executable, "-m", "inspect_ai", "eval", "userlm_task.py", "--model", f"hf/{tiny_assistant_dir}",
+                           "-T", f"user=hf:{tiny_user_dir}", "-T", "max_turns=2", "--max-tokens", "12", "--log-dir", str(tmp_path),
+                           "--log-format", "json", "--display", "none"],
+                          capture_output=True, text=True, timeout=600, cwd=folder, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    from inspect_ai.log import read_eval_log
+
+    [path] = list(tmp_path.glob("*.json"))
+    log = read_eval_log(str(path))
+    assert log.status == "success" and len(log.samples) == 2
+    for sample in log.samples:
+        roles = [m.role for m in sample.messages]
+        outcome = sample.metadata["userlm"]
+        assert roles == ["user", "assistant"] * outcome["user_turns"] and outcome["user_model"].startswith("hf:")
+        assert outcome["end_reason"] in ("max_turns", "user_ended", "guardrail_exhausted")
+        notes = [e.data for e in sample.events if e.event == "info"]
+        assert notes and all("attempts" in n and "refused" in n for n in notes)
+        assert set(sample.scores) == {"includes", "user_ended"}
