@@ -4,10 +4,8 @@ simulator (through LangChain's OpenAI chat model), and ``inspect eval`` running 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.test_openai import free_port
 from userlm.guardrails import GuardrailConfig, check_draft
 from userlm.integrations.serve import BadRequest, ServeSettings, conversation_of, next_user_turn
 from userlm.models.scripted import ScriptedUser
@@ -24,12 +23,6 @@ from userlm.user import SimulatedUser
 TOKEN = "test-token"
 MARKER = "###STOP###"
 INTENT = "You are a user chatting with an assistant to plan a cheap weekend trip to Lisbon."
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

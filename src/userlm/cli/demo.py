@@ -21,10 +21,10 @@ Everything lands under ``--out``; running it again reuses what is there.
 from __future__ import annotations
 
 import argparse
-
-from .stopping import run_async
 import sys
 from pathlib import Path
+
+from .stopping import run_async
 
 DEFAULT_DATA = "../shared/data/oasst/en_100_tree.jsonl"
 

@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
     from ..evaluation.detectors import detector as make_detector
     from ..evaluation.judge import CachedJudge
-    from ..evaluation.user_eval import PARTS, Simulator, UserEvalSettings, evaluate_users
     from ..evaluation.tables import published_rows
+    from ..evaluation.user_eval import PARTS, Simulator, UserEvalSettings, evaluate_users
     from ..evaluation.user_table import markdown
     from ..models.base import SamplingSettings
     from ..models.registry import chat_model, user_model

@@ -9,9 +9,9 @@ in ``<out>.failed.jsonl``.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .stopping import run_async
-import sys
 
 
 def register(commands: argparse._SubParsersAction) -> None:

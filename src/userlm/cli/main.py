@@ -9,8 +9,8 @@ import sys
 import threading
 
 from ..errors import UserError
-from .stopping import Interrupted, exit_interrupted
 from . import chat, demo, eval_assistant, eval_user, intents, prepare, report, serve, show, simulate, train, train_detector
+from .stopping import Interrupted, exit_interrupted
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,7 +23,6 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from ..conversation import Conversation
 from ..guardrails import GuardrailConfig
 from ..intents import Intent
@@ -31,8 +30,8 @@ from ..models.base import ChatModel, UserDraft, UserTurnRequest
 from ..simulation import RunSettings, simulate_async
 from ..user import SimulatedUser
 from .metrics import aptitude_unreliability, describe, mean_ci, paired_difference_ci
-from .tasks import Task, extract_answer, grade
 from .tables import Footnotes, number, published_rows
+from .tasks import Task, extract_answer, grade
 from .text import content_words, words
 
 MODES = ("full", "concat", "sharded", "simulated")

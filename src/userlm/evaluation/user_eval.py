@@ -47,10 +47,10 @@ from .detectors import Detector
 from .judge import CachedJudge
 from .metrics import bootstrap
 from .scenarios import INTENT_JUDGE_PROMPT, ROLE_JUDGE_PROMPT, Question, package_lines, pick, role_rule_check, transcript
-from .text import words
 from .tables import published_rows
-from .user_table import METRICS, markdown
+from .text import words
 from .user_metrics import best_threshold, distinct_n, end_curve, end_scores, first_turn_diversity, intent_overlap, jaccard
+from .user_table import METRICS, markdown
 
 PARTS = ("alignment", "termination", "conversations", "naturalness", "role", "intent")
 

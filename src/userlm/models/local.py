@@ -8,15 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from pathlib import Path
-from urllib.parse import urlparse
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from ..errors import ConfigurationError, UserError
-from ..render import END_OF_CONVERSATION, END_OF_TURN, chat_template_of, prompt_ends_with_whitespace, turn_opening_ids, user_prompt_ids, user_prompt_string
+from ..render import (
+    END_OF_CONVERSATION,
+    END_OF_TURN,
+    chat_template_of,
+    prompt_ends_with_whitespace,
+    turn_opening_ids,
+    user_prompt_ids,
+    user_prompt_string,
+)
 from .base import ChatReply, SamplingSettings, UserDraft, UserTurnRequest
 
 

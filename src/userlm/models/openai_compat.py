@@ -17,15 +17,25 @@ import logging
 import math
 import os
 import weakref
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import ConfigurationError
 from ..render import END_OF_CONVERSATION, END_OF_TURN, user_prompt_text
 from .base import ChatReply, SamplingSettings, UserDraft, UserTurnRequest
-from .retry import (Breaker, ConnectionLost, MalformedResponse, RateLimited, RequestRejected, RequestTimeout, RetryPolicy,
-                    ServerError, parse_json, with_retries)
+from .retry import (
+    Breaker,
+    ConnectionLost,
+    MalformedResponse,
+    RateLimited,
+    RequestRejected,
+    RequestTimeout,
+    RetryPolicy,
+    ServerError,
+    parse_json,
+    with_retries,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import httpx
