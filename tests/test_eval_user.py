@@ -410,12 +410,28 @@ def test_a_simulator_whose_every_draft_is_refused_gets_a_warning_not_a_best_scor
     report = asyncio.run(evaluate_users([refused], [], intents, tmp_path, settings=settings, progress=False, log=lambda *a: None))
     [sim] = report["simulators"]
     assert "intent_overlap_turn" not in sim["metrics"] and "first_turn_diversity" not in sim["metrics"]
-    assert "none of the 4 simulated conversations has a user turn (4 guardrail_exhausted)" in sim["missing"]["intent_overlap_turn"]
+    assert "none of the 4 simulated conversations is usable (4 guardrail_exhausted)" in sim["missing"]["intent_overlap_turn"]
     md = (tmp_path / "user_eval.md").read_text()
     assert "**Warning:** always-refused: none of the 4 simulated conversations" in md
     row = next(line for line in md.splitlines() if line.startswith("| `always-refused` |"))
     assert "0.0" not in row and "| - |" not in row  # every empty cell carries its footnote
     assert "[^1]:" in md
+
+
+def test_conversations_that_end_in_failure_are_not_scored_and_say_so(tmp_path):
+    """Two good turns, then every draft refused: a failed conversation, whatever its turns said."""
+    from userlm.evaluation.user_eval import evaluate_users
+    from userlm.intents import Intent
+    from userlm.models.scripted import ScriptedUser
+
+    intents = [Intent(id=f"i{k}", text=f"You are a user who wants help with chore number {k} at home today.") for k in range(3)]
+    runs_dry = Simulator("runs-dry", ScriptedUser(["hey so i need some help with this", "ok thanks a lot for that"]))
+    settings = UserEvalSettings(parts=("conversations",), resamples=50, max_turns=4)
+    report = asyncio.run(evaluate_users([runs_dry], [], intents, tmp_path, settings=settings, progress=False, log=lambda *a: None))
+    [sim] = report["simulators"]
+    assert sim["parts"]["conversations"]["end_reasons"] == {"guardrail_exhausted": 3}
+    assert "intent_overlap_turn" not in sim["metrics"]  # not the best possible 0.0
+    assert "(3 guardrail_exhausted)" in sim["warnings"][0]
 
 
 def test_the_papers_figures_are_shown_by_default():

@@ -321,16 +321,20 @@ async def conversations_part(sim: Simulator, intents: list[Intent], assistant: C
         settings=RunSettings(samples=1, max_turns=settings.max_turns, seed=settings.seed, concurrency=settings.concurrency),
         progress=progress,
     )
-    convs = [c for c in run.conversations if c.error is None and c.user_turns()]
+    failed = [c for c in run.conversations if c.error is not None or c.end_reason == "guardrail_exhausted"]
+    convs = [c for c in run.conversations if c not in failed and c.user_turns()]
     result = conversation_figures(convs, settings)
     result["conversations"] = len(convs)
     result["simulated"] = len(run.conversations)
     result["end_reasons"] = dict(sorted(Counter(c.end_reason for c in run.conversations).items()))
+    how = ", ".join(f"{n} {reason}" for reason, n in Counter(c.end_reason for c in failed).items())
     if not convs:
-        how = ", ".join(f"{n} {reason}" for reason, n in result["end_reasons"].items())
-        result["skipped"] = (f"none of the {len(run.conversations)} simulated conversations has a user turn ({how}), "
+        result["skipped"] = (f"none of the {len(run.conversations)} simulated conversations is usable ({how or 'no user turn'}), "
                              "so there is nothing to measure diversity or intent overlap on.")
         result["warning"] = f"{sim.spec}: {result['skipped']}"
+    elif failed:
+        result["warning"] = (f"{sim.spec}: {len(failed)} of {len(run.conversations)} simulated conversations failed ({how}); "
+                             f"diversity and intent overlap are over the other {len(convs)}.")
     result["transcripts"] = f"transcripts/{sim.slug}.jsonl"
     return result
 

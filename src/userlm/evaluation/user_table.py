@@ -44,7 +44,9 @@ def _real_users_gap(key: str) -> str:
         return "not measured for real users: naturalness needs a detector (--detector)."
     if key in ("ppl_intent", "ppl_no_intent", "end_f1", "role_adherence", "intent_adherence"):
         return "does not apply to real users: it scores a model's probabilities or replies."
-    return "no held-out conversation to measure it on."
+    if key.startswith("intent_overlap"):
+        return "needs intents, and the held-out conversations carry none."
+    return "too few held-out conversations to measure it on."
 
 
 def table(report: dict, notes: Footnotes) -> tuple[list[str], list[list[str]]]:
