@@ -24,7 +24,6 @@ only. See ``sandbox_child.py``.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import logging
@@ -345,11 +344,3 @@ def _read_verdict(fd: int) -> dict | None:
     except ValueError:
         return None
     return verdict if isinstance(verdict, dict) else None
-
-
-async def run_program_async(source: str, limits: Limits = Limits(), *, gate: asyncio.Semaphore | None = None) -> RunResult:
-    """:func:`run_program` in a worker thread (runs of different tasks go in parallel)."""
-    if gate is None:
-        return await asyncio.to_thread(run_program, source, limits)
-    async with gate:
-        return await asyncio.to_thread(run_program, source, limits)
