@@ -64,14 +64,21 @@ def run_async(coro: Coroutine[Any, Any, T], hint: str = "finished conversations 
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        if signals:  # threads still busy are abandoned: do not wait for them
-            loop.close()
-        else:
-            try:
+        try:
+            _cancel_the_rest(loop)  # background tasks (a local model's batcher) end with the run
+            if not signals:  # after a stop, threads still busy are abandoned: do not wait for them
                 loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.run_until_complete(loop.shutdown_default_executor())
-            finally:
-                loop.close()
+        finally:
+            loop.close()
+
+
+def _cancel_the_rest(loop: asyncio.AbstractEventLoop) -> None:
+    rest = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in rest:
+        task.cancel()
+    if rest:
+        loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
 
 
 def exit_interrupted(message: str) -> None:
