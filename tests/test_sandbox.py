@@ -233,13 +233,40 @@ def test_home_directories_and_the_parents_secrets_are_out_of_sight(bwrap, monkey
                         print(open(f'/proc/{pid}/{name}', 'rb').read())
                     except OSError:
                         pass
-        print(sorted(os.listdir('/root') + os.listdir('/home')))
+        print(sorted(os.listdir('/root') if os.path.isdir('/root') else []) + (os.listdir('/home') if os.path.isdir('/home') else []))
     """)
     result = run_program(program, Limits(timeout_s=10, max_output=10**7))
     assert "sk-userlm-test-secret" not in result.output
     assert f"'{os.getpid()}'" not in result.output.split("end", 1)[0]
     seen = ast.literal_eval(result.output.strip().splitlines()[-1])
     assert not (set(os.listdir("/root")) - {".pyenv"}) & set(seen)
+
+
+def test_nothing_of_this_machine_but_the_system_and_python_is_in_sight(bwrap, tmp_path, shared_data):
+    secret = tmp_path / "notes.txt"
+    secret.write_text("a secret of this machine")
+    program = textwrap.dedent(f"""
+        import os
+        for path in ({str(secret)!r}, "/etc/shadow", "/etc/ssh", {str(shared_data("humaneval/HumanEval.jsonl.gz"))!r}):
+            print(path, os.path.exists(path))
+        import numpy  # the environment's packages are there
+        print("numpy", numpy.__name__)
+    """)
+    result = run_program(program, FAST)
+    assert result.ok, result.output
+    assert result.output.count(" False\n") == 4 and "numpy numpy" in result.output
+
+
+def test_a_candidate_copying_the_reference_solution_from_the_data_set_scores_zero(bwrap, task0, shared_data):
+    """The data set with the canonical solutions is on this machine, but not in the sandbox."""
+    copier = f"""
+        import gzip, json
+        for _line in gzip.open({str(shared_data("humaneval/HumanEval.jsonl.gz"))!r}, "rt"):
+            _row = json.loads(_line)
+            if _row["task_id"] == "HumanEval/0":
+                exec(_row["prompt"] + _row["canonical_solution"])
+        """
+    assert grade(task0, wrong(task0, copier), FAST).value == 0.0
 
 
 def test_the_parent_cannot_be_signalled_or_its_memory_read(bwrap):

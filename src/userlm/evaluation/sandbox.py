@@ -3,9 +3,10 @@
 Isolation comes from bubblewrap (Debian's ``bubblewrap``) where the system has it and allows
 namespaces. Each run then gets:
 
-* a read-only view of the filesystem with home directories hidden (only the Python installation is
-  shown again), a fresh ``/proc`` and ``/dev``, and one writable place: a size-limited ``/tmp``
-  that is also its working directory;
+* a read-only view of the system's programs and libraries, a few files of ``/etc`` and the Python
+  installation, and nothing else of this machine (no home folders, no project, no data sets, no
+  keys); a fresh ``/proc`` and ``/dev``; one writable place: a size-limited ``/tmp`` that is also
+  its working directory;
 * its own user, pid, network, mount, IPC and UTS namespaces (no network, nothing of ours to see,
   and nothing it starts outlives the run), a new session, and an empty environment;
 * a seccomp filter that refuses new processes (threads are allowed);
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import platform
 import resource
@@ -39,8 +39,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 CLONE_NEWNET = 0x40000000
 BUBBLEWRAP = "bubblewrap"
@@ -100,8 +98,7 @@ def isolation() -> str:
     message = (f"WARNING: code under test runs WITHOUT real isolation ({reason}); only an in-process guard "
                "stands between it and this machine. Install bubblewrap (apt-get install bubblewrap) and allow "
                "user namespaces for isolated runs.")
-    log.warning(message)
-    print(message, file=sys.stderr)
+    print(message, file=sys.stderr, flush=True)
     return GUARD
 
 
@@ -126,34 +123,42 @@ def _bubblewrap_unusable() -> str | None:
 
 # ---- the bubblewrap command ----------------------------------------------------------------------
 
-_HIDDEN = ("/root", "/home", "/var/tmp", "/run", "/mnt", "/media", "/srv")
+#: what the sandbox sees of this machine: the system's programs and libraries, a few files of /etc
+#: that programs read, and the Python installation (nothing else: no home, no project, no data sets)
+_SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone", "passwd", "group", "nsswitch.conf",
+        "alternatives", "os-release")
 
 
 def _python_paths() -> list[str]:
-    """What the sandboxed interpreter must see again inside hidden folders: its installation."""
+    """The Python installation the sandboxed interpreter needs (the environment's prefix holds its
+    packages), and the folder of ``sandbox_child.py``."""
     wanted = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, os.path.dirname(os.path.realpath(sys.executable)),
               os.path.dirname(_CHILD)}
-    wanted.update(p for p in sys.path if p and os.path.isdir(p))
-    hidden = [p for p in wanted if any(p == h or p.startswith(h + "/") for h in (*_HIDDEN, "/tmp"))]
     kept: list[str] = []
-    for path in sorted(hidden, key=len):
-        if not any(path == k or path.startswith(k + "/") for k in kept):
+    for path in sorted((os.path.realpath(p) for p in wanted if p and os.path.isdir(p)), key=len):
+        if not any(path == k or path.startswith(k + "/") for k in kept) and not any(
+                path == d or path.startswith(d + "/") for d in _SYSTEM):
             kept.append(path)
     return kept
 
 
 def _bwrap_command(workdir: str, role: str, *args: str, limits: Limits = Limits(), seccomp_fd: int | None = None) -> list[str]:
-    command = ["bwrap", "--ro-bind", "/", "/"]
-    for hidden in _HIDDEN:
-        if os.path.isdir(hidden):
-            command += ["--tmpfs", hidden]
-    command += ["--dev", "/dev", "--remount-ro", "/dev", "--proc", "/proc",
-                "--size", str(limits.disk_mb * 1024 * 1024), "--tmpfs", "/tmp"]
+    command = ["bwrap"]
+    for path in _SYSTEM:
+        if os.path.islink(path):
+            command += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            command += ["--ro-bind", path, path]
+    for name in _ETC:
+        if os.path.lexists(f"/etc/{name}"):
+            command += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+    command += ["--dev", "/dev", "--proc", "/proc", "--size", str(limits.disk_mb * 1024 * 1024), "--tmpfs", "/tmp"]
     for path in _python_paths():
         command += ["--ro-bind", path, path]
     for name in sorted(os.listdir(workdir)):
         command += ["--ro-bind", os.path.join(workdir, name), f"/tmp/{name}"]
-    command += ["--chdir", "/tmp", "--unshare-all", "--die-with-parent", "--new-session",
+    command += ["--remount-ro", "/", "--chdir", "/tmp", "--unshare-all", "--die-with-parent", "--new-session",
                 "--uid", "65534", "--gid", "65534", "--clearenv",
                 "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "PYTHONHASHSEED", "0",
                 "--setenv", "PYTHONDONTWRITEBYTECODE", "1", "--setenv", "HOME", "/tmp"]
