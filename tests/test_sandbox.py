@@ -291,6 +291,14 @@ def test_no_new_processes_by_any_route(bwrap):
     assert threads.output == "thread ran\n"
 
 
+@pytest.mark.skipif(__import__("platform").machine() != "x86_64", reason="the x32 system-call numbers are x86-64's")
+def test_system_calls_of_another_abi_are_refused(bwrap):
+    """fork by its x32 number: refused by the filter (EPERM), not left to the kernel."""
+    program = ("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+               "print(libc.syscall(0x40000000 + 57), os.strerror(ctypes.get_errno()))")
+    assert run_program(program, FAST).output.strip() == "-1 Operation not permitted"
+
+
 def test_nothing_outlives_the_run(bwrap, tmp_path):
     # a daemon thread writing after the program returns: the run ends, and with it everything it made
     started = time.perf_counter()

@@ -168,8 +168,10 @@ def _bwrap_command(workdir: str, role: str, *args: str, limits: Limits = Limits(
 
 
 # A classic-BPF seccomp filter: fork, vfork and clone without CLONE_THREAD fail with EPERM, clone3
-# with ENOSYS (so that the C library falls back to clone for threads). Other architectures: no filter.
+# with ENOSYS (so that the C library falls back to clone for threads); system calls of another ABI
+# (32-bit or x32 calls from a 64-bit process) all fail. Unknown machines: no filter.
 _ARCH = {"x86_64": (0xC000003E, 56, 435, (57, 58)), "aarch64": (0xC00000B7, 220, 435, ())}
+_X32_BIT = 0x40000000
 
 
 def _seccomp_filter() -> bytes | None:
@@ -177,29 +179,27 @@ def _seccomp_filter() -> bytes | None:
     if arch is None:
         return None
     audit_arch, clone, clone3, forks = arch
-    ld, jeq, jset, ret = 0x20, 0x15, 0x45, 0x06
-    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
-    body = [(jeq, 0, 0, n) for n in forks]  # jump targets filled below
-    n_forks = len(body)
-    # 0 ld arch; 1 jeq arch; 2 ld nr; forks...; clone3; clone; ld arg0; jset; ret allow; ret eperm; ret enosys
-    program: list[tuple[int, int, int, int]] = [(ld, 0, 0, 4)]
-    index_allow = 2 + 1 + n_forks + 2 + 2
-    index_eperm, index_enosys = index_allow + 1, index_allow + 2
-    program.append((jeq, 0, index_allow - 2, audit_arch))
-    program.append((ld, 0, 0, 0))
-    for i, (code, _, _, nr) in enumerate(body):
-        here = 3 + i
-        program.append((code, index_eperm - here - 1, 0, nr))
-    here = 3 + n_forks
-    program.append((jeq, index_enosys - here - 1, 0, clone3))
-    here += 1
-    program.append((jeq, 0, index_allow - here - 1, clone))
-    here += 1
-    program.append((ld, 0, 0, 16))
-    here += 1
-    program.append((jset, index_allow - here - 1, index_eperm - here - 1, 0x00010000))
-    program += [(ret, 0, 0, allow), (ret, 0, 0, eperm), (ret, 0, 0, enosys)]
-    return b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    outcomes = {"allow": 0x7FFF0000, "eperm": 0x00050000 | 1, "enosys": 0x00050000 | 38}
+    # (code, true target, false target, k); targets are labels or None (= the next instruction)
+    program: list[tuple[int, str | None, str | None, int]] = [
+        (ld, None, None, 4),  # seccomp_data.arch
+        (jeq, None, "eperm", audit_arch),
+        (ld, None, None, 0),  # seccomp_data.nr
+        (jge, "eperm", None, _X32_BIT),
+        *[(jeq, "eperm", None, nr) for nr in forks],
+        (jeq, "enosys", None, clone3),
+        (jeq, None, "allow", clone),
+        (ld, None, None, 16),  # the low half of clone's flags
+        (jset, "allow", "eperm", 0x00010000),  # CLONE_THREAD: a thread
+    ]
+    labels = {name: len(program) + i for i, name in enumerate(outcomes)}
+    code = b""
+    for here, (op, true, false, k) in enumerate(program):
+        jt = 0 if true is None else labels[true] - here - 1
+        jf = 0 if false is None else labels[false] - here - 1
+        code += struct.pack("=HBBI", op, jt, jf, k)
+    return code + b"".join(struct.pack("=HBBI", ret, 0, 0, value) for value in outcomes.values())
 
 
 # ---- running -----------------------------------------------------------------------------------
