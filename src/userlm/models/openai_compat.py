@@ -137,7 +137,8 @@ class _OpenAIModel:
         self.sampling = sampling
         self.policy = endpoint.policy()
         self._http = http_client
-        base_url, self._api_key = endpoint.resolve()  # a missing key is an error now, not at the first request
+        base_url, api_key = endpoint.resolve()  # a missing key is an error now, not at the first request
+        self._headers = {"Authorization": f"Bearer {api_key}"}
         self.base_url = (base_url or "https://api.openai.com/v1").rstrip("/")
         # connections and limits belong to an event loop: each asyncio.run gets its own
         self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
@@ -156,10 +157,10 @@ class _OpenAIModel:
         if state is not None and state.session is not None:
             await state.session.close()
 
-    async def _send(self, url: str, body: dict[str, Any]) -> tuple[int, Any, bytes]:
+    async def _send(self, url: str, body: dict[str, Any], state: _LoopState | None = None) -> tuple[int, Any, bytes]:
         """One POST: status, headers and body; transport failures as :mod:`.retry`'s errors."""
-        state = self._state()
-        headers = {"Authorization": f"Bearer {self._api_key}"}
+        state = state or self._state()
+        headers = self._headers
         if state.session is None:
             import httpx
 
@@ -169,7 +170,7 @@ class _OpenAIModel:
             except httpx.TimeoutException as exc:
                 raise RequestTimeout(f"no answer from {url} within {self.endpoint.timeout_s:g} s") from exc
             except httpx.TransportError as exc:
-                raise self._connection_error(url, exc) from exc
+                raise self._connection_error(url, exc, state) from exc
         import aiohttp
 
         try:
@@ -178,10 +179,10 @@ class _OpenAIModel:
         except asyncio.TimeoutError as exc:
             raise RequestTimeout(f"no answer from {url} within {self.endpoint.timeout_s:g} s") from exc
         except aiohttp.ClientError as exc:
-            raise self._connection_error(url, exc) from exc
+            raise self._connection_error(url, exc, state) from exc
 
-    def _connection_error(self, url: str, exc: BaseException) -> Exception:
-        if _refused(exc) and not self._state().breaker.successes:
+    def _connection_error(self, url: str, exc: BaseException, state: _LoopState) -> Exception:
+        if _refused(exc) and not state.breaker.successes:
             return ConfigurationError(f"cannot reach {self.base_url} for {self.model}; is the server running?")
         return ConnectionLost(f"{type(exc).__name__} talking to {url}: {exc}".rstrip(": "))
 
@@ -192,7 +193,7 @@ class _OpenAIModel:
         state = self._state()
 
         async def attempt() -> T:
-            status, headers, data = await self._send(url, body)
+            status, headers, data = await self._send(url, body, state)
             if status == 200:
                 answer = parse_json(data)
                 try:

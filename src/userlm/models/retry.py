@@ -92,15 +92,16 @@ class Breaker:
             raise self.tripped from exc
 
 
-async def with_retries(attempt: Callable[[], Awaitable[T]], policy: RetryPolicy, breaker: Breaker,
-                       rng: random.Random | None = None) -> T:
+_JITTER = random.Random()
+
+
+async def with_retries(attempt: Callable[[], Awaitable[T]], policy: RetryPolicy, breaker: Breaker) -> T:
     """``attempt()`` until it succeeds, raises something not transient, or the policy gives up."""
-    rng = rng or random.Random()
     last: TransientError | None = None
     for number in range(policy.max_retries + 1):
         breaker.check()
         if number:
-            await asyncio.sleep(policy.delay(number - 1, last.retry_after if last else None, rng))
+            await asyncio.sleep(policy.delay(number - 1, last.retry_after if last else None, _JITTER))
             breaker.check()
         try:
             result = await attempt()
