@@ -259,14 +259,19 @@ class _Sandbox:
         # bwrap itself is pid 1 in the sandbox, where /proc shows its environment: none of ours
         env = {"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
         self.started = time.perf_counter()
-        with open(self.out_path, "wb") as out:
-            self.process = subprocess.Popen(
-                command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                preexec_fn=functools.partial(_limit_child, limits, self.kind != BUBBLEWRAP),
-                start_new_session=self.kind == BUBBLEWRAP, close_fds=True, pass_fds=tuple(fds),
-            )
-        if seccomp_fd is not None:
-            os.close(seccomp_fd)
+        try:
+            with open(self.out_path, "wb") as out:
+                self.process = subprocess.Popen(
+                    command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    preexec_fn=functools.partial(_limit_child, limits, self.kind != BUBBLEWRAP),
+                    start_new_session=self.kind == BUBBLEWRAP, close_fds=True, pass_fds=tuple(fds),
+                )
+        except BaseException:
+            self.dir.cleanup()
+            raise
+        finally:
+            if seccomp_fd is not None:
+                os.close(seccomp_fd)
 
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds; True when it ended by itself."""
