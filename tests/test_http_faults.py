@@ -148,3 +148,37 @@ def test_a_real_socket_that_cuts_the_body_short_is_retried():
     reply = asyncio.run(once())
     listener.close()
     assert reply.text == "hello" and len(served) == 2
+
+
+def test_the_detector_service_follows_the_same_policy():
+    """A naturalness detector behind HTTP: a 503 and a cut answer are retried; a service that always
+    fails ends in one sentence after N + 1 attempts."""
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from userlm.evaluation.detectors import HTTPDetector
+
+    answers = []
+
+    class Service(BaseHTTPRequestHandler):
+        def do_POST(self):
+            texts = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["texts"]
+            status, body = answers.pop(0) if answers else (200, json.dumps({"scores": [0.5] * len(texts)}).encode())
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Service)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    detector = HTTPDetector(f"http://127.0.0.1:{server.server_port}/score")
+    try:
+        answers.extend([(503, b"{}"), (200, b'{"scores": [0.')])
+        assert asyncio.run(detector.human_likelihood(["a text", "another"])) == [0.5, 0.5]
+        answers.extend([(500, b"{}")] * 4)
+        with pytest.raises(ConfigurationError, match=r"did not answer .*ServerError: HTTP 500 \(gave up after 4 attempts\)"):
+            asyncio.run(detector.human_likelihood(["a text"]))
+    finally:
+        server.shutdown()

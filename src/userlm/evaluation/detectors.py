@@ -52,21 +52,53 @@ class HTTPDetector:
     async def human_likelihood(self, texts: list[str]) -> list[float | None]:
         import httpx
 
+        from ..models.retry import (
+            Breaker,
+            ConnectionLost,
+            MalformedResponse,
+            RateLimited,
+            RequestTimeout,
+            RetryPolicy,
+            ServerError,
+            TransientError,
+            parse_json,
+            with_retries,
+        )
+
+        policy, breaker = RetryPolicy(max_retries=3), Breaker(self.url, 0)
         out: list[float | None] = []
         async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+
+            async def scores_of(part: list[str]) -> list:
+                try:
+                    response = await client.post(self.url, json={"texts": part})
+                except httpx.TimeoutException as exc:
+                    raise RequestTimeout(f"no answer within {self.timeout_s:g} s") from exc
+                except httpx.TransportError as exc:
+                    raise ConnectionLost(f"{type(exc).__name__}: {exc}") from exc
+                if response.status_code == 429 or response.status_code >= 500:
+                    raise (RateLimited if response.status_code == 429 else ServerError)(f"HTTP {response.status_code}")
+                if response.status_code != 200:
+                    raise ConfigurationError(f"detector {self.url} answered HTTP {response.status_code}; check the URL and the service.")
+                scores = parse_json(response.content)
+                if not isinstance(scores, dict) or not isinstance(scores.get("scores"), list):
+                    raise MalformedResponse('the answer is not {"scores": [...]}')
+                return scores["scores"]
+
             for i in range(0, len(texts), self.batch):
                 part = texts[i : i + self.batch]
                 try:
-                    response = await client.post(self.url, json={"texts": part})
-                    response.raise_for_status()
-                    scores = response.json()["scores"]
-                except (httpx.HTTPError, KeyError, ValueError, TypeError) as exc:
+                    scores = await with_retries(lambda: scores_of(part), policy, breaker)
+                except TransientError as exc:
                     raise ConfigurationError(
                         f"detector {self.url} did not answer with {{\"scores\": [...]}} ({type(exc).__name__}: {exc}); check the URL and the service."
                     ) from None
                 if len(scores) != len(part):
                     raise ConfigurationError(f"detector {self.url} returned {len(scores)} scores for {len(part)} texts.")
-                out.extend(None if s is None else float(s) for s in scores)
+                try:
+                    out.extend(None if s is None else float(s) for s in scores)
+                except (TypeError, ValueError):
+                    raise ConfigurationError(f"detector {self.url} returned scores that are not numbers.") from None
         return out
 
 
@@ -130,9 +162,9 @@ def train_detector(human: Sequence[str], machine: Sequence[str], out: str | Path
     """Fit the classifier on 4/5 of the texts, report accuracy on the other fifth, then refit on
     everything and save ``detector.joblib`` and ``detector.json`` in ``out``."""
     import joblib
+    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline, make_union
-    from sklearn.feature_extraction.text import TfidfVectorizer
 
     if len(human) < 5 or len(machine) < 5:
         raise UserError("train-detector needs at least 5 human and 5 machine texts.")
