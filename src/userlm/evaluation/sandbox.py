@@ -174,6 +174,7 @@ _ARCH = {"x86_64": (0xC000003E, 56, 435, (57, 58)), "aarch64": (0xC00000B7, 220,
 _X32_BIT = 0x40000000
 
 
+@functools.lru_cache(maxsize=1)
 def _seccomp_filter() -> bytes | None:
     arch = _ARCH.get(platform.machine())
     if arch is None:
