@@ -70,6 +70,26 @@ def test_concurrent_requests_all_answer(server):
     assert [a.status_code for a in answers] == [200] * 6
 
 
+def test_concurrent_requests_run_as_batches_in_the_local_engine(tiny_user_dir):
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from userlm.integrations.serve import make_app
+    from userlm.models.base import SamplingSettings
+    from userlm.models.local import LocalUserModel
+
+    user = SimulatedUser(LocalUserModel(str(tiny_user_dir), sampling=SamplingSettings(max_new_tokens=16)))
+
+    async def six_at_once():
+        async with TestClient(TestServer(make_app(user))) as client:
+            answers = await asyncio.gather(*(client.post("/v1/chat/completions", json={"messages": flipped(f"Hello visitor {k}."), "seed": k})
+                                             for k in range(6)))
+            return [a.status for a in answers]
+
+    assert asyncio.run(six_at_once()) == [200] * 6
+    stats = user.model.stats
+    assert stats.rows >= 6 and stats.batches < stats.rows  # drafts of different requests shared batches
+
+
 @pytest.mark.parametrize("body,status,sentence", [
     ({"messages": "hi"}, 400, 'the request needs "messages"'),
     ({"messages": [{"role": "tool", "content": "x"}]}, 400, "role 'tool' is not supported"),
