@@ -71,12 +71,13 @@ def add_model_options(parser: argparse.ArgumentParser, *, assistant: bool = True
     g.add_argument("--timeout", type=above_zero, default=120.0, metavar="S", help="seconds per request (default: 120)")
 
 
-def add_guardrail_options(parser: argparse.ArgumentParser) -> None:
+def add_guardrail_options(parser: argparse.ArgumentParser, *, min_turns: int | None = None) -> None:
     d = GuardrailConfig()
     g = parser.add_argument_group("guardrails (all on by default)")
     g.add_argument("--first-words", default=",".join(d.first_words), metavar="W,W", help=f"words a user turn may not start with (default: {','.join(d.first_words)})")
     g.add_argument("--no-first-word-filter", action="store_true", help="allow any first word")
-    g.add_argument("--min-turns", type=NONNEGATIVE, metavar="N", help="user turns before the user may end (default: never)")
+    g.add_argument("--min-turns", type=NONNEGATIVE, metavar="N", default=min_turns,
+                   help=f"user turns before the user may end (default: {'never' if min_turns is None else min_turns})")
     g.add_argument("--end-threshold", type=probability, metavar="P", help="end when P(<|endconversation|>) at a turn's start reaches P")
     g.add_argument("--min-words", type=NONNEGATIVE, default=d.min_words, metavar="N", help=f"(default: {d.min_words})")
     g.add_argument("--max-words", type=COUNT, default=d.max_words, metavar="N", help=f"(default: {d.max_words})")

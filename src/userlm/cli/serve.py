@@ -4,6 +4,8 @@
     userlm serve --user hf:microsoft/UserLM-8b --stop-marker '###STOP###'   # as tau2-bench expects
 
 Point any framework's user simulator (an OpenAI-compatible chat model) at http://HOST:PORT/v1.
+Unlike ``simulate``, the user may end the conversation from its second turn on (``--min-turns 1``):
+frameworks stop when their simulated user says so.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", metavar="TOKEN", default=os.environ.get("USERLM_SERVE_API_KEY"),
                    help="require 'Authorization: Bearer TOKEN' (default: USERLM_SERVE_API_KEY, else no token)")
     add_model_options(p, assistant=False)
-    add_guardrail_options(p)
+    add_guardrail_options(p, min_turns=1)  # a framework's conversation ends when its user does: let it
     p.set_defaults(run=run)
 
 
