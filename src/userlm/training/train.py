@@ -162,7 +162,8 @@ def train(config: TrainConfig) -> dict:
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
         bf16=bf16,
-        gradient_checkpointing=config.gradient_checkpointing,
+        # only when asked: transformers 5 warns about the argument's name whenever it is passed
+        **({"gradient_checkpointing": True} if config.gradient_checkpointing else {}),
         eval_strategy="steps" if valid_rows else "no",
         eval_steps=eval_steps,
         save_strategy="steps",
