@@ -45,6 +45,7 @@ def test_simulate_and_show_with_scripted_models(tmp_path, intents_file, scripts)
     assert shown.returncode == 0
     assert "USER    got a vegan lasagna recipe?" in shown.stdout
     assert "1 refused: first_word" in shown.stdout
+    assert "refused (first_word): I want a recipe" in shown.stdout  # the refused draft itself
     assert "ASSIST  Try this one." in shown.stdout
     again = userlm_cli("simulate", "--intents", intents_file, "--user", f"scripted:{user}", "--assistant",
                        f"scripted:{assistant}", "--out", out, "--samples", 2, "--max-turns", 2)

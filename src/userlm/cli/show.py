@@ -20,6 +20,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--end-reason", help="only conversations that ended this way")
     p.add_argument("--limit", type=int, metavar="N", help="show at most N conversations")
     p.add_argument("--width", type=int, default=100, help="wrap lines at this width (default: 100)")
+    p.add_argument("--no-drafts", action="store_true", help="list refusal reasons only, not the refused drafts")
     p.set_defaults(run=run)
 
 
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         if args.limit is not None and shown >= args.limit:
             break
-        sys.stdout.write(format_conversation(conv, width=args.width) + "\n")
+        sys.stdout.write(format_conversation(conv, width=args.width, drafts=not args.no_drafts) + "\n")
         shown += 1
     if shown == 0:
         raise UserError(f"{args.file}: no conversation matches; check --id/--end-reason.")
@@ -51,8 +52,22 @@ def _notes(m: Message) -> str:
     return f"  [{'; '.join(parts)}]" if parts else ""
 
 
-def format_conversation(conv: Conversation, width: int = 100) -> str:
-    """A plain-text transcript of one conversation, with the guardrails' notes."""
+def _drafts(m: Message, width: int) -> list[str]:
+    """Each refused draft, with its reason (cut to two lines; the record holds it whole, or its first
+    characters and its length)."""
+    lines = []
+    for r in m.rejected or []:
+        shown = " ".join(r.draft.split()) or "(empty)"
+        wrapped = textwrap.wrap(f"refused ({r.reason}): {shown}", width - 10) or [""]
+        if len(wrapped) > 2 or r.length is not None:
+            wrapped = wrapped[:2]
+            wrapped[-1] += f" ... ({r.length or len(r.draft)} characters)"
+        lines += [f"{'':<9}{w}" for w in wrapped]
+    return lines
+
+
+def format_conversation(conv: Conversation, width: int = 100, drafts: bool = True) -> str:
+    """A plain-text transcript of one conversation, with the guardrails' notes and refused drafts."""
     rule = "=" * width
     lines = [rule, f"{conv.id}   ended: {conv.end_reason}   turns: {len(conv.user_turns())}"]
     lines.append(f"user model: {conv.user_model}   assistant: {conv.assistant_model}   seed: {conv.seed}")
@@ -66,11 +81,15 @@ def format_conversation(conv: Conversation, width: int = 100) -> str:
         lines += [f"{'':<7} {b}" for b in body[1:]]
         if m.role == "user" and _notes(m):
             lines.append(f"{'':<7}{_notes(m)}")
+            if drafts:
+                lines += _drafts(m, width)
         for event in m.events or []:
             lines.append(f"{'':<7}  ({', '.join(f'{k}={v}' for k, v in event.items())})")
     if conv.final_turn is not None:
         what = "<|endconversation|>" if conv.end_reason == "user_ended" else "(every draft refused)"
         lines.append(f"{'USER':<7} {what}{_notes(conv.final_turn)}")
+        if drafts:
+            lines += _drafts(conv.final_turn, width)
     if conv.error:
         lines.append(f"error: {conv.error}")
     return "\n".join(lines)
