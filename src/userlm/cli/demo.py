@@ -63,14 +63,14 @@ class RetrievalAssistant:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..conversation import read_conversations, write_conversations
+    from ..conversation import read_conversations
     from ..errors import UserError
     from ..guardrails import GuardrailConfig
     from ..intents import Intent
     from ..models.base import SamplingSettings
     from ..models.local import LocalUserModel
-    from ..prepare.filters import filter_and_split
-    from ..prepare.ingest import conversations_from
+    from ..prepare.filters import filter_and_split, save_prepared
+    from ..prepare.ingest import IngestStats, conversations_from
     from ..simulation import RunSettings, simulate
     from ..training.train import TrainConfig, train
     from ..user import SimulatedUser
@@ -82,9 +82,9 @@ def run(args: argparse.Namespace) -> int:
     prepared = out / "prepared"
     if not (prepared / "train.jsonl").exists():
         print(f"[1/4] preparing {args.data}", file=sys.stderr)
-        splits, report = filter_and_split(conversations_from(args.data))
-        for name, rows in splits.items():
-            write_conversations(prepared / f"{name}.jsonl", rows)
+        stats = IngestStats()
+        splits, report = filter_and_split(conversations_from(args.data, stats=stats))
+        save_prepared(prepared, splits, report, [args.data], stats.rows, stats.dropped_messages)
         print(report.table(), file=sys.stderr)
     model_dir = out / "models" / "user"
     if not (model_dir / "config.json").exists():

@@ -11,7 +11,6 @@ conversations each step removed), and prints the report.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from ..prepare.ingest import FORMATS
@@ -39,9 +38,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..conversation import write_conversations
     from ..errors import UserError
-    from ..prepare.filters import FilterConfig, filter_and_split
+    from ..prepare.filters import FilterConfig, filter_and_split, save_prepared
     from ..prepare.ingest import IngestStats, conversations_from
 
     try:
@@ -61,10 +59,7 @@ def run(args: argparse.Namespace) -> int:
         convs.extend(conversations_from(source, fmt=args.format, split=args.hub_split, oasst_languages=languages, stats=stats))
     splits, report = filter_and_split(convs, config)
     out = Path(args.out)
-    for name, rows in splits.items():
-        write_conversations(out / f"{name}.jsonl", rows)
-    summary = {"sources": args.sources, "rows": stats.rows, "oasst_dropped_messages": stats.dropped_messages, **report.to_dict()}
-    (out / "report.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    save_prepared(out, splits, report, list(args.sources), stats.rows, stats.dropped_messages)
     print(report.table())
     if report.dedup_method:
         print(f"near-duplicates: {report.dedup_method}")

@@ -13,8 +13,11 @@ conversation itself. Each user goes to a split by a seeded hash of its key.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from ..conversation import Conversation
 from ..guardrails import normalise
@@ -141,3 +144,16 @@ def _near_duplicates(convs: list[Conversation], config: FilterConfig) -> set[int
         lsh.insert(str(index), signature)
         kept.add(index)
     return kept
+
+
+def save_prepared(out: Path, splits: dict[str, list[Conversation]], report: PrepareReport, sources: list[str],
+                  rows: int, dropped_messages: int) -> None:
+    """``train.jsonl``, ``validation.jsonl``, ``test.jsonl`` and ``report.json`` (what was kept and why)."""
+    from ..conversation import write_conversations
+
+    for name, convs in splits.items():
+        write_conversations(out / f"{name}.jsonl", convs)
+    summary = {"sources": sources, "rows": rows, "oasst_dropped_messages": dropped_messages, **report.to_dict()}
+    tmp = out / "report.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    os.replace(tmp, out / "report.json")
