@@ -20,7 +20,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--intents", metavar="FILE", help="take the intent from this file (with --id)")
     p.add_argument("--id", help="intent id within --intents (default: the first)")
     p.add_argument("--max-turns", type=int, default=20, metavar="N", help="user turns at most (default: 20)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the user's sampling (default: 0)")
     p.add_argument("--out", metavar="FILE", help="append the conversation to this JSONL file")
     add_model_options(p, assistant=False)
     add_guardrail_options(p)

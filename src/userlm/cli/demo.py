@@ -33,9 +33,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("demo", help="prepare, train and simulate end to end, offline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo", metavar="DIR", help="where data, model and conversations go (default: demo/)")
     p.add_argument("--data", default=DEFAULT_DATA, metavar="FILE", help=f"chat logs to train on (default: {DEFAULT_DATA})")
-    p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--conversations", type=int, default=8, metavar="N")
-    p.add_argument("--max-turns", type=int, default=4, metavar="N")
+    p.add_argument("--epochs", type=float, default=3.0, help="training epochs (default: 3)")
+    p.add_argument("--conversations", type=int, default=8, metavar="N", help="conversations to simulate (default: 8)")
+    p.add_argument("--max-turns", type=int, default=4, metavar="N", help="user turns per conversation at most (default: 4)")
     p.set_defaults(run=run)
 
 

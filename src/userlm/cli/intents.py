@@ -18,12 +18,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("intents", help="write an intent for each conversation with a chat model", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="a JSONL file of conversations (e.g. prepared/train.jsonl)")
     p.add_argument("--model", required=True, metavar="SPEC", help="chat model: openai:MODEL, hf:PATH, python:MODULE:FN")
-    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--out", required=True, metavar="FILE", help="the conversations with their intents, as JSONL")
     p.add_argument("--base-url", help="OpenAI-compatible server (default: OPENAI_BASE_URL)")
-    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--concurrency", type=int, default=16, metavar="N", help="requests to the chat model in flight (default: 16)")
     p.add_argument("--overwrite", action="store_true", help="also replace intents the conversations brought")
     p.add_argument("--cache", metavar="FILE", help="answers cache (default: $USERLM_CACHE_DIR or ~/.cache/userlm, intents.jsonl)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
 

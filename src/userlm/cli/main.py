@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import sys
 import threading
@@ -19,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (simulate, chat, serve, show, report, prepare, intents, train, eval_assistant, eval_user, train_detector, demo):
         module.register(commands)
+    for sub in commands.choices.values():  # the commands' descriptions are their module docs: plain text on a terminal
+        sub.description = re.sub(r"``(.+?)``", r"\1", sub.description or "")
     return parser
 
 

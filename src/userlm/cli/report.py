@@ -18,8 +18,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("report", help="write an HTML report with plots and a transcript browser", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="FILE", help="conversation .jsonl files and evaluation .json files")
     p.add_argument("--reference", metavar="FILE", help="real conversations (.jsonl) to compare words per user turn with")
-    p.add_argument("--out", default="report.html", metavar="FILE")
-    p.add_argument("--title", default="userlm report")
+    p.add_argument("--out", default="report.html", metavar="FILE", help="the HTML file to write (default: report.html)")
+    p.add_argument("--title", default="userlm report", help="the page title (default: userlm report)")
     p.set_defaults(run=run)
 
 

@@ -12,6 +12,11 @@ import sys
 from dataclasses import fields
 
 
+#: what the trainer picks when a setting is left open
+_DEFAULTS = {"learning_rate": "2e-5, or 1e-3 from scratch", "effective_batch_size": "the training conversations / 32, at most 1024",
+             "eval_steps": "about 10 evaluations a run", "save_steps": "as --eval-steps", "max_steps": "-1: as many as --epochs make"}
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     from ..training.train import SCRATCH_SIZES, TrainConfig
 
@@ -24,13 +29,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--from-scratch", choices=list(SCRATCH_SIZES), help="train a new tokenizer and a small model instead")
     p.add_argument("--no-intent", dest="use_intent", action="store_const", const=False, help="the paper's no-intent variant")
     p.add_argument("--lora", action="store_const", const=True, help="LoRA adapters (merged into the saved model)")
-    p.add_argument("--gradient-checkpointing", action="store_const", const=True)
+    p.add_argument("--gradient-checkpointing", action="store_const", const=True, help="trade compute for memory on long conversations")
     p.add_argument("--resume", action="store_const", const=True, help="go on from the last checkpoint")
     for name, kind in [("vocab_size", int), ("max_length", int), ("learning_rate", float), ("lr_scheduler", str),
                        ("warmup_ratio", float), ("epochs", float), ("max_steps", int), ("effective_batch_size", int),
                        ("per_device_batch_size", int), ("bf16", str), ("lora_r", int), ("lora_alpha", int),
                        ("lora_dropout", float), ("eval_steps", int), ("save_steps", int), ("logging_steps", int), ("seed", int)]:
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"(default: {getattr(d, name)})")
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"(default: {_DEFAULTS.get(name, getattr(d, name))})")
     p.set_defaults(run=run)
 
 

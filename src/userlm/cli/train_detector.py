@@ -18,8 +18,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--human", action="append", required=True, metavar="FILE", help="human-written texts (repeatable)")
     p.add_argument("--machine", action="append", required=True, metavar="FILE", help="machine-written texts (repeatable)")
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the trained detector")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out split (default: 0)")
     p.set_defaults(run=run)
 
 
