@@ -145,3 +145,16 @@ def test_the_same_command_twice_writes_the_same_conversations(tmp_path, tiny_use
         runs.append({r["id"]: {k: v for k, v in r.items() if k != "duration_s"}
                      for r in map(json.loads, (tmp_path / name).read_text().splitlines())})
     assert runs[0] == runs[1] and len(runs[0]) == 10
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import argparse
+
+    from userlm.cli.main import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in commands.choices.items():
+        text = parser.format_help()
+        assert "``" not in text and "default: None" not in text, name
+        silent = [a.option_strings or [a.dest] for a in parser._actions if not a.help and a.dest != "help"]
+        assert silent == [], (name, silent)
