@@ -162,6 +162,19 @@ def test_two_runs_side_by_side(page):
     tab.uncheck("#pair")
 
 
+def test_side_by_side_says_when_the_runs_share_no_conversations(browser, report_inputs):
+    from userlm.conversation import read_conversations, write_conversations
+
+    a, b, ev, ref, root = report_inputs
+    other = root / "other.jsonl"
+    write_conversations(other, [c.model_copy(update={"id": "other-" + c.id, "intent_id": "other-" + c.intent_id})
+                                for c in read_conversations(b)])
+    tab, errors = open_report(browser, write(build([a, other], []), root / "disjoint.html"))
+    tab.check("#pair")
+    assert "the runs share no conversation ids" in tab.locator("#count").inner_text()
+    assert errors == []
+
+
 def test_answer_attempts_show_with_their_scores(browser, report_inputs):
     a, b, ev, ref, root = report_inputs
     tab, errors = open_report(browser, write(build([root / "eval" / "transcripts" / "sharded.jsonl"], [ev]), root / "eval.html"))

@@ -140,13 +140,18 @@
   function renderList() {
     let items = filtered();
     const paired = els("pair").checked && DATA.runs.length > 1;
+    let pairing = "";
     if (paired) { // one row per intent and sample present in the first run
       const seen = new Set(); items = items.filter((c) => c.run === 0 && !seen.has(c.id) && seen.add(c.id));
+      const elsewhere = new Set(convs.filter((c) => c.run !== 0).map((c) => c.id));
+      const twins = items.filter((c) => elsewhere.has(c.id)).length;
+      pairing = twins === 0 ? "; side by side: the runs share no conversation ids, so only the first run's are listed"
+        : twins < items.length ? `; side by side: ${twins} have a twin in another run` : "";
     }
     const pages = Math.max(1, Math.ceil(items.length / PAGE));
     state.page = Math.min(state.page, pages - 1);
     const shown = items.slice(state.page * PAGE, (state.page + 1) * PAGE);
-    els("count").textContent = `${items.length} of ${convs.length} conversations`;
+    els("count").textContent = `${items.length} of ${convs.length} conversations${pairing}`;
     els("list").innerHTML = shown.map((c) => `<li data-i="${c._i}"${state.selected === c._i ? ' class="active"' : ""}>` +
       `<div><b>${esc(c.id)}</b>${DATA.runs.length > 1 && !paired ? `<span class="badge">run ${c.run + 1}</span>` : ""}` +
       `<span class="badge">${esc(c.end)}</span>${c.score != null ? `<span class="badge">score ${(+c.score).toFixed(2)}</span>` : ""}</div>` +
