@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
@@ -206,23 +204,11 @@ def test_local_detector_trained_on_real_text_and_served_over_http(tmp_path, oass
     scores = asyncio.run(local.human_likelihood(probe))
     assert scores[0] > scores[1]
 
-    class Service(BaseHTTPRequestHandler):
-        def do_POST(self):
-            texts = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["texts"]
-            body = json.dumps({"scores": asyncio.run(local.human_likelihood(texts))}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    from tests.test_http_faults import json_service
 
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Service)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server, url = json_service(lambda texts: (200, json.dumps({"scores": asyncio.run(local.human_likelihood(texts))}).encode()))
     try:
-        remote = HTTPDetector(f"http://127.0.0.1:{server.server_port}/score", batch=1)
+        remote = HTTPDetector(url, batch=1)
         assert asyncio.run(remote.human_likelihood(probe)) == pytest.approx(scores)
     finally:
         server.shutdown()

@@ -150,20 +150,16 @@ def test_a_real_socket_that_cuts_the_body_short_is_retried():
     assert reply.text == "hello" and len(served) == 2
 
 
-def test_the_detector_service_follows_the_same_policy():
-    """A naturalness detector behind HTTP: a 503 and a cut answer are retried; a service that always
-    fails ends in one sentence after N + 1 attempts."""
+def json_service(respond):
+    """A detector-style HTTP service on 127.0.0.1: ``respond(texts)`` gives (status, body bytes).
+    Returns the server (shut it down) and its URL."""
     from http.server import BaseHTTPRequestHandler, HTTPServer
-
-    from userlm.evaluation.detectors import HTTPDetector
-
-    answers = []
 
     class Service(BaseHTTPRequestHandler):
         def do_POST(self):
-            texts = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["texts"]
-            status, body = answers.pop(0) if answers else (200, json.dumps({"scores": [0.5] * len(texts)}).encode())
+            status, body = respond(json.loads(self.rfile.read(int(self.headers["Content-Length"])))["texts"])
             self.send_response(status)
+            self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -173,7 +169,17 @@ def test_the_detector_service_follows_the_same_policy():
 
     server = HTTPServer(("127.0.0.1", 0), Service)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    detector = HTTPDetector(f"http://127.0.0.1:{server.server_port}/score")
+    return server, f"http://127.0.0.1:{server.server_port}/score"
+
+
+def test_the_detector_service_follows_the_same_policy():
+    """A naturalness detector behind HTTP: a 503 and a cut answer are retried; a service that always
+    fails ends in one sentence after N + 1 attempts."""
+    from userlm.evaluation.detectors import HTTPDetector
+
+    answers = []
+    server, url = json_service(lambda texts: answers.pop(0) if answers else (200, json.dumps({"scores": [0.5] * len(texts)}).encode()))
+    detector = HTTPDetector(url)
     try:
         answers.extend([(503, b"{}"), (200, b'{"scores": [0.')])
         assert asyncio.run(detector.human_likelihood(["a text", "another"])) == [0.5, 0.5]
