@@ -92,7 +92,7 @@ def test_other_architectures_keep_the_models_own_forward(kind):
 def greedy_engine(user_dir, max_new_tokens: int):
     """The tiny user model's tokenizer and model, and the engine's greedy settings for it."""
     from userlm.models.base import SamplingSettings
-    from userlm.models.engine import vocab_tables
+    from userlm.models.vocab import vocab_tables
     from userlm.models.local import LoadOptions, LocalUserModel
 
     user = LocalUserModel(str(user_dir), sampling=SamplingSettings(0.0, 1.0, max_new_tokens), options=LoadOptions(dtype="float32"))

@@ -12,7 +12,7 @@ import userlm
 from userlm.guardrails import GuardrailConfig, first_word
 from userlm.intents import Intent
 from userlm.models.base import SamplingSettings, UserTurnRequest
-from userlm.models.engine import banned_first_ids
+from userlm.models.vocab import banned_first_ids
 from userlm.models.local import LocalChatModel, LocalUserModel
 from userlm.simulation import RunSettings
 
@@ -132,7 +132,8 @@ def test_a_model_directory_that_does_not_exist_is_one_clear_error(tmp_path):
 
 
 def test_prefix_cache_reuses_a_conversations_keys_and_values_exactly(tiny_user_dir):
-    from userlm.models.engine import EngineStats, PrefixCache, Row, generate, vocab_tables
+    from userlm.models.engine import EngineStats, PrefixCache, Row, generate
+    from userlm.models.vocab import vocab_tables
 
     user = LocalUserModel(str(tiny_user_dir), sampling=SAMPLING)
     tok, model = user.loaded.tokenizer, user.loaded.model

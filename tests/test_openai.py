@@ -91,7 +91,7 @@ def test_user_and_assistant_over_a_real_openai_compatible_server(server, tiny_us
     assert completions and chats
     for body in completions:
         assert body["prompt"].startswith("<|start_header_id|>system<|end_header_id|>\nYou want")
-        assert body["prompt"].endswith("<|start_header_id|>user<|end_header_id|>")
+        assert body["prompt"].endswith("<|start_header_id|>user<|end_header_id|>\n")  # the turn opened, as on the local path
         assert body["stop"] == ["<|eot_id|>"]
         assert body["logit_bias"] == {str(end_id): -100}
         assert body["top_p"] == 0.8

@@ -9,6 +9,7 @@ from ..models.base import SamplingSettings
 from ..models.local import LoadOptions
 from ..models.openai_compat import Endpoint
 from ..models.registry import ProviderOptions
+from ..models.vllm_engine import VLLMOptions
 
 
 def at_least(low: float, kind: type = int):
@@ -48,7 +49,7 @@ def add_model_options(parser: argparse.ArgumentParser, *, assistant: bool = True
                       many_users: bool = False, assistant_required: bool = True) -> None:
     g = parser.add_argument_group("user model")
     g.add_argument("--user", required=user_required, metavar="SPEC", action="append" if many_users else "store",
-                   help="hf:PATH_OR_ID, openai:MODEL, prompted:SPEC or scripted:FILE" + (" (repeatable)" if many_users else ""))
+                   help="hf:PATH_OR_ID, vllm:PATH_OR_ID, openai:MODEL, prompted:SPEC or scripted:FILE" + (" (repeatable)" if many_users else ""))
     g.add_argument("--user-base-url", metavar="URL", help="OpenAI-compatible server of the user model (default: OPENAI_BASE_URL)")
     g.add_argument("--user-temperature", type=NONNEGATIVE_FLOAT, default=1.0, metavar="T", help="(default: 1.0, as on the UserLM-8b card)")
     g.add_argument("--user-top-p", type=probability, default=0.8, metavar="P", help="(default: 0.8, as on the UserLM-8b card)")
@@ -56,7 +57,7 @@ def add_model_options(parser: argparse.ArgumentParser, *, assistant: bool = True
     g.add_argument("--user-end-token-id", type=NONNEGATIVE, metavar="ID", help="id of <|endconversation|> on the user model's server")
     if assistant:
         g = parser.add_argument_group("assistant")
-        g.add_argument("--assistant", required=assistant_required, metavar="SPEC", help="hf:PATH_OR_ID, openai:MODEL, python:MODULE:FN or scripted:FILE")
+        g.add_argument("--assistant", required=assistant_required, metavar="SPEC", help="hf:PATH_OR_ID, vllm:PATH_OR_ID, openai:MODEL, python:MODULE:FN or scripted:FILE")
         g.add_argument("--assistant-base-url", metavar="URL", help="OpenAI-compatible server of the assistant (default: OPENAI_BASE_URL)")
         g.add_argument("--assistant-temperature", type=NONNEGATIVE_FLOAT, default=0.7, metavar="T", help="(default: 0.7)")
         g.add_argument("--assistant-top-p", type=probability, default=1.0, metavar="P", help="(default: 1.0)")
@@ -65,6 +66,13 @@ def add_model_options(parser: argparse.ArgumentParser, *, assistant: bool = True
     g.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:N, mps")
     g.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs and on CPUs with AMX or AVX-512 BF16, else fp32), float32, bfloat16, float16")
     g.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's own code to run")
+    g.add_argument("--vllm-tensor-parallel", type=COUNT, default=1, metavar="N", help="vllm: GPUs each engine spans (default: 1)")
+    g.add_argument("--vllm-gpu-memory", type=probability, default=0.9, metavar="F", help="vllm: share of each GPU's memory an engine may take (default: 0.9)")
+    g.add_argument("--vllm-max-model-len", type=COUNT, metavar="N", help="vllm: longest sequence in tokens (default: the model's)")
+    g.add_argument("--vllm-kv-cache-gb", type=above_zero, metavar="GB", help="vllm: KV-cache size in GiB (default: vLLM's on GPUs, 4 on CPUs)")
+    g.add_argument("--vllm-quantization", metavar="METHOD", help="vllm: quantization method of the checkpoint (awq, gptq, fp8, ...)")
+    g.add_argument("--vllm-max-seqs", type=COUNT, metavar="N", help="vllm: most sequences in one engine step (default: vLLM's)")
+    g.add_argument("--vllm-eager", action="store_true", help="vllm: no compilation or graphs (starts faster, runs slower)")
     g.add_argument("--batch-size", type=COUNT, default=64, metavar="N", help="most sequences a local model runs at once (default: 64)")
     g.add_argument("--request-concurrency", type=COUNT, default=32, metavar="N", help="requests in flight per server (default: 32)")
     g.add_argument("--max-retries", type=NONNEGATIVE, default=5, metavar="N", help="retries of a failed request (5xx, 429, timeouts, cut or malformed answers): N + 1 attempts at most (default: 5)")
@@ -120,6 +128,12 @@ def provider_options(args: argparse.Namespace, side: str) -> ProviderOptions:
         ),
         load=LoadOptions(
             device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, max_batch_size=args.batch_size
+        ),
+        vllm=VLLMOptions(
+            tensor_parallel_size=args.vllm_tensor_parallel, gpu_memory_utilization=args.vllm_gpu_memory,
+            max_model_len=args.vllm_max_model_len, dtype=args.dtype, quantization=args.vllm_quantization,
+            kv_cache_gb=args.vllm_kv_cache_gb, max_num_seqs=args.vllm_max_seqs, enforce_eager=args.vllm_eager,
+            trust_remote_code=args.trust_remote_code,
         ),
         end_token_id=getattr(args, "user_end_token_id", None) if side == "user" else None,
     )

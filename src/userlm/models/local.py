@@ -382,7 +382,8 @@ class LocalUserModel:
         return await self._batcher.submit(request)
 
     def _run(self, requests: list[UserTurnRequest]) -> list[UserDraft]:
-        from .engine import Row, banned_first_ids, generate, vocab_tables
+        from .engine import Row, generate
+        from .vocab import banned_first_ids, vocab_tables
 
         tok = self.loaded.tokenizer
         tables = vocab_tables(tok)
@@ -459,7 +460,8 @@ class LocalChatModel:
         _forget(self)
 
     def _run(self, items: list[tuple[list[dict[str, str]], int]]) -> list[ChatReply]:
-        from .engine import Row, generate, vocab_tables
+        from .engine import Row, generate
+        from .vocab import vocab_tables
 
         tok = self.loaded.tokenizer
         rows, texts = [], []

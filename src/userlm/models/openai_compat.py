@@ -249,22 +249,37 @@ class OpenAIChatModel(_OpenAIModel):
 class OpenAIUserModel(_OpenAIModel):
     """A UserLM-format user model behind ``/v1/completions``.
 
-    Termination control sends ``logit_bias`` of -100 on the id of ``<|endconversation|>``
-    (given as ``end_token_id``, else asked of the server's vLLM-style ``/tokenize``); the
-    guardrails also refuse a premature end client-side, for servers that ignore the bias.
-    ``end_threshold`` needs a server that returns ``logprobs``.
+    The prompt is the UserLM template rendered as text, with the newline that opens the user
+    turn, as the ``hf:`` and ``vllm:`` paths feed it. A server that answers vLLM's ``/tokenize``
+    is driven exactly: no begin-of-text token added (``add_special_tokens: false``), the end
+    token as a stop token with special tokens kept in the text, P(end) at the first content
+    position read from the raw log-probability of the end token itself
+    (``logprob_token_ids``), all in the one request. Termination control sends ``logit_bias``
+    of -100 on the id of ``<|endconversation|>`` (given as ``end_token_id``, else asked of
+    ``/tokenize``); the guardrails also refuse a premature end client-side, for servers that
+    ignore the bias. Other servers get plain completions; ``end_threshold`` then needs one that
+    returns ``logprobs``, and P(end) comes from the top ``max_logprobs``: an end token outside
+    them is recorded as an upper bound (``end_prob_below``), never as zero.
     """
 
-    def __init__(self, model: str, *, end_token_id: int | None = None, **kwargs: Any):
+    OPENING = "\n"  #: what the UserLM template writes after the user header, before the content
+
+    def __init__(self, model: str, *, end_token_id: int | None = None, max_logprobs: int = 20, **kwargs: Any):
         super().__init__(model, **kwargs)
         self.name = f"openai:{model}"
+        self.max_logprobs = max_logprobs
         self._end_token_id = end_token_id
-        self._end_id_looked_up = end_token_id is not None
+        self._probed = False
+        self.vllm_like = False  #: the server answers vLLM's /tokenize and takes its extra fields
+        self._warned_bound = False
 
     async def _end_id(self) -> int | None:
-        if not self._end_id_looked_up:
-            self._end_id_looked_up = True
-            self._end_token_id = await self._tokenize_end_token()
+        if not self._probed:
+            self._probed = True
+            looked_up = await self._tokenize_end_token()
+            self.vllm_like = looked_up is not None
+            if self._end_token_id is None:
+                self._end_token_id = looked_up
             if self._end_token_id is None:
                 log.warning(
                     "%s: could not look up the id of %s (no /tokenize endpoint); premature ends are refused "
@@ -295,42 +310,115 @@ class OpenAIUserModel(_OpenAIModel):
 
         return await self._post("/completions", {"model": self.model, **body}, parse)
 
+    def prompt(self, request: UserTurnRequest) -> str:
+        """The prompt text sent for ``request``: the rendered conversation and the turn's opening."""
+        return user_prompt_text(request.intent, request.messages) + self.OPENING
+
+    def _first_position(self, logprobs: dict[str, Any] | None, end_id: int | None) -> tuple[float | None, float | None]:
+        """P(end) at the first generated position, or (None, an upper bound) when the end token is
+        not among the returned log-probabilities, or (None, None) when there are none."""
+        top = ((logprobs or {}).get("top_logprobs") or [None])[0]
+        if not top:
+            return None, None
+        keys = {END_OF_CONVERSATION} | ({f"token_id:{end_id}"} if end_id is not None else set())
+        for key, value in top.items():
+            if key in keys:
+                return (math.exp(value) if value is not None and value > float("-inf") else 0.0), None
+        bound = math.exp(min(v for v in top.values() if v is not None)) if any(v is not None for v in top.values()) else None
+        return None, bound
+
+    def _say_bound(self, bound: float, threshold: float | None) -> None:
+        if self._warned_bound:
+            return
+        self._warned_bound = True
+        decided = "" if threshold is None or bound < threshold else (
+            f"; --end-threshold {threshold:g} could not be checked on such turns, which go on")
+        log.warning("%s: %s was outside the %d log-probabilities the server returned at a turn's start, so P(end) "
+                    "is recorded only as below %.3g (end_prob_below)%s. A server that takes logprob_token_ids (vLLM) "
+                    "gives it exactly; a larger --max-logprobs narrows the bound.", self.name, END_OF_CONVERSATION,
+                    self.max_logprobs, bound, decided)
+
     async def end_probability(self, prompt: str, seed: int) -> float:
-        """P(<|endconversation|>) as the first token of the turn, from the server's logprobs."""
-        response = await self._complete(prompt=prompt + "\n", max_tokens=1, logprobs=20, temperature=1.0, seed=seed)
+        """P(<|endconversation|>) as the first token of the turn, from the server's logprobs
+        (``prompt`` without the turn's opening newline). An end token outside the returned
+        top ``max_logprobs`` counts as 0 here and is said once."""
+        end_id = await self._end_id()
+        extra = self._exact_fields(end_id) if self.vllm_like else {}
+        response = await self._complete(prompt=prompt + self.OPENING, max_tokens=1, logprobs=self.max_logprobs,
+                                        temperature=1.0, seed=seed, **extra)
         logprobs = response["choices"][0].get("logprobs")
         if not logprobs or not logprobs.get("top_logprobs"):
             raise ConfigurationError(
                 f"{self.base_url} does not return logprobs for {self.model}; --end-threshold needs a server "
                 "that does (vLLM does), or drop --end-threshold."
             )
-        top = logprobs["top_logprobs"][0] or {}
-        return math.exp(top[END_OF_CONVERSATION]) if END_OF_CONVERSATION in top else 0.0
+        prob, bound = self._first_position(logprobs, end_id)
+        if prob is None and bound is not None:
+            self._say_bound(bound, None)
+        return prob if prob is not None else 0.0
+
+    def _exact_fields(self, end_id: int | None) -> dict[str, Any]:
+        """vLLM's extra completion fields that make the request exact."""
+        fields: dict[str, Any] = {"add_special_tokens": False, "skip_special_tokens": False, "return_token_ids": True,
+                                  "return_tokens_as_token_ids": True}
+        if end_id is not None:
+            fields |= {"stop_token_ids": [end_id], "logprob_token_ids": [end_id]}
+        return fields
 
     async def draft(self, request: UserTurnRequest) -> UserDraft:
-        prompt = user_prompt_text(request.intent, request.messages)
-        end_prob = None
-        prompt_tokens = 0
-        if request.end_threshold is not None and request.allow_end:
-            end_prob = await self.end_probability(prompt, request.seed)
-            if end_prob >= request.end_threshold:
+        end_id = await self._end_id()
+        prompt = self.prompt(request)
+        end_prob, bound, prompt_tokens = None, None, 0
+        threshold = request.end_threshold if request.allow_end else None
+        if threshold is not None and not self.vllm_like:
+            # a plain server's log-probabilities may come after the bias: ask for P(end) alone first
+            end_prob = await self.end_probability(prompt[: -len(self.OPENING)], request.seed)
+            if end_prob >= threshold:
                 return UserDraft(text="", ended=True, end_prob=end_prob)
         suppress_end = not request.allow_end or request.end_threshold is not None
-        end_id = await self._end_id() if suppress_end else None
-        bias = {"logit_bias": {str(end_id): -100}} if end_id is not None else {}
-        response = await self._complete(
-            prompt=prompt, stop=[END_OF_TURN], seed=request.seed, **bias, **self._sampling_args()
-        )
+        body: dict[str, Any] = {"prompt": prompt, "stop": [END_OF_TURN], "seed": request.seed, **self._sampling_args()}
+        if suppress_end and end_id is not None:
+            body["logit_bias"] = {str(end_id): -100}
+        if self.vllm_like:
+            body |= self._exact_fields(end_id) | {"logprobs": 1 if end_id is not None else self.max_logprobs}
+        response = await self._complete(**body)
         choice = response["choices"][0]
+        if self.vllm_like:
+            end_prob, bound = self._first_position(choice.get("logprobs"), end_id)
+            if end_prob is None and bound is not None:
+                self._say_bound(bound, threshold)
+            if threshold is not None and end_prob is not None and end_prob >= threshold:
+                return UserDraft(text="", ended=True, end_prob=end_prob, prompt_tokens=len(choice.get("prompt_token_ids") or []))
         raw = choice.get("text") or ""
-        text = raw.replace(END_OF_TURN, "").strip()
-        # Servers that drop special tokens from the text return an end as an empty stopped turn.
-        ended = text == END_OF_CONVERSATION or (not text and choice.get("finish_reason") == "stop")
+        text, ended, closed = self._read(raw, choice, end_id)
         usage = response.get("usage") or {}
+        notes: dict[str, Any] = {}
+        if bound is not None:
+            notes["end_prob_below"] = bound
+        if closed:
+            notes["closed_by_end"] = True
+        if choice.get("finish_reason") == "length":
+            notes["truncated"] = True
         return UserDraft(
             text="" if ended else text,
             ended=ended,
             end_prob=end_prob,
             prompt_tokens=prompt_tokens + usage.get("prompt_tokens", 0),
             completion_tokens=usage.get("completion_tokens", 0),
+            notes=notes,
         )
+
+    def _read(self, raw: str, choice: dict[str, Any], end_id: int | None) -> tuple[str, bool, bool]:
+        """The turn's text, whether it ended the conversation, and whether an end token closed a
+        turn that had text (the ``hf:`` rule: an end token as the whole turn ends the
+        conversation, after some text it closes the turn). Nothing after an end token is kept."""
+        stopped_by_end = end_id is not None and choice.get("stop_reason") in (end_id, END_OF_CONVERSATION)
+        if END_OF_CONVERSATION in raw:
+            raw, stopped_by_end = raw.split(END_OF_CONVERSATION, 1)[0], True
+        text = raw.replace(END_OF_TURN, "").strip()
+        if stopped_by_end:
+            return text, not text, bool(text)
+        if not self.vllm_like and not text and choice.get("finish_reason") == "stop":
+            # servers that drop special tokens from the text return an end as an empty stopped turn
+            return "", True, False
+        return text, False, False

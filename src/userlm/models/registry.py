@@ -2,6 +2,7 @@
 
 ========================  =====================================================
 ``hf:<path or hub id>``   a local transformers checkpoint (user or assistant)
+``vllm:<path or hub id>`` a checkpoint in vLLM's engine, in this process (user or assistant)
 ``openai:<model>``        any OpenAI-compatible server (user: completions, assistant: chat)
 ``prompted:<spec>``       a chat model given by ``<spec>`` prompted to play the user
 ``python:<mod>:<fn>``     a Python function as the assistant (also ``path/file.py:fn``)
@@ -17,9 +18,10 @@ from ..errors import UserError
 from .base import ChatModel, SamplingSettings, UserModel
 from .local import LoadOptions
 from .openai_compat import Endpoint
+from .vllm_engine import VLLMOptions
 
-USER_PROVIDERS = ("hf", "openai", "prompted", "scripted")
-ASSISTANT_PROVIDERS = ("hf", "openai", "python", "scripted")
+USER_PROVIDERS = ("hf", "vllm", "openai", "prompted", "scripted")
+ASSISTANT_PROVIDERS = ("hf", "vllm", "openai", "python", "scripted")
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class ProviderOptions:
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     endpoint: Endpoint = field(default_factory=Endpoint)
     load: LoadOptions = field(default_factory=LoadOptions)
+    vllm: VLLMOptions = field(default_factory=VLLMOptions)
     end_token_id: int | None = None  #: id of <|endconversation|> on an HTTP user model's server
 
 
@@ -48,6 +51,10 @@ def user_model(spec: str, options: ProviderOptions = ProviderOptions()) -> UserM
         from .local import LocalUserModel
 
         return LocalUserModel(name, sampling=options.sampling, options=options.load)
+    if kind == "vllm":
+        from .vllm_engine import VLLMUserModel
+
+        return VLLMUserModel(name, sampling=options.sampling, options=options.vllm)
     if kind == "openai":
         from .openai_compat import OpenAIUserModel
 
@@ -57,7 +64,7 @@ def user_model(spec: str, options: ProviderOptions = ProviderOptions()) -> UserM
     if kind == "prompted":
         from .prompted import PromptedUser
 
-        if name.split(":", 1)[0] not in ("hf", "openai", "python", "scripted"):
+        if name.split(":", 1)[0] not in ASSISTANT_PROVIDERS:
             raise UserError(f"prompted:{name}: name the chat model to prompt, e.g. prompted:openai:gpt-4o-mini.")
         return PromptedUser(chat_model(name, options))
     from .scripted import ScriptedUser, load_script
@@ -72,6 +79,10 @@ def chat_model(spec: str, options: ProviderOptions = ProviderOptions()) -> ChatM
         from .local import LocalChatModel
 
         return LocalChatModel(name, sampling=options.sampling, options=options.load)
+    if kind == "vllm":
+        from .vllm_engine import VLLMChatModel
+
+        return VLLMChatModel(name, sampling=options.sampling, options=options.vllm)
     if kind == "openai":
         from .openai_compat import OpenAIChatModel
 

@@ -1,0 +1,370 @@
+"""vLLM's async engine in this process (``vllm:<dir or hub id>``), as user model and as assistant.
+
+Every conversation's turn is a request of its own, submitted the moment the conversation needs
+it: vLLM's continuous batching runs whatever is in flight together, so no conversation waits for
+the slowest one of a batch, and its automatic prefix caching reuses each conversation's history.
+Prompts go in as token ids from :mod:`userlm.render` (a model's own last turn as the ids it was
+sampled as, as with ``hf:``), so what the model sees is what the ``hf:`` engine would feed it.
+
+The guardrails are exact inside the engine (:mod:`userlm.models.vllm_guard`): banned first words
+at the first worded token only, ``<|endconversation|>`` impossible until allowed, and the end
+threshold at the first content position. P(end) is read from the raw log-probabilities (before
+any processing) of the end token itself, not from a top-k list. Each request carries its seed,
+so a seed reproduces a run.
+
+The engine runs on an event loop of its own, in a thread: a simulation's loop (or several
+``asyncio.run`` calls in turn) talk to it through thread-safe futures. One engine serves every
+provider that names the same model with the same settings, both roles included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import itertools
+import math
+import os
+import threading
+from dataclasses import asdict, dataclass
+
+from ..errors import ConfigurationError, UserError
+from ..render import (
+    END_OF_CONVERSATION,
+    END_OF_TURN,
+    chat_template_of,
+    prompt_ends_with_whitespace,
+    turn_opening_ids,
+    user_prompt_ids,
+    user_prompt_string,
+)
+from .base import ChatReply, SamplingSettings, UserDraft, UserTurnRequest
+
+GUARD = "userlm.models.vllm_guard:Guardrails"
+
+
+@dataclass(frozen=True)
+class VLLMOptions:
+    """vLLM engine settings, passed through to its engine arguments."""
+
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9  #: share of each GPU's memory the engine may take
+    max_model_len: int | None = None  #: longest sequence (default: the model's)
+    dtype: str = "auto"
+    quantization: str | None = None  #: e.g. awq, gptq, fp8
+    kv_cache_gb: float | None = None  #: KV-cache size in GiB (on CPUs: default 4, or VLLM_CPU_KVCACHE_SPACE)
+    max_num_seqs: int | None = None  #: most sequences in one engine step
+    enforce_eager: bool = False
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if self.tensor_parallel_size < 1:
+            raise ValueError("tensor_parallel_size must be at least 1")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError("gpu_memory_utilization must be in (0, 1]")
+        if self.kv_cache_gb is not None and self.kv_cache_gb <= 0:
+            raise ValueError("kv_cache_gb must be above 0")
+
+
+def _cpu_only() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def engine_arguments(path: str, options: VLLMOptions) -> dict:
+    """The keyword arguments of vLLM's ``AsyncEngineArgs`` for ``path`` and ``options``."""
+    args = dict(
+        model=path,
+        tokenizer=path,
+        dtype=options.dtype,
+        tensor_parallel_size=options.tensor_parallel_size,
+        gpu_memory_utilization=options.gpu_memory_utilization,
+        trust_remote_code=options.trust_remote_code,
+        enforce_eager=options.enforce_eager,
+        enable_prefix_caching=True,
+        logits_processors=[GUARD],
+        logprobs_mode="raw_logprobs",
+        seed=0,
+    )
+    if options.max_model_len is not None:
+        args["max_model_len"] = options.max_model_len
+    if options.quantization is not None:
+        args["quantization"] = options.quantization
+    if options.max_num_seqs is not None:
+        args["max_num_seqs"] = options.max_num_seqs
+    kv_gb = options.kv_cache_gb
+    if _cpu_only():
+        # vLLM's CPU build: per-request seeds crash chunked prefill ("CPU Generator does not use offset")
+        args["enable_chunked_prefill"] = False
+        if kv_gb is None and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            kv_gb = 4.0
+    if kv_gb is not None:
+        args["kv_cache_memory_bytes"] = int(kv_gb * 2**30)
+    return args
+
+
+class Engine:
+    """One vLLM ``AsyncLLM`` on an event loop of its own."""
+
+    _ids = itertools.count()
+
+    def __init__(self, path: str, options: VLLMOptions):
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # vLLM's per-step INFO lines would bury the progress bar
+        try:
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
+        except ImportError as exc:
+            raise UserError(f"vllm:{path} needs vLLM ({exc}); install it with pip install 'userlm[vllm]'.") from None
+        from transformers import AutoTokenizer
+
+        self.path = path
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=options.trust_remote_code)
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot load vllm:{path} ({first}); give a local model directory or a downloaded hub id.") from None
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=f"vllm:{path}", daemon=True)
+        self.thread.start()
+        args = AsyncEngineArgs(**engine_arguments(path, options))
+
+        async def start():
+            return AsyncLLM.from_engine_args(args)
+
+        try:
+            self.llm = asyncio.run_coroutine_threadsafe(start(), self.loop).result()
+        except Exception as exc:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"vLLM could not start vllm:{path} ({first}).") from None
+        self.eos = _eos_ids(path, self.tokenizer)
+        atexit.register(self.close)  # after vLLM's own exit handlers, so it runs before them
+
+    async def generate(self, prompt: list[int], params) -> tuple[list[int], list, str | None]:
+        """Sample a continuation of ``prompt``: its token ids, their log-probability dicts and the
+        finish reason. Cancelling the caller aborts the request inside the engine."""
+        future = asyncio.run_coroutine_threadsafe(self._generate(prompt, params), self.loop)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+
+    async def _generate(self, prompt: list[int], params):
+        from vllm.inputs import TokensPrompt
+
+        final = None
+        async for output in self.llm.generate(TokensPrompt(prompt_token_ids=prompt), params, f"userlm-{next(self._ids)}"):
+            final = output
+        completion = final.outputs[0]
+        return list(completion.token_ids), list(completion.logprobs or []), completion.finish_reason
+
+    def close(self) -> None:
+        """Stop the engine and its processes; requests still in flight fail."""
+        if not self.thread.is_alive():
+            return
+
+        async def stop():
+            handler = getattr(self.llm, "output_handler", None)
+            if handler is not None:  # first, so that it does not report the engine it waits on as dead
+                handler.cancel()
+            self.llm.shutdown(timeout=2)
+
+        try:
+            asyncio.run_coroutine_threadsafe(stop(), self.loop).result(timeout=30)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+
+
+def _eos_ids(path: str, tokenizer) -> set[int]:
+    from transformers import GenerationConfig
+
+    ids: set[int] = set()
+    try:
+        eos = GenerationConfig.from_pretrained(path).eos_token_id
+    except OSError:
+        eos = None
+    ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+_engines: dict[tuple, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def engine(path: str, options: VLLMOptions) -> Engine:
+    """The engine for ``path`` with ``options``, started once per process."""
+    from .local import check_source
+
+    check_source(path)
+    key = (path, tuple(sorted(asdict(options).items())))
+    with _engines_lock:
+        if key not in _engines:
+            _engines[key] = Engine(path, options)
+        return _engines[key]
+
+
+def close_engines() -> None:
+    """Shut every engine of this process down (its engine-core processes with it)."""
+    with _engines_lock:
+        engines = list(_engines.values())
+        _engines.clear()
+    for e in engines:
+        e.close()
+
+
+def _token_id(tokenizer, token: str) -> int | None:
+    ids = tokenizer.convert_tokens_to_ids([token])
+    return ids[0] if ids and ids[0] is not None and ids[0] != tokenizer.unk_token_id else None
+
+
+def _sampling(settings: SamplingSettings, seed: int, **extra):
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        max_tokens=settings.max_new_tokens,
+        seed=seed,
+        skip_special_tokens=False,
+        detokenize=False,
+        **extra,
+    )
+
+
+class VLLMUserModel:
+    """A UserLM-format user model in vLLM's engine; guardrails exact inside the sampler."""
+
+    remote = True  #: vLLM's scheduler batches its requests, not userlm's lockstep gate
+
+    def __init__(self, path: str, *, sampling: SamplingSettings, options: VLLMOptions = VLLMOptions()):
+        from .local import _SampledTurns
+        from .vocab import vocab_tables
+
+        self.name = f"vllm:{path}"
+        self.sampling = sampling
+        self.engine = engine(path, options)
+        tok = self.engine.tokenizer
+        self.end_id = _token_id(tok, END_OF_CONVERSATION)
+        eot = _token_id(tok, END_OF_TURN)
+        self.stop_ids = self.engine.eos | ({eot} if eot is not None else set())
+        opened_with_whitespace = prompt_ends_with_whitespace(tok)
+        self.opening = [] if opened_with_whitespace else turn_opening_ids(tok)
+        self.opening_text = tok.decode(self.opening, skip_special_tokens=False)
+        self.content_offset = 0 if self.opening or opened_with_whitespace else 1
+        self.whitespace = vocab_tables(tok).whitespace.tolist()
+        self.sampled = _SampledTurns(tok, 4096)
+
+    def forget_conversations(self) -> None:
+        """Forget the ids each conversation's turns were sampled as (a new run starts)."""
+        self.sampled.clear()
+
+    def prompt_ids(self, request: UserTurnRequest) -> list[int]:
+        tok = self.engine.tokenizer
+        text = user_prompt_string(tok, request.intent, request.messages) + self.opening_text
+        return self.sampled.prompt(request.conversation_key, text, lambda: user_prompt_ids(tok, request.intent, request.messages) + self.opening)
+
+    def guard(self, request: UserTurnRequest) -> dict:
+        """The guardrail arguments of ``request`` for :class:`userlm.models.vllm_guard.Guardrails`."""
+        from .vocab import banned_first_ids
+
+        banned = banned_first_ids(self.engine.tokenizer, request.banned_first_words).tolist() if request.banned_first_words else []
+        return {
+            "end_id": self.end_id,
+            "suppress_end": not request.allow_end or request.end_threshold is not None,
+            "end_threshold": request.end_threshold if request.allow_end else None,
+            "banned": banned,
+            "content_offset": self.content_offset,
+        }
+
+    async def draft(self, request: UserTurnRequest) -> UserDraft:
+        tok = self.engine.tokenizer
+        text = user_prompt_string(tok, request.intent, request.messages) + self.opening_text
+        prompt = self.prompt_ids(request)
+        guard = self.guard(request)
+        params = _sampling(
+            self.sampling, request.seed,
+            stop_token_ids=sorted(self.stop_ids | ({self.end_id} if self.end_id is not None else set())),
+            logprob_token_ids=[self.end_id] if self.end_id is not None else None,
+            extra_args={"userlm": guard},
+        )
+        tokens, logprobs, _reason = await self.engine.generate(prompt, params)
+        kept, ended, end_prob, finished = self._read(tokens, logprobs, guard["end_threshold"])
+        self.sampled.remember(request.conversation_key, text, prompt, kept)
+        return UserDraft(
+            text="" if ended else tok.decode(kept, skip_special_tokens=True).strip(),
+            ended=ended,
+            end_prob=end_prob,
+            prompt_tokens=len(prompt),
+            completion_tokens=len(kept) + int(finished),
+            notes={} if finished or ended else {"truncated": True},
+        )
+
+    def _read(self, tokens: list[int], logprobs: list, threshold: float | None) -> tuple[list[int], bool, float | None, bool]:
+        """The turn's tokens, whether it ended the conversation, P(end) at its first content
+        position, and whether a stop token closed it: the rules of the ``hf:`` engine, read off
+        the sampled tokens and the end token's raw log-probability at each position."""
+        end, kept, started, end_prob = self.end_id, [], False, None
+        for step, token in enumerate(tokens):
+            if end is not None and end_prob is None and not started and (step >= self.content_offset or token == end or not self.whitespace[token]):
+                end_prob = _probability(logprobs, step, end)
+                if threshold is not None and end_prob is not None and end_prob >= threshold:
+                    return [], True, end_prob, True
+            if token in self.stop_ids or token == end:
+                return kept, token == end and not started, end_prob, True
+            kept.append(token)
+            if not self.whitespace[token]:
+                started = True
+        return kept, False, end_prob, False
+
+
+def _probability(logprobs: list, step: int, token: int) -> float | None:
+    if step >= len(logprobs) or not logprobs[step]:
+        return None
+    entry = logprobs[step].get(token)
+    if entry is None:
+        return None
+    value = entry.logprob if hasattr(entry, "logprob") else float(entry)
+    return math.exp(value) if value > float("-inf") else 0.0
+
+
+class VLLMChatModel:
+    """An instruction-tuned model in vLLM's engine as the assistant, prompted with its own chat template."""
+
+    remote = True  #: vLLM's scheduler batches its requests, not userlm's lockstep gate
+
+    def __init__(self, path: str, *, sampling: SamplingSettings, options: VLLMOptions = VLLMOptions()):
+        from .local import _SampledTurns
+
+        self.name = f"vllm:{path}"
+        self.sampling = sampling
+        self.engine = engine(path, options)
+        if not self.engine.tokenizer.chat_template:
+            raise ConfigurationError(f"vllm:{path} has no chat template, so it cannot play the assistant.")
+        self.sampled = _SampledTurns(self.engine.tokenizer, 4096)
+
+    def forget_conversations(self) -> None:
+        self.sampled.clear()
+
+    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None) -> ChatReply:
+        tok = self.engine.tokenizer
+        key = messages[0]["content"] if messages else None
+
+        def template(tokenize: bool):
+            return tok.apply_chat_template(messages, chat_template=chat_template_of(tok), add_generation_prompt=True,
+                                           tokenize=tokenize, return_dict=False)
+
+        text = template(False)
+        prompt = self.sampled.prompt(key, text, lambda: list(template(True)))
+        params = _sampling(self.sampling, seed or 0, stop_token_ids=sorted(self.engine.eos))
+        tokens, _, reason = await self.engine.generate(prompt, params)
+        kept = [t for t in tokens if t not in self.engine.eos]
+        self.sampled.remember(key, text, prompt, kept)
+        return ChatReply(
+            text=tok.decode(kept, skip_special_tokens=True).strip(),
+            prompt_tokens=len(prompt),
+            completion_tokens=len(tokens),
+        )
