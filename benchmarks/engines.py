@@ -1,0 +1,218 @@
+"""B4: the engines side by side on B1's workload (64 intents, 4 user turns, the B1 models).
+
+    .venv-vllm/bin/python benchmarks/engines.py            # make setup-vllm first
+    .venv-vllm/bin/python benchmarks/engines.py --quick
+
+Rows, all in this one process run, every engine loaded and warm first, the timed runs of the
+in-process engines alternated (hf lean, hf with the model's own forward, vllm:, vLLM turn by
+turn) ``--repeats`` times and each one's median reported:
+
+- ``card``: the UserLM-8b card's snippet in a loop (float32, one conversation at a time), on
+  ``--card-conversations`` conversations: the baseline every ratio is against;
+- ``hf_lean`` / ``hf_own_forward``: ``userlm.simulate`` with ``hf:`` models, the lean Llama
+  forward on and off;
+- ``vllm``: ``userlm.simulate`` with ``vllm:`` models (vLLM's async engine in this process,
+  every guardrail in its sampler);
+- ``vllm_turn_by_turn``: the loop a user would write with the same engines: every
+  conversation's user turn together, wait for all, then every reply, and so on (no guardrails);
+  ``vllm`` over it is what continuous batching across conversations buys;
+- ``openai_vllm_server``: ``userlm.simulate`` with ``openai:`` models against two real vLLM
+  servers on this machine (started after the in-process engines are shut down).
+
+All vLLM engines: chunked prefill off (vLLM's CPU build crashes on per-request seeds with it),
+prefix caching on, compiled (not eager), the dtype auto picks (bf16 here, as ``hf:``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import build_models, intents, machine, save  # noqa: E402
+from local_models import ASSISTANT_TOKENS, USER_TOKENS, baseline  # noqa: E402
+
+KV_GB = 2.0
+
+
+def _settings(turns: int, n: int):
+    import userlm
+
+    return userlm.RunSettings(max_turns=turns, concurrency=n, seed=0)
+
+
+def simulate(user_model, assistant, prompts: list[str], turns: int) -> dict:
+    import userlm
+    from userlm.guardrails import GuardrailConfig
+
+    user = userlm.SimulatedUser(user_model, GuardrailConfig())
+    start = time.perf_counter()
+    run = userlm.simulate(prompts, user, assistant, settings=_settings(turns, len(prompts)), progress=False)
+    seconds = time.perf_counter() - start
+    errors = [c.error for c in run.conversations if c.error]
+    if errors:
+        raise SystemExit(f"a benchmark run failed: {errors[0]}")
+    return {"seconds": seconds, "conversations": len(run.conversations),
+            "user_turns": sum(len(c.user_turns()) for c in run.conversations)}
+
+
+def turn_by_turn(user_engine, asst_engine, prompts: list[str], turns: int) -> dict:
+    """What a user would write with vLLM's engine: each turn of every conversation together."""
+    from vllm import SamplingParams
+
+    from userlm.render import user_prompt_ids
+
+    user_tok, asst_tok = user_engine.tokenizer, asst_engine.tokenizer
+    end = user_tok.convert_tokens_to_ids("<|endconversation|>")
+    eot = user_tok.convert_tokens_to_ids("<|eot_id|>")
+
+    async def run():
+        chats = [[] for _ in prompts]
+        for turn in range(turns):
+            async def user(i, chat):
+                params = SamplingParams(temperature=1.0, top_p=0.8, max_tokens=USER_TOKENS, seed=i * 100 + turn,
+                                        stop_token_ids=[eot], logit_bias={end: -100}, detokenize=False)
+                ids, _, _ = await user_engine.generate(user_prompt_ids(user_tok, prompts[i], chat), params)
+                return user_tok.decode(ids, skip_special_tokens=True).strip()
+
+            texts = await asyncio.gather(*[user(i, c) for i, c in enumerate(chats)])
+            for chat, text in zip(chats, texts):
+                chat.append({"role": "user", "content": text})
+
+            async def reply(i, chat):
+                params = SamplingParams(temperature=0.7, top_p=1.0, max_tokens=ASSISTANT_TOKENS, seed=i * 100 + turn,
+                                        stop_token_ids=sorted(asst_engine.eos), detokenize=False)
+                ids = asst_tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)
+                out, _, _ = await asst_engine.generate(list(ids), params)
+                return asst_tok.decode(out, skip_special_tokens=True).strip()
+
+            replies = await asyncio.gather(*[reply(i, c) for i, c in enumerate(chats)])
+            for chat, text in zip(chats, replies):
+                chat.append({"role": "assistant", "content": text})
+
+    start = time.perf_counter()
+    asyncio.run(run())
+    return {"seconds": time.perf_counter() - start, "conversations": len(prompts), "user_turns": len(prompts) * turns}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _server(model: Path) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = _free_port()
+    env = os.environ | {"VLLM_CPU_KVCACHE_SPACE": str(int(KV_GB)), "VLLM_LOGGING_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host",
+                             "127.0.0.1", "--port", str(port), "--no-enable-chunked-prefill", "--disable-log-stats"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the vLLM server for {model} exited")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc, f"http://127.0.0.1:{port}/v1"
+        except httpx.HTTPError:
+            time.sleep(1)
+    raise SystemExit("a vLLM server did not start in 600 s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--conversations", type=int, default=64)
+    parser.add_argument("--turns", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--card-conversations", type=int, default=8)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--models", default=str(Path(__file__).resolve().parent / "models"))
+    args = parser.parse_args()
+    if args.quick:
+        args.conversations, args.repeats, args.card_conversations = 8, 1, 2
+
+    from userlm.models.base import SamplingSettings
+    from userlm.models.local import LoadOptions, LocalChatModel, LocalUserModel
+    from userlm.models.vllm_engine import VLLMChatModel, VLLMOptions, VLLMUserModel, close_engines
+
+    user_dir, asst_dir = build_models(Path(args.models))
+    prompts = intents(args.conversations)
+    user_sampling, asst_sampling = SamplingSettings(1.0, 0.8, USER_TOKENS), SamplingSettings(0.7, 1.0, ASSISTANT_TOKENS)
+    print(f"machine: {machine()}", flush=True)
+
+    started = time.perf_counter()
+    vopts = VLLMOptions(kv_cache_gb=KV_GB)
+    v_user = VLLMUserModel(str(user_dir), sampling=user_sampling, options=vopts)
+    v_asst = VLLMChatModel(str(asst_dir), sampling=asst_sampling, options=vopts)
+    startup = time.perf_counter() - started
+    print(f"vllm: two engines started in {startup:.1f} s", flush=True)
+    models = {
+        "hf_lean": (LocalUserModel(str(user_dir), sampling=user_sampling, options=LoadOptions(max_batch_size=len(prompts))),
+                    LocalChatModel(str(asst_dir), sampling=asst_sampling, options=LoadOptions(max_batch_size=len(prompts)))),
+        "hf_own_forward": (LocalUserModel(str(user_dir), sampling=user_sampling, options=LoadOptions(max_batch_size=len(prompts), lean=False)),
+                           LocalChatModel(str(asst_dir), sampling=asst_sampling, options=LoadOptions(max_batch_size=len(prompts), lean=False))),
+        "vllm": (v_user, v_asst),
+    }
+    runs: dict[str, list[float]] = {name: [] for name in (*models, "vllm_turn_by_turn")}
+    # untimed warm-up of each, twice: the second shows whether a first run is still slow
+    warm: dict[str, list[float]] = {}
+    for name, (u, a) in models.items():
+        warm[name] = [simulate(u, a, prompts, args.turns)["seconds"] for _ in range(2)]
+    warm["vllm_turn_by_turn"] = [turn_by_turn(v_user.engine, v_asst.engine, prompts, args.turns)["seconds"] for _ in range(2)]
+    print("warm-up runs, s:", {k: [round(x, 1) for x in v] for k, v in warm.items()}, flush=True)
+    for repeat in range(args.repeats):
+        for name, (u, a) in models.items():
+            runs[name].append(simulate(u, a, prompts, args.turns)["seconds"])
+        runs["vllm_turn_by_turn"].append(turn_by_turn(v_user.engine, v_asst.engine, prompts, args.turns)["seconds"])
+        print(f"repeat {repeat + 1}:", {k: round(v[-1], 1) for k, v in runs.items()}, flush=True)
+    close_engines()
+    for name in ("hf_lean", "hf_own_forward"):
+        models.pop(name)
+    del v_user, v_asst, models
+
+    card = baseline(user_dir, asst_dir, prompts[: args.card_conversations], args.turns, "float32")
+    print(f"card loop: {card['seconds']:.1f} s for {args.card_conversations} conversations", flush=True)
+
+    from userlm.models.openai_compat import Endpoint, OpenAIChatModel, OpenAIUserModel
+
+    servers = [_server(user_dir), _server(asst_dir)]
+    try:
+        (_, user_url), (_, asst_url) = servers
+        h_user = OpenAIUserModel(str(user_dir), endpoint=Endpoint(base_url=user_url, concurrency=len(prompts)), sampling=user_sampling)
+        h_asst = OpenAIChatModel(str(asst_dir), endpoint=Endpoint(base_url=asst_url, concurrency=len(prompts)), sampling=asst_sampling)
+        simulate(h_user, h_asst, prompts, args.turns)  # warm-up
+        runs["openai_vllm_server"] = [simulate(h_user, h_asst, prompts, args.turns)["seconds"] for _ in range(args.repeats)]
+    finally:
+        for proc, _ in servers:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+
+    card_rate = card["conversations"] / card["seconds"]
+    rows = {"card": {"seconds": card["seconds"], "conversations": card["conversations"], "conversations_per_s": card_rate,
+                     "runs_s": [card["seconds"]]}}
+    for name, seconds in runs.items():
+        median = statistics.median(seconds)
+        rows[name] = {"seconds": median, "conversations": len(prompts), "conversations_per_s": len(prompts) / median, "runs_s": seconds}
+    print(f"\nB4: {len(prompts)} conversations x {args.turns} user turns; card loop on {args.card_conversations}")
+    print(f"{'run':<22}{'median s':>10}{'conv/s':>9}{'x card':>8}{'x vllm':>8}  runs s")
+    for name, r in rows.items():
+        print(f"{name:<22}{r['seconds']:>10.1f}{r['conversations_per_s']:>9.3f}{r['conversations_per_s'] / card_rate:>8.1f}"
+              f"{r['conversations_per_s'] / rows['vllm']['conversations_per_s']:>8.2f}  {', '.join(f'{x:.1f}' for x in r['runs_s'])}")
+    path = save("engines", {"machine": machine(), "conversations": len(prompts), "turns": args.turns,
+                            "card_conversations": args.card_conversations, "vllm_startup_s": startup, "warm_up_s": warm, "rows": rows})
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()
