@@ -20,7 +20,8 @@ turn) ``--repeats`` times and each one's median reported:
   servers on this machine (started after the in-process engines are shut down).
 
 All vLLM engines: chunked prefill off (vLLM's CPU build crashes on per-request seeds with it),
-prefix caching on, compiled (not eager), the dtype auto picks (bf16 here, as ``hf:``).
+prefix caching on, compiled (not eager), float32 (vLLM's fastest here; ``hf:`` runs the bf16
+that its auto picks on this CPU).
 """
 
 from __future__ import annotations
@@ -38,10 +39,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import build_models, intents, machine, save  # noqa: E402
-from local_models import ASSISTANT_TOKENS, USER_TOKENS, baseline  # noqa: E402
+from common import build_models, intents, machine, save
+from local_models import ASSISTANT_TOKENS, USER_TOKENS, baseline
 
 KV_GB = 2.0
+#: vLLM's fastest dtype on this CPU: its bf16 linear layers fall back to a slow path without AMX
+#: (64 first user turns of B1: 45 s in bf16, 10 s in float32, eager, measured here)
+VLLM_DTYPE = "float32"
 
 
 def _settings(turns: int, n: int):
@@ -116,7 +120,7 @@ def _server(model: Path) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     env = os.environ | {"VLLM_CPU_KVCACHE_SPACE": str(int(KV_GB)), "VLLM_LOGGING_LEVEL": "WARNING"}
     proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host",
-                             "127.0.0.1", "--port", str(port), "--no-enable-chunked-prefill", "--disable-log-stats"],
+                             "127.0.0.1", "--port", str(port), "--no-enable-chunked-prefill", "--disable-log-stats", "--dtype", VLLM_DTYPE],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     deadline = time.time() + 600
     while time.time() < deadline:
@@ -136,6 +140,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--card-conversations", type=int, default=8)
+    parser.add_argument("--server-repeats", type=int, default=1)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--models", default=str(Path(__file__).resolve().parent / "models"))
     args = parser.parse_args()
@@ -144,7 +149,12 @@ def main() -> None:
 
     from userlm.models.base import SamplingSettings
     from userlm.models.local import LoadOptions, LocalChatModel, LocalUserModel
-    from userlm.models.vllm_engine import VLLMChatModel, VLLMOptions, VLLMUserModel, close_engines
+    from userlm.models.vllm_engine import (
+        VLLMChatModel,
+        VLLMOptions,
+        VLLMUserModel,
+        close_engines,
+    )
 
     user_dir, asst_dir = build_models(Path(args.models))
     prompts = intents(args.conversations)
@@ -152,7 +162,7 @@ def main() -> None:
     print(f"machine: {machine()}", flush=True)
 
     started = time.perf_counter()
-    vopts = VLLMOptions(kv_cache_gb=KV_GB)
+    vopts = VLLMOptions(kv_cache_gb=KV_GB, dtype=VLLM_DTYPE)
     v_user = VLLMUserModel(str(user_dir), sampling=user_sampling, options=vopts)
     v_asst = VLLMChatModel(str(asst_dir), sampling=asst_sampling, options=vopts)
     startup = time.perf_counter() - started
@@ -165,11 +175,12 @@ def main() -> None:
         "vllm": (v_user, v_asst),
     }
     runs: dict[str, list[float]] = {name: [] for name in (*models, "vllm_turn_by_turn")}
-    # untimed warm-up of each, twice: the second shows whether a first run is still slow
+    # an untimed warm-up run of each first
     warm: dict[str, list[float]] = {}
     for name, (u, a) in models.items():
-        warm[name] = [simulate(u, a, prompts, args.turns)["seconds"] for _ in range(2)]
-    warm["vllm_turn_by_turn"] = [turn_by_turn(v_user.engine, v_asst.engine, prompts, args.turns)["seconds"] for _ in range(2)]
+        warm[name] = [simulate(u, a, prompts, args.turns)["seconds"]]
+        print(f"warm-up {name}: {warm[name][0]:.1f} s", flush=True)
+    warm["vllm_turn_by_turn"] = [turn_by_turn(v_user.engine, v_asst.engine, prompts, args.turns)["seconds"]]
     print("warm-up runs, s:", {k: [round(x, 1) for x in v] for k, v in warm.items()}, flush=True)
     for repeat in range(args.repeats):
         for name, (u, a) in models.items():
@@ -192,7 +203,7 @@ def main() -> None:
         h_user = OpenAIUserModel(str(user_dir), endpoint=Endpoint(base_url=user_url, concurrency=len(prompts)), sampling=user_sampling)
         h_asst = OpenAIChatModel(str(asst_dir), endpoint=Endpoint(base_url=asst_url, concurrency=len(prompts)), sampling=asst_sampling)
         simulate(h_user, h_asst, prompts, args.turns)  # warm-up
-        runs["openai_vllm_server"] = [simulate(h_user, h_asst, prompts, args.turns)["seconds"] for _ in range(args.repeats)]
+        runs["openai_vllm_server"] = [simulate(h_user, h_asst, prompts, args.turns)["seconds"] for _ in range(args.server_repeats)]
     finally:
         for proc, _ in servers:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import intents, texts  # noqa: E402
-from local_models import ASSISTANT_TOKENS, USER_TOKENS, baseline  # noqa: E402
+from common import intents, texts
+from local_models import ASSISTANT_TOKENS, USER_TOKENS, baseline
 
 
 def build(out: Path, layers: int) -> Path:
@@ -32,8 +32,8 @@ def build(out: Path, layers: int) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from userlm.training.scratch import train_tokenizer
     from userlm.render import USERLM_CHAT_TEMPLATE
+    from userlm.training.scratch import train_tokenizer
 
     if (out / "config.json").exists():
         return out
@@ -108,7 +108,12 @@ def main() -> None:
     from userlm.guardrails import GuardrailConfig
     from userlm.models.base import SamplingSettings
     from userlm.models.local import LoadOptions, LocalChatModel, LocalUserModel
-    from userlm.models.vllm_engine import VLLMChatModel, VLLMOptions, VLLMUserModel, close_engines
+    from userlm.models.vllm_engine import (
+        VLLMChatModel,
+        VLLMOptions,
+        VLLMUserModel,
+        close_engines,
+    )
 
     path = build(Path(args.models) / f"userlm-8b-shape-{args.layers}", args.layers)
     prompts = intents(args.conversations)

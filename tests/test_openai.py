@@ -24,39 +24,19 @@ from userlm.models.openai_compat import Endpoint, OpenAIChatModel, OpenAIUserMod
 from userlm.models.scripted import ScriptedUser
 from userlm.simulation import RunSettings
 
+from servers import free_port, transformers_serve
+
 SAMPLING = SamplingSettings(temperature=1.0, top_p=0.8, max_new_tokens=12)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """``transformers serve`` on 127.0.0.1, serving the tiny models by path."""
-    port = free_port()
-    exe = Path(sys.executable).with_name("transformers")
-    log = open(tmp_path_factory.mktemp("serve") / "serve.log", "w+")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-        if proc.poll() is not None:
-            break
-    else:
-        proc.kill()
-    if proc.poll() is not None:
-        log.seek(0)
-        pytest.fail(f"transformers serve did not start:\n{log.read()[-3000:]}")
-    yield f"{url}/v1"
+    try:
+        proc, url = transformers_serve(tmp_path_factory.mktemp("serve") / "serve.log")
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield url
     proc.terminate()
     proc.wait(timeout=20)
 

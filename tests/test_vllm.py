@@ -25,10 +25,10 @@ if os.environ.get("USERLM_REQUIRE_VLLM") != "1":
 else:
     import vllm  # noqa: F401  (fail, do not skip, where vLLM is required)
 
-import userlm  # noqa: E402
-from userlm.guardrails import GuardrailConfig  # noqa: E402
-from userlm.models.base import SamplingSettings, UserTurnRequest  # noqa: E402
-from userlm.simulation import RunSettings  # noqa: E402
+import userlm
+from userlm.guardrails import GuardrailConfig
+from userlm.models.base import SamplingSettings, UserTurnRequest
+from userlm.simulation import RunSettings
 
 GREEDY = SamplingSettings(temperature=0.0, top_p=1.0, max_new_tokens=12)
 ENGINE = dict(dtype="float32", enforce_eager=True, kv_cache_gb=0.25)  # float32: token for token with hf:
@@ -262,20 +262,32 @@ def test_http_prompts_are_token_identical_and_ends_match_the_local_path(vllm_ser
     begin-of-text token added), and greedy drafts end, close and read P(end) as vllm: does."""
     from userlm.render import user_prompt_ids
 
-    client, seen = _recording_client()
-    http = _http_user(vllm_server["url"], vllm_model_dir, client=client)
-    for fields in (dict(allow_end=True), dict(allow_end=False), dict(allow_end=True, end_threshold=0.55)):
-        requests = _requests(8, **fields)
-        ours, local = _draft_all(http, requests), _draft_all(vllm_user, requests)
-        assert http.vllm_like
+    cases = (dict(allow_end=True), dict(allow_end=False), dict(allow_end=True, end_threshold=0.55))
+
+    async def run():  # one event loop: the recording client belongs to it
+        client, seen = _recording_client()
+        http = _http_user(vllm_server["url"], vllm_model_dir, client=client)
+        out = []
+        for fields in cases:
+            requests = _requests(8, **fields)
+            out.append((await asyncio.gather(*[http.draft(r) for r in requests]),
+                        await asyncio.gather(*[vllm_user.draft(r) for r in requests])))
+        await client.aclose()
+        return http, seen, out
+
+    http, seen, results = asyncio.run(run())
+    assert http.vllm_like
+    for fields, (ours, local) in zip(cases, results):
         for a, b in zip(ours, local):
             assert (a.text, a.ended) == (b.text, b.ended), fields
             assert a.end_prob == pytest.approx(b.end_prob, abs=2e-4)
+        if fields["allow_end"] and "end_threshold" not in fields:
+            assert any(d.ended for d in ours)
     tok = vllm_user.engine.tokenizer
     drafts = [(body, answer) for body, answer in seen if body.get("max_tokens") != 1]
     assert drafts
     for body, answer in drafts:
-        request = next(r for r in _requests(8) if body["prompt"].startswith(f"<|start_header_id|>system<|end_header_id|>\n{r.intent}"))
+        request = next(r for r in _requests(8, allow_end=True) if body["prompt"].startswith(f"<|start_header_id|>system<|end_header_id|>\n{r.intent}"))
         assert answer["choices"][0]["prompt_token_ids"] == user_prompt_ids(tok, request.intent, []) + vllm_user.opening
         assert body["add_special_tokens"] is False and body["skip_special_tokens"] is False
 
@@ -285,7 +297,7 @@ def test_http_end_outside_the_returned_logprobs_is_a_recorded_bound(vllm_server,
     top log-probabilities: P(end) there is recorded as an upper bound, never as zero."""
     http = _http_user(vllm_server["url"], vllm_model_dir, sampling=SamplingSettings(1.0, 1.0, 6))
     asyncio.run(http._end_id())
-    http.max_logprobs = 1
+    http.max_logprobs = 0  # the sampled token's alone: never the end token, which is not allowed here
     http._exact_fields = lambda end_id: {"add_special_tokens": False, "skip_special_tokens": False}
     drafts = _draft_all(http, [UserTurnRequest(intent="You want a recipe.", messages=[
         {"role": "user", "content": "hello there"}, {"role": "assistant", "content": "hi, how can I help"}],

@@ -28,9 +28,14 @@ from .errors import ConfigurationError, UserError
 from .intents import Intent
 from .models import lockstep
 from .models.base import ChatModel
+from .models.retry import ConnectionLost, RequestTimeout
 from .render import END_OF_CONVERSATION, assistant_view
 from .runs import OutputLock, determinants, fingerprint, mismatch
 from .user import SimulatedUser, derive_seed
+
+
+#: failures that say the server is gone or too slow, not that the conversation went wrong
+UNREACHABLE = (ConnectionLost, RequestTimeout)
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,10 @@ class RunSummary:
     end_reasons: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)  #: conversations of this run that failed, by error kind
     first_error: str | None = None  #: the first failure's message, as recorded
-    conversations: list[Conversation] = field(default_factory=list)  #: every conversation of the run, in order
+    unfinished: int = 0  #: stopped because a server could not be reached: not recorded, redone on the next run
+    first_unfinished: str | None = None
+    reasked: int = 0  #: turns asked again of another replica after theirs failed (replicated models)
+    conversations: list[Conversation] = field(default_factory=list)  #: every conversation of the run, in order (when kept)
 
     def __repr__(self) -> str:
         # a line, not every conversation: asyncio formats the finished run's result when its loop closes
@@ -69,35 +77,46 @@ class RunSummary:
                 f"end_reasons={dict(self.end_reasons)}, conversations=[{len(self.conversations)}])")
 
 
-def _previous(out: Path, wanted: dict[str, dict[str, Any]], settings: RunSettings) -> dict[str, Conversation]:
-    """The conversations ``out`` already holds, once they are known to come from this run's settings."""
+class Unfinished(Exception):
+    """A conversation stopped because its server could not be reached or kept timing out: it is
+    not recorded (it is not the model's doing), and running the same command again redoes it."""
+
+    def __init__(self, conversation_id: str, cause: Exception):
+        super().__init__(f"{conversation_id}: {_describe(cause)}")
+        self.cause = cause
+
+
+def _previous(out: Path, want: Callable[[str], dict[str, Any] | None], anyone: dict[str, Any] | None,
+              settings: RunSettings) -> set[str]:
+    """The ids of the conversations ``out`` already holds, once they are known to come from this
+    run's settings. The file is read a record at a time and only ids are kept, so resuming a run
+    of any size costs the set of its ids."""
     if not out.exists():
-        return {}
-    done: dict[str, Conversation] = {}
+        return set()
+    done: set[str] = set()
+    failed: set[str] = set()
     for c in iter_conversations(out, tolerate_truncated_tail=True):
-        done[c.id] = c
-    if not done:
-        return done
-    anyone = next(iter(wanted.values()), None)
-    for c in done.values():
         have = determinants(c.intent, c.settings, c.user_model or "", c.assistant_model or "")
-        new = wanted.get(c.id)
+        new = want(c.id)
         if new is None:  # a conversation this run does not cover: its run-wide settings must still agree
-            if anyone is None:
-                continue
-            have, new = {**have, "intent": None}, {**anyone, "intent": None}
-        problem = mismatch(out, c.id, have, new)
-        if problem:
-            raise UserError(problem)
+            if anyone is not None:
+                problem = mismatch(out, c.id, {**have, "intent": None}, {**anyone, "intent": None})
+                if problem:
+                    raise UserError(problem)
+        elif c.fingerprint is None or c.fingerprint != fingerprint(new):
+            problem = mismatch(out, c.id, have, new)
+            if problem:
+                raise UserError(problem)
         samples = c.settings.get("samples")
         if samples is not None and samples != settings.samples and not settings.extend:
             raise UserError(f"{out} was made with --samples {samples}, this run has --samples {settings.samples}; "
                             "pass --extend to add to the file, or write to another --out.")
-    if settings.retry_errors:
-        kept = {k: c for k, c in done.items() if c.error is None}
-        if len(kept) != len(done):
-            write_conversations(out, kept.values())
-        done = kept
+        done.add(c.id)
+        if c.error is not None:
+            failed.add(c.id)
+    if settings.retry_errors and failed:
+        write_conversations(out, (c for c in iter_conversations(out, tolerate_truncated_tail=True) if c.id not in failed))
+        done -= failed
     return done
 
 
@@ -112,14 +131,19 @@ async def simulate_async(
     progress: bool = True,
     on_finish: Callable[[Conversation], None] | None = None,
     after_reply: Callable[[Conversation], Awaitable[bool]] | None = None,
+    keep: bool = True,
 ) -> RunSummary:
-    """Simulate ``settings.samples`` conversations per intent; see :func:`simulate`."""
+    """Simulate ``settings.samples`` conversations per intent; see :func:`simulate`.
+
+    With ``keep=False`` (and ``out``), finished conversations are written and let go: the run's
+    memory is what is in flight and the set of finished ids, whatever its size."""
     from tqdm.auto import tqdm
 
     path = Path(out) if out is not None else None
     if path is not None and path.is_dir():
         raise UserError(f"{path} is a folder; --out takes a file (a JSONL of conversations), e.g. {path / 'run.jsonl'}.")
-    jobs = [(intent, s) for intent in intents for s in range(settings.samples)]
+    if not keep and path is None:
+        raise UserError("simulate with keep=False needs out: the conversations would go nowhere.")
     recorded = {
         "run_seed": settings.seed,
         "max_turns": settings.max_turns,
@@ -127,36 +151,52 @@ async def simulate_async(
         "guardrails": user.guardrails.to_dict(),
         **(generation or {}),
     }
-    wanted = {conversation_id(i.id, s): determinants(i.text, recorded, user.name, assistant.name) for i, s in jobs}
+    by_id = {i.id: i for i in intents}
+
+    def want(cid: str) -> dict[str, Any] | None:
+        """What determines conversation ``cid`` in this run (None: the run does not cover it)."""
+        intent_id, _, sample = cid.rpartition("#")
+        intent = by_id.get(intent_id)
+        if intent is None or not sample.isdigit() or int(sample) >= settings.samples or conversation_id(intent_id, int(sample)) != cid:
+            return None
+        return determinants(intent.text, recorded, user.name, assistant.name)
+
+    anyone = determinants(intents[0].text, recorded, user.name, assistant.name) if intents else None
+    total = len(intents) * settings.samples
     lock = OutputLock(path) if path else None
     try:
-        previous = _previous(path, wanted, settings) if path else {}
+        done = _previous(path, want, anyone, settings) if path else set()
         writer = ConversationWriter(path) if path else None
     except BaseException:
         if lock:
             lock.release()
         raise
-    todo = [(i, s) for i, s in jobs if conversation_id(i.id, s) not in previous]
-    summary = RunSummary(out=path, total=len(jobs), skipped=len(jobs) - len(todo), written=0)
+    skipped = sum(1 for i in intents for s in range(settings.samples) if conversation_id(i.id, s) in done)
+    summary = RunSummary(out=path, total=total, skipped=skipped, written=0)
     finished: dict[str, Conversation] = {}
-    bar = tqdm(total=len(jobs), initial=summary.skipped, unit="conv", desc="simulating", disable=not progress)
-    limit = asyncio.Semaphore(settings.concurrency)
+    bar = tqdm(total=total, initial=summary.skipped, unit="conv", desc="simulating", disable=not progress)
     flight = lockstep.gate()  # local models batch in lockstep with the conversations in flight
     flight.strict = not (lockstep.is_remote(user.model) or lockstep.is_remote(assistant))
     for model in (user.model, assistant):  # a run never starts from another run's cached keys and values,
         forget = getattr(model, "forget_conversations", None)  # so it reproduces in any process
         if forget is not None:
             forget()
+    todo = iter([(i, s) for i in intents for s in range(settings.samples) if conversation_id(i.id, s) not in done])
+    reasked_before = sum(getattr(m, "reasked", 0) for m in (user.model, assistant))
 
     async def one(intent: Intent, sample: int) -> None:
-        async with limit:
-            await flight.enter()
-            try:
-                conversation = await run_conversation(intent, sample, user, assistant, settings, recorded, after_reply)
-            finally:
-                await flight.leave()
-        conversation.fingerprint = fingerprint(wanted[conversation.id])
-        finished[conversation.id] = conversation
+        await flight.enter()
+        try:
+            conversation = await run_conversation(intent, sample, user, assistant, settings, recorded, after_reply)
+        except Unfinished as exc:
+            summary.unfinished += 1
+            summary.first_unfinished = summary.first_unfinished or str(exc)
+            return
+        finally:
+            await flight.leave()
+        conversation.fingerprint = fingerprint(want(conversation.id) or {})
+        if keep:
+            finished[conversation.id] = conversation
         if writer:
             writer.write(conversation)
         summary.written += 1
@@ -169,7 +209,11 @@ async def simulate_async(
         bar.update(1)
         bar.set_postfix(dict(summary.end_reasons), refresh=False)
 
-    tasks = [asyncio.ensure_future(one(i, s)) for i, s in todo]
+    async def worker() -> None:  # a fixed pool of workers: tasks exist for what is in flight only
+        for intent, sample in todo:
+            await one(intent, sample)
+
+    tasks = [asyncio.ensure_future(worker()) for _ in range(settings.concurrency)]
     try:
         await asyncio.gather(*tasks)
     finally:
@@ -177,6 +221,7 @@ async def simulate_async(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         bar.close()
+        summary.reasked = sum(getattr(m, "reasked", 0) for m in (user.model, assistant)) - reasked_before
         if writer:
             writer.close()
         if lock:
@@ -185,8 +230,10 @@ async def simulate_async(
             close = getattr(model, "aclose", None)
             if close is not None:
                 await close()
-    order = [conversation_id(i.id, s) for i, s in jobs]
-    summary.conversations = [finished.get(k) or previous[k] for k in order]
+    if keep:
+        order = [conversation_id(i.id, s) for i in intents for s in range(settings.samples)]
+        previous = {c.id: c for c in iter_conversations(path, tolerate_truncated_tail=True) if c.id in done} if done else {}
+        summary.conversations = [c for c in (finished.get(k) or previous.get(k) for k in order) if c is not None]
     return summary
 
 
@@ -222,6 +269,8 @@ async def run_conversation(
             turn = await user.next_turn(intent.text, conv.messages, seed=seed)
         except ConfigurationError:
             raise
+        except UNREACHABLE as exc:
+            raise Unfinished(cid, exc) from exc
         except Exception as exc:  # recorded, and the run goes on
             conv.end_reason, conv.error = "user_error", _describe(exc)
             break
@@ -237,6 +286,8 @@ async def run_conversation(
             reply = await assistant.reply(assistant_view(conv.messages), seed=derive_seed(seed, "assistant", turn_index))
         except ConfigurationError:
             raise
+        except UNREACHABLE as exc:
+            raise Unfinished(cid, exc) from exc
         except Exception as exc:
             conv.end_reason, conv.error = "assistant_error", _describe(exc)
             break

@@ -9,6 +9,7 @@ from ..models.base import SamplingSettings
 from ..models.local import LoadOptions
 from ..models.openai_compat import Endpoint
 from ..models.registry import ProviderOptions
+from ..models.replicas import ReplicaPlacement
 from ..models.vllm_engine import VLLMOptions
 
 
@@ -55,6 +56,7 @@ def add_model_options(parser: argparse.ArgumentParser, *, assistant: bool = True
     g.add_argument("--user-top-p", type=probability, default=0.8, metavar="P", help="(default: 0.8, as on the UserLM-8b card)")
     g.add_argument("--user-max-tokens", type=COUNT, default=64, metavar="N", help="new tokens per user turn (default: 64)")
     g.add_argument("--user-end-token-id", type=NONNEGATIVE, metavar="ID", help="id of <|endconversation|> on the user model's server")
+    g.add_argument("--user-replicas", type=COUNT, default=1, metavar="N", help="copies of an hf:/vllm: user model, as Ray actors (needs --ray; default: 1)")
     if assistant:
         g = parser.add_argument_group("assistant")
         g.add_argument("--assistant", required=assistant_required, metavar="SPEC", help="hf:PATH_OR_ID, vllm:PATH_OR_ID, openai:MODEL, python:MODULE:FN or scripted:FILE")
@@ -62,10 +64,14 @@ def add_model_options(parser: argparse.ArgumentParser, *, assistant: bool = True
         g.add_argument("--assistant-temperature", type=NONNEGATIVE_FLOAT, default=0.7, metavar="T", help="(default: 0.7)")
         g.add_argument("--assistant-top-p", type=probability, default=1.0, metavar="P", help="(default: 1.0)")
         g.add_argument("--assistant-max-tokens", type=COUNT, default=512, metavar="N", help="new tokens per reply (default: 512)")
+        g.add_argument("--assistant-replicas", type=COUNT, default=1, metavar="N", help="copies of an hf:/vllm: assistant, as Ray actors (needs --ray; default: 1)")
     g = parser.add_argument_group("local models and servers")
     g.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:N, mps")
     g.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs and on CPUs with AMX or AVX-512 BF16, else fp32), float32, bfloat16, float16")
     g.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's own code to run")
+    g.add_argument("--ray", metavar="auto|HOST:PORT", help="run --user-replicas/--assistant-replicas on a Ray cluster: auto (this machine's, or a new local one) or its head's address")
+    g.add_argument("--replica-cpus", type=above_zero, default=1.0, metavar="N", help="CPUs each replica asks of the Ray cluster (default: 1)")
+    g.add_argument("--replica-gpus", type=NONNEGATIVE_FLOAT, default=0.0, metavar="N", help="GPUs each replica asks of the Ray cluster (default: 0; 1 for a GPU engine)")
     g.add_argument("--vllm-tensor-parallel", type=COUNT, default=1, metavar="N", help="vllm: GPUs each engine spans (default: 1)")
     g.add_argument("--vllm-gpu-memory", type=probability, default=0.9, metavar="F", help="vllm: share of each GPU's memory an engine may take (default: 0.9)")
     g.add_argument("--vllm-max-model-len", type=COUNT, metavar="N", help="vllm: longest sequence in tokens (default: the model's)")
@@ -136,6 +142,10 @@ def provider_options(args: argparse.Namespace, side: str) -> ProviderOptions:
             trust_remote_code=args.trust_remote_code,
         ),
         end_token_id=getattr(args, "user_end_token_id", None) if side == "user" else None,
+        replicas=getattr(args, f"{side}_replicas", 1),
+        ray=args.ray,
+        placement=ReplicaPlacement(cpus=args.replica_cpus, gpus=args.replica_gpus),
+        side=side,
     )
 
 

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     summary = run_async(
         simulate_async(
             intents, user, assistant, out=args.out, settings=settings,
-            generation=generation_record(args), progress=not args.no_progress,
+            generation=generation_record(args), progress=not args.no_progress, keep=False,
         )
     )
     return report_run(args.out, summary)
@@ -68,4 +68,10 @@ def report_run(out: str, summary) -> int:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(summary.errors.items()))
         print(f"{failed} of {summary.written} conversations failed: {kinds}. First: {summary.first_error}", file=sys.stderr)
         print("Fix the cause, then run the same command with --retry-errors to redo them.", file=sys.stderr)
-    return 1 if summary.written and failed == summary.written else 0
+    if summary.unfinished:
+        print(f"{summary.unfinished} conversations were stopped because a server could not be reached or kept timing out "
+              f"(first: {summary.first_unfinished}); they are not recorded: run the same command again to finish them.",
+              file=sys.stderr)
+    if getattr(summary, "reasked", 0):
+        print(f"{summary.reasked} turns were asked again of another replica after theirs failed.", file=sys.stderr)
+    return 1 if summary.unfinished or (summary.written and failed == summary.written) else 0

@@ -126,6 +126,7 @@ class _LoopState:
     session: Any  #: aiohttp.ClientSession, or None with an injected httpx client
     limit: asyncio.Semaphore
     breaker: Breaker
+    probe: asyncio.Future | None = None  #: the one look-up of the server's kind, shared by concurrent first requests
 
 
 class _OpenAIModel:
@@ -275,8 +276,16 @@ class OpenAIUserModel(_OpenAIModel):
 
     async def _end_id(self) -> int | None:
         if not self._probed:
+            state = self._state()
+            if state.probe is None:  # concurrent first drafts wait for one look-up
+                state.probe = asyncio.ensure_future(self._probe())
+            await asyncio.shield(state.probe)
+        return self._end_token_id
+
+    async def _probe(self) -> None:
+        looked_up = await self._tokenize_end_token()
+        if not self._probed:
             self._probed = True
-            looked_up = await self._tokenize_end_token()
             self.vllm_like = looked_up is not None
             if self._end_token_id is None:
                 self._end_token_id = looked_up
@@ -287,7 +296,6 @@ class OpenAIUserModel(_OpenAIModel):
                     self.name,
                     END_OF_CONVERSATION,
                 )
-        return self._end_token_id
 
     async def _tokenize_end_token(self) -> int | None:
         root = self.base_url.removesuffix("/v1")
@@ -380,7 +388,7 @@ class OpenAIUserModel(_OpenAIModel):
         if suppress_end and end_id is not None:
             body["logit_bias"] = {str(end_id): -100}
         if self.vllm_like:
-            body |= self._exact_fields(end_id) | {"logprobs": 1 if end_id is not None else self.max_logprobs}
+            body |= self._exact_fields(end_id) | {"logprobs": self.max_logprobs}
         response = await self._complete(**body)
         choice = response["choices"][0]
         if self.vllm_like:

@@ -12,12 +12,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import UserError
 from .base import ChatModel, SamplingSettings, UserModel
 from .local import LoadOptions
 from .openai_compat import Endpoint
+from .replicas import ReplicaPlacement
 from .vllm_engine import VLLMOptions
 
 USER_PROVIDERS = ("hf", "vllm", "openai", "prompted", "scripted")
@@ -33,6 +34,32 @@ class ProviderOptions:
     load: LoadOptions = field(default_factory=LoadOptions)
     vllm: VLLMOptions = field(default_factory=VLLMOptions)
     end_token_id: int | None = None  #: id of <|endconversation|> on an HTTP user model's server
+    replicas: int = 1  #: copies of an hf:/vllm: model, as Ray actors (needs ``ray``)
+    ray: str | None = None  #: the Ray cluster: "auto" or the head's host:port
+    placement: ReplicaPlacement = field(default_factory=ReplicaPlacement)
+    side: str = "user"  #: which flags to name in errors (user or assistant)
+
+
+def _replicated(kind: str, spec: str, options: ProviderOptions):
+    """``spec`` as Ray replicas or over several servers when the options ask for it, else None."""
+    if kind == "openai" and options.endpoint.base_url and "," in options.endpoint.base_url:
+        from .replicas import server_replicas
+
+        urls = [u.strip() for u in options.endpoint.base_url.split(",") if u.strip()]
+        single = [replace(options, endpoint=replace(options.endpoint, base_url=u)) for u in urls]
+        make = user_model if options.side == "user" else chat_model
+        return server_replicas(spec, [make(spec, o) for o in single])
+    if options.replicas == 1:
+        return None
+    if kind not in ("hf", "vllm"):
+        raise UserError(f"--{options.side}-replicas applies to hf: and vllm: models; for openai: give several servers "
+                        f"as --{options.side}-base-url URL,URL.")
+    if not options.ray:
+        raise UserError(f"--{options.side}-replicas {options.replicas} needs a Ray cluster: add --ray auto (this machine's "
+                        "cluster, or a new local one) or --ray HOST:PORT (a cluster's head).")
+    from .replicas import ray_replicas
+
+    return ray_replicas(options.side, spec, replace(options, replicas=1, ray=None), options.replicas, options.ray, options.placement)
 
 
 def _split(spec: str, valid: tuple[str, ...], side: str) -> tuple[str, str]:
@@ -47,6 +74,9 @@ def _split(spec: str, valid: tuple[str, ...], side: str) -> tuple[str, str]:
 def user_model(spec: str, options: ProviderOptions = ProviderOptions()) -> UserModel:
     """Resolve a user-model spec such as ``hf:microsoft/UserLM-8b`` or ``prompted:openai:gpt-4o``."""
     kind, name = _split(spec, USER_PROVIDERS, "user")
+    pool = _replicated(kind, spec, replace(options, side="user"))
+    if pool is not None:
+        return pool
     if kind == "hf":
         from .local import LocalUserModel
 
@@ -75,6 +105,9 @@ def user_model(spec: str, options: ProviderOptions = ProviderOptions()) -> UserM
 def chat_model(spec: str, options: ProviderOptions = ProviderOptions()) -> ChatModel:
     """Resolve an assistant spec such as ``openai:gpt-4o-mini`` or ``python:my_module:reply``."""
     kind, name = _split(spec, ASSISTANT_PROVIDERS, "assistant")
+    pool = _replicated(kind, spec, replace(options, side="assistant") if options.side == "user" else options)
+    if pool is not None:
+        return pool
     if kind == "hf":
         from .local import LocalChatModel
 

@@ -19,7 +19,11 @@ simulation records comes from the raw log-probabilities vLLM returns, not from h
 from __future__ import annotations
 
 import torch
-from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
+from vllm.v1.sample.logits_processor import (
+    BatchUpdate,
+    LogitsProcessor,
+    MoveDirectionality,
+)
 
 KEY = "userlm"
 
@@ -27,7 +31,7 @@ KEY = "userlm"
 class _Request:
     """One opted-in request of the batch: its arguments and its output so far (a live list)."""
 
-    __slots__ = ("end_id", "suppress_end", "threshold", "banned", "offset", "output", "seen", "worded", "spaced")
+    __slots__ = ("banned", "end_id", "offset", "output", "seen", "spaced", "suppress_end", "threshold", "worded")
 
     def __init__(self, args: dict, output: list[int]):
         self.end_id = args.get("end_id")

@@ -1,0 +1,246 @@
+"""Several copies of one model behind one user model or chat model.
+
+A simulation's scale lives in its engines; the driver that runs the conversations stays one
+process and the only writer. :class:`Replicated` spreads the turns over several backends:
+
+- **sticky routing**: a conversation's turns go to the replica that served its last turn (which
+  holds its prefix in its cache); a new conversation goes to the least loaded replica;
+- **faults**: a turn whose replica died or could not be reached is asked again of another one
+  (its seed is the same, so it is the turn it would have been); the count is in the run's
+  summary (``reasked``); with every replica gone, the error stops the run.
+
+Backends are Ray actors, each owning one local engine (``hf:`` or ``vllm:``) placed anywhere in
+a Ray cluster (:func:`ray_replicas`; Ray restarts an actor whose process or node died), or
+OpenAI-compatible servers, one per base URL (no Ray needed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigurationError, UserError
+from .base import ChatReply, UserDraft, UserTurnRequest
+from .retry import ConnectionLost, RequestTimeout
+
+log = logging.getLogger(__name__)
+
+
+class Router:
+    """Which replica serves a conversation: the one that served its last turn, else the least loaded."""
+
+    def __init__(self, replicas: int, max_homes: int = 1 << 20):
+        self.load = [0] * replicas  #: turns in flight per replica
+        self.homes: OrderedDict[str, int] = OrderedDict()  #: conversation -> replica that holds its prefix
+        self.max_homes = max_homes
+
+    def pick(self, key: str | None, avoid: set[int] = frozenset()) -> int:
+        home = self.homes.get(key) if key is not None else None
+        if home is not None and home not in avoid:
+            self.homes.move_to_end(key)
+            return home
+        choices = [i for i in range(len(self.load)) if i not in avoid] or list(range(len(self.load)))
+        return min(choices, key=lambda i: (self.load[i], i))
+
+    def settle(self, key: str | None, replica: int) -> None:
+        if key is None:
+            return
+        self.homes[key] = replica
+        self.homes.move_to_end(key)
+        while len(self.homes) > self.max_homes:
+            self.homes.popitem(last=False)
+
+    def forget(self, key: str | None) -> None:
+        if key is not None:
+            self.homes.pop(key, None)
+
+
+def _ray_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from ray.exceptions import ActorUnavailableError, RayActorError
+    except ImportError:
+        return ()
+    return (RayActorError, ActorUnavailableError)
+
+
+class Replicated:
+    """One user model or chat model over several backends (see the module's text)."""
+
+    remote = True  #: answers come back in no order userlm fixes
+
+    def __init__(self, name: str, backends: Sequence[Any], *, retries: int | None = None):
+        if not backends:
+            raise ConfigurationError(f"{name}: no replicas")
+        self.name = name
+        self.backends = list(backends)
+        self.router = Router(len(self.backends))
+        self.reasked = 0
+        self.retries = retries if retries is not None else 2 * len(self.backends)
+        self._lost = (ConnectionLost, RequestTimeout, *_ray_errors())
+
+    async def _ask(self, key: str | None, call) -> Any:
+        avoid: set[int] = set()
+        for attempt in range(self.retries + 1):
+            replica = self.router.pick(key, avoid)
+            self.router.load[replica] += 1
+            try:
+                result = await call(self.backends[replica])
+            except self._lost as exc:
+                if attempt == self.retries:
+                    raise
+                self.reasked += 1
+                self.router.forget(key)
+                avoid.add(replica)
+                if len(avoid) == len(self.backends):
+                    avoid.clear()
+                    await asyncio.sleep(min(2.0**attempt * 0.1, 5.0))  # all tried: give restarts a moment
+                log.info("%s: replica %d failed (%s); asking again elsewhere", self.name, replica, type(exc).__name__)
+                continue
+            finally:
+                self.router.load[replica] -= 1
+            self.router.settle(key, replica)
+            return result
+        raise AssertionError("unreachable")
+
+    async def draft(self, request: UserTurnRequest) -> UserDraft:
+        return await self._ask(request.conversation_key, lambda backend: backend.draft(request))
+
+    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None) -> ChatReply:
+        key = messages[0]["content"] if messages else None  # as the local chat models key their cache
+        return await self._ask(key, lambda backend: backend.reply(messages, seed=seed))
+
+    def forget_conversations(self) -> None:
+        self.router.homes.clear()
+        for backend in self.backends:
+            forget = getattr(backend, "forget_conversations", None)
+            if forget is not None:
+                forget()
+
+    async def aclose(self) -> None:
+        for backend in self.backends:
+            close = getattr(backend, "aclose", None)
+            if close is not None:
+                await close()
+
+    def shutdown(self) -> None:
+        """Stop the replicas for good (Ray actors end with the driver anyway)."""
+        for backend in self.backends:
+            stop = getattr(backend, "shutdown", None)
+            if stop is not None:
+                stop()
+
+
+# --- Ray -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplicaPlacement:
+    """What each replica asks of the cluster."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+    max_restarts: int = -1  #: Ray restarts a dead replica this often (-1: always)
+
+
+def connect(address: str) -> None:
+    """Join the Ray cluster at ``address``; ``auto``: the cluster this machine belongs to, or a new
+    local one when there is none."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--ray needs Ray; install it with pip install 'userlm[ray]'.") from None
+    if ray.is_initialized():
+        return
+    quiet = dict(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
+    if address == "auto":
+        try:
+            ray.init(address="auto", **quiet)
+        except ConnectionError:
+            ray.init(include_dashboard=False, **quiet)
+        return
+    try:
+        ray.init(address=address, **quiet)
+    except ConnectionError as exc:
+        raise UserError(f"--ray {address}: cannot join that Ray cluster ({exc}); check the address (host:port of its head).") from None
+
+
+class _Actor:
+    """A replica: one local model in a Ray worker process."""
+
+    def __init__(self, side: str, spec: str, options: Any):
+        from .registry import chat_model, user_model
+
+        self.model = user_model(spec, options) if side == "user" else chat_model(spec, options)
+
+    def ready(self) -> int:
+        import os
+
+        return os.getpid()
+
+    async def draft(self, request: UserTurnRequest) -> UserDraft:
+        return await self.model.draft(request)
+
+    async def reply(self, messages: list[dict[str, str]], seed: int | None) -> ChatReply:
+        return await self.model.reply(messages, seed=seed)
+
+    def forget_conversations(self) -> None:
+        forget = getattr(self.model, "forget_conversations", None)
+        if forget is not None:
+            forget()
+
+
+class RayReplica:
+    """The driver's handle on one replica actor."""
+
+    def __init__(self, handle: Any, index: int):
+        self.handle, self.index = handle, index
+
+    async def draft(self, request: UserTurnRequest) -> UserDraft:
+        return await self.handle.draft.remote(request)
+
+    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None) -> ChatReply:
+        return await self.handle.reply.remote(messages, seed)
+
+    def forget_conversations(self) -> None:
+        self.handle.forget_conversations.remote()
+
+    def pid(self) -> int:
+        import ray
+
+        return ray.get(self.handle.ready.remote())
+
+    def shutdown(self) -> None:
+        import ray
+
+        ray.kill(self.handle, no_restart=True)
+
+
+def ray_replicas(side: str, spec: str, options: Any, count: int, address: str,
+                 placement: ReplicaPlacement = ReplicaPlacement()) -> Replicated:
+    """``count`` replicas of ``spec`` (an ``hf:`` or ``vllm:`` model) as Ray actors, each loaded
+    before this returns (so a model that cannot load fails the run at once, in one sentence)."""
+    connect(address)
+    import ray
+
+    actor = ray.remote(_Actor).options(num_cpus=placement.cpus, num_gpus=placement.gpus, max_restarts=placement.max_restarts,
+                                       max_task_retries=0, max_concurrency=1024)
+    handles = [actor.remote(side, spec, options) for _ in range(count)]
+    try:
+        ray.get([h.ready.remote() for h in handles])
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+        for h in handles:
+            ray.kill(h, no_restart=True)
+        if isinstance(cause, UserError):
+            raise UserError(str(cause)) from None
+        raise UserError(f"{spec}: a replica could not start ({type(cause).__name__}: {cause}).") from None
+    return Replicated(f"{spec}", [RayReplica(h, i) for i, h in enumerate(handles)])
+
+
+def server_replicas(name: str, backends: Sequence[Any]) -> Replicated:
+    """One model over several OpenAI-compatible servers (``--user-base-url URL,URL``)."""
+    return Replicated(name, backends)

@@ -1,0 +1,188 @@
+"""Replicas on a real Ray cluster on 127.0.0.1 (a head and a second node, started by the test),
+sticky routing, a replica killed mid-run, and several OpenAI-compatible servers as one model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+import userlm
+from userlm.guardrails import GuardrailConfig
+from userlm.models.base import SamplingSettings
+from userlm.models.registry import ProviderOptions, chat_model, user_model
+from userlm.models.replicas import Replicated, Router
+from userlm.simulation import RunSettings
+
+pytestmark = pytest.mark.ray
+
+SAMPLING = SamplingSettings(temperature=1.0, top_p=0.9, max_new_tokens=8)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """``ray start --head`` plus a second node on 127.0.0.1, each with 2 CPUs; this process joins it."""
+    ray_bin = Path(sys.executable).with_name("ray")
+    port = _free_port()
+    temp = tmp_path_factory.mktemp("ray")
+    env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0"}
+    common = ["--num-cpus", "2", "--disable-usage-stats"]
+    subprocess.run([str(ray_bin), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                    "--include-dashboard", "false", "--temp-dir", str(temp), *common], check=True, capture_output=True, env=env)
+    address = f"127.0.0.1:{port}"
+    subprocess.run([str(ray_bin), "start", "--address", address, "--node-ip-address", "127.0.0.1", *common],
+                   check=True, capture_output=True, env=env)
+    ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+    yield address
+    ray.shutdown()
+    subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, env=env)
+
+
+def _options(side: str, address: str, replicas: int = 2) -> ProviderOptions:
+    return ProviderOptions(sampling=SAMPLING, replicas=replicas, ray=address, side=side)
+
+
+def _intents(n: int) -> list[userlm.Intent]:
+    return [userlm.Intent(f"i{k}", f"You want help with task number {k}.") for k in range(n)]
+
+
+def _user(model) -> userlm.SimulatedUser:
+    return userlm.SimulatedUser(model, GuardrailConfig(min_turns=3, min_words=1, max_words=None, max_attempts=2))
+
+
+def test_two_replicas_on_two_nodes_give_the_one_engine_run(cluster, tiny_user_dir, tiny_assistant_dir, tmp_path):
+    """The same conversations (ids, count, turns) as one engine in this process; every replica
+    served some; each conversation's user turns stayed on one replica."""
+    users = user_model(f"hf:{tiny_user_dir}", _options("user", cluster))
+    assistants = chat_model(f"hf:{tiny_assistant_dir}", _options("assistant", cluster))
+    assert isinstance(users, Replicated) and len(users.backends) == 2
+    assert len({b.pid() for b in users.backends}) == 2  # two processes, placed where the cluster has room
+    intents = _intents(12)
+    spread = userlm.simulate(intents, _user(users), assistants, settings=RunSettings(max_turns=3, seed=7),
+                             out=tmp_path / "spread.jsonl", progress=False)
+    one = userlm.simulate(intents, _user(user_model(f"hf:{tiny_user_dir}", ProviderOptions(sampling=SAMPLING))),
+                          chat_model(f"hf:{tiny_assistant_dir}", ProviderOptions(sampling=SAMPLING)),
+                          settings=RunSettings(max_turns=3, seed=7), progress=False)
+    assert [c.id for c in spread.conversations] == [c.id for c in one.conversations]
+    assert all(c.error is None for c in spread.conversations)
+    assert [len(c.messages) for c in spread.conversations] == [len(c.messages) for c in one.conversations]
+    assert spread.conversations[0].user_model == one.conversations[0].user_model  # records name the model, not the pool
+    assert all(load == 0 for load in users.router.load)
+    homes = Counter(users.router.homes.values())
+    assert len(homes) == 2  # both replicas served conversations
+    users.shutdown()
+    assistants.shutdown()
+
+
+def test_a_killed_replica_loses_and_duplicates_nothing(cluster, tiny_user_dir, tiny_assistant_dir, tmp_path):
+    """SIGKILL to a replica's process mid-run: its turns in flight are asked again elsewhere, Ray
+    restarts it, and the output holds every conversation once."""
+    users = user_model(f"hf:{tiny_user_dir}", _options("user", cluster))
+    assistants = chat_model(f"hf:{tiny_assistant_dir}", _options("assistant", cluster, replicas=1))
+    victim = users.backends[0].pid()
+    out = tmp_path / "runs.jsonl"
+    intents = _intents(24)
+
+    async def run():
+        task = asyncio.ensure_future(userlm.simulate_async(intents, _user(users), assistants, out=out, progress=False,
+                                                           settings=RunSettings(max_turns=4, seed=1, concurrency=8)))
+        while not out.exists() or len(out.read_text().splitlines()) < 2:
+            await asyncio.sleep(0.05)
+        os.kill(victim, signal.SIGKILL)
+        return await task
+
+    summary = asyncio.run(run())
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    ids = [r["id"] for r in records]
+    assert sorted(ids) == sorted(f"i{k}#0" for k in range(24)) and len(set(ids)) == len(ids)
+    assert all(r["error"] is None for r in records)
+    assert summary.reasked >= 1
+    deadline = time.time() + 60  # Ray brought the replica back, in a new process
+    while time.time() < deadline:
+        try:
+            assert users.backends[0].pid() != victim
+            break
+        except ray.exceptions.RayActorError:
+            time.sleep(0.5)
+    else:
+        pytest.fail("the killed replica was not restarted")
+    users.shutdown()
+    assistants.shutdown()
+
+
+def test_cli_with_replicas_on_the_cluster(cluster, tiny_user_dir, tiny_assistant_dir, tmp_path):
+    intents = tmp_path / "intents.jsonl"
+    intents.write_text("".join(json.dumps({"id": f"i{k}", "intent": f"You want help with task {k}."}) + "\n" for k in range(6)))
+    out = tmp_path / "runs.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "userlm", "simulate", "--user", f"hf:{tiny_user_dir}", "--assistant", f"hf:{tiny_assistant_dir}",
+         "--user-replicas", "2", "--ray", cluster, "--intents", str(intents), "--out", str(out), "--max-turns", "2",
+         "--user-max-tokens", "8", "--assistant-max-tokens", "8", "--no-progress"],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(out.read_text().splitlines()) == 6
+
+
+def test_replicas_need_a_cluster_and_a_local_engine(tiny_user_dir):
+    with pytest.raises(userlm.UserError, match="needs a Ray cluster: add --ray auto"):
+        user_model(f"hf:{tiny_user_dir}", ProviderOptions(replicas=2))
+    with pytest.raises(userlm.UserError, match="--assistant-replicas applies to hf: and vllm:"):
+        chat_model("openai:m", ProviderOptions(replicas=2, ray="auto", side="assistant"))
+
+
+def test_router_is_sticky_and_balances_new_conversations():
+    router = Router(3)
+    first = [router.pick(f"c{k}") for k in range(3)]
+    for k, r in enumerate(first):
+        router.load[r] += 1
+        router.settle(f"c{k}", r)
+    assert sorted(first) == [0, 0, 0]  # nothing in flight anywhere: the first replica, for each
+    router.load = [5, 0, 2]
+    assert router.pick("new") == 1  # least loaded
+    assert router.pick("c0") == 0  # sticky, whatever the load
+    assert router.pick("c0", avoid={0}) == 1  # its replica failed: elsewhere
+    router.forget("c0")
+    assert router.pick("c0") == 1
+
+
+def test_several_servers_as_one_model(tiny_user_dir, tmp_path):
+    """--user-base-url URL,URL: two real OpenAI-compatible servers serve one user model, each
+    conversation staying on one server; a server that goes away is routed around."""
+    from dataclasses import replace
+
+    from servers import transformers_serve
+
+    from userlm.models.openai_compat import Endpoint
+
+    servers = [transformers_serve(tmp_path / f"serve{k}.log") for k in range(2)]
+    try:
+        options = ProviderOptions(sampling=SAMPLING, side="user")
+        pool = user_model(f"openai:{tiny_user_dir}", replace(options, endpoint=Endpoint(
+            base_url=",".join(url for _, url in servers), max_retries=0, timeout_s=60), end_token_id=4))
+        assert isinstance(pool, Replicated) and len(pool.backends) == 2
+        run = userlm.simulate(_intents(6), _user(pool), userlm.load_assistant(lambda m: "Sure, tell me more."),
+                              settings=RunSettings(max_turns=2, concurrency=6), progress=False)
+        assert all(c.error is None for c in run.conversations)
+        assert set(pool.router.homes.values()) == {0, 1}
+    finally:
+        for proc, _ in servers:
+            proc.terminate()
+            proc.wait(timeout=20)
