@@ -220,7 +220,7 @@ def main() -> None:
     for name, r in rows.items():
         print(f"{name:<22}{r['seconds']:>10.1f}{r['conversations_per_s']:>9.3f}{r['conversations_per_s'] / card_rate:>8.1f}"
               f"{r['conversations_per_s'] / rows['vllm']['conversations_per_s']:>8.2f}  {', '.join(f'{x:.1f}' for x in r['runs_s'])}")
-    path = save("engines", {"machine": machine(), "conversations": len(prompts), "turns": args.turns,
+    path = save("engines", {"machine": machine(), "conversations": len(prompts), "turns": args.turns, "vllm_dtype": VLLM_DTYPE,
                             "card_conversations": args.card_conversations, "vllm_startup_s": startup, "warm_up_s": warm, "rows": rows})
     print(f"saved {path}")
 

@@ -69,6 +69,35 @@ def main() -> None:
                   "| conversations | HTML MB | build s | load in headless Chromium s | first search s | filter s |", "|---|---|---|---|---|---|",
                   f"| {scale['conversations']} | {scale['html_mb']:.1f} | {scale['build_s']:.1f} | {scale['load_s']:.2f} | "
                   f"{scale['first_search_s']:.2f} | {scale['filter_s']:.2f} |", ""]
+    engines = load("engines")
+    if engines:
+        rows = engines["rows"]
+        card, vllm = rows["card"]["conversations_per_s"], rows["vllm"]["conversations_per_s"]
+        lines += ["## B4: the engines on B1's workload", "",
+                  f"Machine: {engines['machine']}. B1's models and workload: {engines['conversations']} conversations x "
+                  f"{engines['turns']} user turns (user turns up to 32 new tokens, assistant turns up to 64); the card's loop "
+                  f"on {engines['card_conversations']} of them. All in one process run, every engine loaded and warm, the "
+                  "in-process runs alternated; each row the median of its runs. `hf:` in bf16 (its auto on this CPU); vLLM's "
+                  f"CPU build {engines.get('vllm_dtype', 'float32')} (its faster dtype here), compiled, chunked prefill off. "
+                  f"Two vLLM engines took {engines['vllm_startup_s']:.0f} s to start; untimed first runs, s: "
+                  + ", ".join(f"{k} {v[0]:.1f}" for k, v in engines["warm_up_s"].items()) + ".", "",
+                  "| run | conv/s | x card loop | x vllm: | runs, s |", "|---|---|---|---|---|"]
+        for name, r in rows.items():
+            lines.append(f"| {name} | {r['conversations_per_s']:.3f} | {r['conversations_per_s'] / card:.1f} | "
+                         f"{r['conversations_per_s'] / vllm:.2f} | {', '.join(f'{x:.1f}' for x in r['runs_s'])} |")
+        lines.append("")
+    memory = load("driver_memory")
+    if memory:
+        lines += ["## B5: the driver's memory as a run grows", "",
+                  f"Machine: {memory['machine']}. `userlm simulate` with scripted models (4 user turns each), a fresh process "
+                  "per size; peak resident memory of the whole process (Python, userlm and its imports included).", "",
+                  "| conversations | peak MB | x the smallest | wall s | CPU ms per user turn | output MB |", "|---|---|---|---|---|---|"]
+        for r in memory["rows"]:
+            lines.append(f"| {r['conversations']} | {r['peak_rss_mb']:.0f} | {r['x_smallest']:.2f} | {r['wall_s']:.1f} | "
+                         f"{r['cpu_ms_per_turn']:.3f} | {r['output_mb']:.0f} |")
+        resume = memory["resume"]
+        lines += ["", f"Resuming the {resume['conversations']}-conversation run with every conversation already written: peak "
+                  f"{resume['peak_rss_mb']:.0f} MB, {resume['wall_s']:.1f} s.", ""]
     notes = HERE / "NOTES.md"
     if notes.exists():
         lines += [notes.read_text().strip(), ""]

@@ -96,7 +96,7 @@ def test_a_killed_replica_loses_and_duplicates_nothing(cluster, tiny_user_dir, t
     """SIGKILL to a replica's process mid-run: its turns in flight are asked again elsewhere, Ray
     restarts it, and the output holds every conversation once."""
     users = user_model(f"hf:{tiny_user_dir}", _options("user", cluster))
-    assistants = chat_model(f"hf:{tiny_assistant_dir}", _options("assistant", cluster, replicas=1))
+    assistants = chat_model(f"hf:{tiny_assistant_dir}", ProviderOptions(sampling=SAMPLING))  # in this process
     victim = users.backends[0].pid()
     out = tmp_path / "runs.jsonl"
     intents = _intents(24)
@@ -125,7 +125,6 @@ def test_a_killed_replica_loses_and_duplicates_nothing(cluster, tiny_user_dir, t
     else:
         pytest.fail("the killed replica was not restarted")
     users.shutdown()
-    assistants.shutdown()
 
 
 def test_cli_with_replicas_on_the_cluster(cluster, tiny_user_dir, tiny_assistant_dir, tmp_path):
@@ -186,3 +185,25 @@ def test_several_servers_as_one_model(tiny_user_dir, tmp_path):
         for proc, _ in servers:
             proc.terminate()
             proc.wait(timeout=20)
+
+
+def test_eval_user_scoring_through_replicas_equals_the_local_model(cluster, tiny_user_dir, shared_data):
+    """eval-user's perplexity and P(end) points, each replica scoring its share of the real
+    held-out conversations, equal the local model's, in the conversations' order."""
+    from userlm.evaluation.user_eval import Simulator, UserEvalSettings, alignment_part
+    from userlm.prepare.ingest import conversations_from
+
+    convs = list(conversations_from(str(shared_data("oasst/en_100_tree.jsonl"))))[:10]
+    settings = UserEvalSettings(resamples=50)
+    users = user_model(f"hf:{tiny_user_dir}", _options("user", cluster))
+    try:
+        spread = asyncio.run(alignment_part(Simulator("spread", users), convs, settings))
+    finally:
+        users.shutdown()
+    local = asyncio.run(alignment_part(Simulator("local", user_model(f"hf:{tiny_user_dir}", ProviderOptions())), convs, settings))
+    assert spread["format"] == local["format"] == "userlm"
+    for key in ("ppl_no_intent_per_conversation",):
+        assert [r["id"] for r in spread[key]] == [r["id"] for r in local[key]]
+        assert [r["nll"] for r in spread[key]] == pytest.approx([r["nll"] for r in local[key]], rel=1e-4)
+    assert [(p["conversation"], p["after_reply"]) for p in spread["end_points"]] == \
+        [(p["conversation"], p["after_reply"]) for p in local["end_points"]]

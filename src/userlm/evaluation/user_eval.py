@@ -187,9 +187,10 @@ async def alignment_part(sim: Simulator, data: list[Conversation], settings: Use
     from .perplexity import held_out_scores
 
     found = scorable(sim.model)
-    if found is None:
-        return {"skipped": "perplexity needs a local model (hf: or prompted:hf:)"}
-    loaded, fmt = found
+    remote = found is None and getattr(sim.model, "can_score", lambda: False)()
+    if found is None and not remote:
+        return {"skipped": "perplexity needs a local model (hf: or prompted:hf:), or replicas of one"}
+    loaded, fmt = found if found is not None else (None, None)
     out: dict = {"format": fmt}
     with_intent = [c for c in data if c.intent]
     for key, convs, use_intent in (("ppl_intent", with_intent, True), ("ppl_no_intent", data, False)):
@@ -201,9 +202,16 @@ async def alignment_part(sim: Simulator, data: list[Conversation], settings: Use
             from tqdm import tqdm
 
             bar = tqdm(desc=f"scoring ({'intent' if use_intent else 'no intent'})", unit="seq", leave=False)
-        scores = await asyncio.to_thread(held_out_scores, loaded.model, loaded.tokenizer, convs, fmt=fmt, use_intent=use_intent,
-                                         max_batch_tokens=settings.max_batch_tokens, chunk_tokens=settings.chunk_tokens,
-                                         progress=None if bar is None else (lambda done: bar.update(done - bar.n)))
+        if remote:  # replicas score their share of the conversations each
+            scored = await sim.model.score(convs, use_intent=use_intent, max_batch_tokens=settings.max_batch_tokens,
+                                           chunk_tokens=settings.chunk_tokens)
+            if scored is None:
+                return {"skipped": "perplexity needs a local model (hf: or prompted:hf:), or replicas of one"}
+            out["format"], scores = scored
+        else:
+            scores = await asyncio.to_thread(held_out_scores, loaded.model, loaded.tokenizer, convs, fmt=fmt, use_intent=use_intent,
+                                             max_batch_tokens=settings.max_batch_tokens, chunk_tokens=settings.chunk_tokens,
+                                             progress=None if bar is None else (lambda done: bar.update(done - bar.n)))
         if bar is not None:
             bar.close()
         out[key] = perplexity_figure(scores.nll, scores.tokens, settings)

@@ -126,6 +126,31 @@ class Replicated:
             if close is not None:
                 await close()
 
+    def can_score(self) -> bool:
+        return all(hasattr(b, "score") for b in self.backends)
+
+    async def score(self, conversations: list, **options: Any):
+        """(format, held-out scores) of ``conversations``, split over the replicas and put back
+        in their order; None when the replicas' model cannot be scored (not a local model)."""
+        from ..evaluation.perplexity import HeldOutScores
+
+        shards = [conversations[k :: len(self.backends)] for k in range(len(self.backends))]
+        parts = await asyncio.gather(*[b.score(shard, **options) for b, shard in zip(self.backends, shards) if shard])
+        if any(p is None for p in parts):
+            return None
+        fmt = parts[0][0]
+        by_id = {}
+        dropped = 0
+        for _, scores in parts:
+            dropped += scores.dropped_targets
+            for cid, nll, tokens in zip(scores.conversation_ids, scores.nll, scores.tokens):
+                by_id[cid] = [nll, tokens, []]
+            for point in scores.end_points:
+                by_id[point.conversation][2].append(point)
+        order = [c.id for c in conversations if c.id in by_id]
+        return fmt, HeldOutScores(nll=[by_id[c][0] for c in order], tokens=[by_id[c][1] for c in order], conversation_ids=order,
+                                  end_points=[p for c in order for p in by_id[c][2]], dropped_targets=dropped)
+
     def shutdown(self) -> None:
         """Stop the replicas for good (Ray actors end with the driver anyway)."""
         for backend in self.backends:
@@ -192,6 +217,17 @@ class _Actor:
         if forget is not None:
             forget()
 
+    def score(self, conversations: list, **options: Any):
+        """eval-user's held-out scores (perplexity, P(end) at every point) of ``conversations``."""
+        from ..evaluation.perplexity import held_out_scores
+        from ..evaluation.user_eval import scorable
+
+        found = scorable(self.model)
+        if found is None:
+            return None
+        loaded, fmt = found
+        return fmt, held_out_scores(loaded.model, loaded.tokenizer, conversations, fmt=fmt, **options)
+
 
 class RayReplica:
     """The driver's handle on one replica actor."""
@@ -207,6 +243,9 @@ class RayReplica:
 
     def forget_conversations(self) -> None:
         self.handle.forget_conversations.remote()
+
+    async def score(self, conversations: list, **options: Any):
+        return await self.handle.score.remote(conversations, **options)
 
     def pid(self) -> int:
         import ray
