@@ -55,8 +55,8 @@ def test_simulate_and_show_with_scripted_models(tmp_path, intents_file, scripts)
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--user", "llama:x"], "unknown user model 'llama:x'; use one of hf:<name>, openai:<name>, prompted:<name>, scripted:<name>."),
-        (["--assistant", "gpt4"], "unknown assistant model 'gpt4'; use one of hf:<name>, openai:<name>, python:<name>, scripted:<name>."),
+        (["--user", "llama:x"], "unknown user model 'llama:x'; use one of hf:<name>, vllm:<name>, openai:<name>, prompted:<name>, scripted:<name>."),
+        (["--assistant", "gpt4"], "unknown assistant model 'gpt4'; use one of hf:<name>, vllm:<name>, openai:<name>, python:<name>, scripted:<name>."),
         (["--intents", "missing.jsonl"], "missing.jsonl: no such file"),
         (["--min-words", "10", "--max-words", "5"], "invalid guardrail setting: min_words must not exceed max_words."),
         (["--user", "scripted:nowhere.json"], "nowhere.json: no such script file"),

@@ -134,22 +134,35 @@ def iter_conversations(path: str | Path, *, tolerate_truncated_tail: bool = Fals
         raise UserError(f"{path}: no such file; give the path of a JSONL file of conversations.")
     if path.is_dir():
         raise UserError(f"{path} is a folder; give the path of a JSONL file of conversations.")
-    lines = path.read_bytes().split(b"\n")
-    last = len(lines) - 1
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            yield Conversation.model_validate_json(raw)
-        except ValidationError as exc:
-            if tolerate_truncated_tail and number - 1 == last:
-                return  # the last line was cut off by a crash; it is redone
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first.get("loc", ())) or "record"
-            raise UserError(
-                f"{path}:{number}: not a conversation record ({where}: {first.get('msg')}); "
-                "fix or remove that line."
-            ) from None
+    with open(path, "rb") as f:  # a record at a time: resuming a run of any size holds one line, not the file
+        number, held = 0, None
+        for raw in f:
+            number += 1
+            if held is not None:
+                record = _record(path, *held, last=False, tolerate=tolerate_truncated_tail)
+                if record is not None:
+                    yield record
+            held = (number, raw)
+        if held is not None:
+            record = _record(path, *held, last=True, tolerate=tolerate_truncated_tail)
+            if record is not None:
+                yield record
+
+
+def _record(path: Path, number: int, raw: bytes, *, last: bool, tolerate: bool) -> Conversation | None:
+    if not raw.strip():
+        return None
+    try:
+        return Conversation.model_validate_json(raw)
+    except ValidationError as exc:
+        if tolerate and last and not raw.endswith(b"\n"):
+            return None  # the last line was cut off by a crash; it is redone
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "record"
+        raise UserError(
+            f"{path}:{number}: not a conversation record ({where}: {first.get('msg')}); "
+            "fix or remove that line."
+        ) from None
 
 
 #: held while a record is written, so that a forced exit (see ``userlm.cli.stopping``) never cuts one
@@ -208,13 +221,24 @@ def _drop_unfinished_tail(path: Path) -> None:
     its newline is kept, and the newline added."""
     if not path.exists() or path.stat().st_size == 0:
         return
-    with open(path, "rb+") as f:
-        data = f.read()
-        if data.endswith(b"\n"):
+    with open(path, "rb+") as f:  # only the tail is read, whatever the file's size
+        size = f.seek(0, os.SEEK_END)
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
             return
-        keep = data.rfind(b"\n") + 1
+        keep, block = 0, 1 << 16
+        position = size
+        while position > 0:
+            position = max(0, position - block)
+            f.seek(position)
+            chunk = f.read(min(block, size - position))
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                keep = position + newline + 1
+                break
+        f.seek(keep)
         try:
-            Conversation.model_validate_json(data[keep:])
+            Conversation.model_validate_json(f.read())
         except ValidationError:
             f.truncate(keep)
         else:
