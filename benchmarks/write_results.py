@@ -98,6 +98,18 @@ def main() -> None:
         resume = memory["resume"]
         lines += ["", f"Resuming the {resume['conversations']}-conversation run with every conversation already written: peak "
                   f"{resume['peak_rss_mb']:.0f} MB, {resume['wall_s']:.1f} s.", ""]
+    replicas = load("replicas")
+    if replicas:
+        lines += ["## B6: replicas on a local Ray cluster", "",
+                  f"Machine: {replicas['machine']}. {replicas['conversations']} conversations x {replicas['turns']} user turns, "
+                  "B1's models; the user model as Ray actors (1 CPU each), the assistant in the driver's process. Two cores bound "
+                  "this: the replicas share them with each other and the assistant, so these rows show the cost of the actor hop, "
+                  "not a cluster's scaling. Driver CPU includes the assistant's own compute here.", "",
+                  "| run | s | conv/s | x in process | driver CPU ms per user turn |", "|---|---|---|---|---|"]
+        for name, r in replicas["rows"].items():
+            lines.append(f"| {name} | {r['seconds']:.1f} | {r['conversations_per_s']:.3f} | {r['x_in_process']:.2f} | "
+                         f"{r['driver_cpu_ms_per_user_turn']:.0f} |")
+        lines.append("")
     notes = HERE / "NOTES.md"
     if notes.exists():
         lines += [notes.read_text().strip(), ""]
