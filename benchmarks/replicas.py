@@ -9,7 +9,7 @@ with each other and with the assistant, so the figures show the routing's overhe
 driver's cost, not the scaling a cluster of GPU nodes gets (that is K times one replica's rate
 while the driver keeps up; see the README's throughput model). Baseline: the same run with the
 user model in the driver's process (no Ray). Driver CPU per user turn is the driver process's
-own CPU time (replicas excluded) over the user turns.
+own CPU time (replicas excluded, the in-process assistant included) over the user turns.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def main() -> None:
     for name, r in rows.items():
         r["x_in_process"] = r["conversations_per_s"] / base
         print(f"{name:<12} {r['seconds']:7.1f} s  {r['conversations_per_s']:.3f} conv/s  x in-process {r['x_in_process']:.2f}  "
-              f"driver CPU {r['driver_cpu_ms_per_user_turn']:.2f} ms per user turn")
+              f"driver process CPU (assistant included) {r['driver_cpu_ms_per_user_turn']:.2f} ms per user turn")
     ray.shutdown()
     print(f"saved {save('replicas', {'machine': machine(), 'conversations': len(prompts), 'turns': args.turns, 'rows': rows})}")
 

@@ -105,7 +105,7 @@ def main() -> None:
                   "B1's models; the user model as Ray actors (1 CPU each), the assistant in the driver's process. Two cores bound "
                   "this: the replicas share them with each other and the assistant, so these rows show the cost of the actor hop, "
                   "not a cluster's scaling. Driver CPU includes the assistant's own compute here.", "",
-                  "| run | s | conv/s | x in process | driver CPU ms per user turn |", "|---|---|---|---|---|"]
+                  "| run | s | conv/s | x in process | driver process CPU ms per user turn (its in-process assistant included) |", "|---|---|---|---|---|"]
         for name, r in replicas["rows"].items():
             lines.append(f"| {name} | {r['seconds']:.1f} | {r['conversations_per_s']:.3f} | {r['x_in_process']:.2f} | "
                          f"{r['driver_cpu_ms_per_user_turn']:.0f} |")
