@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -14,6 +15,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
+# Ray's token authentication, as a user's cluster has it: one token for every node and for this
+# process, set before Ray is imported (Ray reads the mode once per process). Ray 2.60's head turns
+# it on by default, and a node that joins without the mode and token is refused.
+_AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+_SAVED_AUTH = {key: os.environ.get(key) for key in _AUTH}
+os.environ.update(_AUTH)
 
 ray = pytest.importorskip("ray")
 
@@ -45,15 +53,29 @@ def cluster(tmp_path_factory):
     temp = tmp_path_factory.mktemp("ray")
     env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0"}
     common = ["--num-cpus", "2", "--disable-usage-stats"]
-    subprocess.run([str(ray_bin), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                    "--include-dashboard", "false", "--temp-dir", str(temp), *common], check=True, capture_output=True, env=env)
     address = f"127.0.0.1:{port}"
-    subprocess.run([str(ray_bin), "start", "--address", address, "--node-ip-address", "127.0.0.1", *common],
-                   check=True, capture_output=True, env=env)
-    ray.init(address=address, logging_level="WARNING", log_to_driver=False)
-    yield address
-    ray.shutdown()
-    subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, env=env)
+    try:
+        _ray_cli(ray_bin, ["start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                           "--include-dashboard", "false", "--temp-dir", str(temp), *common], env)
+        _ray_cli(ray_bin, ["start", "--address", address, "--node-ip-address", "127.0.0.1", *common], env)
+        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+        yield address
+    finally:
+        ray.shutdown()
+        subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, env=env)
+        for key, value in _SAVED_AUTH.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _ray_cli(ray_bin: Path, args: list[str], env: dict[str, str]) -> None:
+    """Run ``ray ARGS``; on failure, fail with the command's own last lines (not just its exit code)."""
+    done = subprocess.run([str(ray_bin), *args], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        pytest.fail(f"`ray {' '.join(args)}` exited {done.returncode}:\n{tail}")
 
 
 def _options(side: str, address: str, replicas: int = 2) -> ProviderOptions:
@@ -138,6 +160,16 @@ def test_cli_with_replicas_on_the_cluster(cluster, tiny_user_dir, tiny_assistant
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(out.read_text().splitlines()) == 6
+    # The same command with another token: one sentence naming --ray and what to set, nothing written.
+    again = subprocess.run(
+        [sys.executable, "-m", "userlm", "simulate", "--user", f"hf:{tiny_user_dir}", "--assistant", f"hf:{tiny_assistant_dir}",
+         "--user-replicas", "2", "--ray", cluster, "--intents", str(intents), "--out", str(tmp_path / "refused.jsonl"),
+         "--no-progress"], capture_output=True, text=True, timeout=300,
+        env=os.environ | {"RAY_AUTH_TOKEN": secrets.token_hex(32)})
+    assert again.returncode != 0
+    assert f"--ray {cluster}: the cluster refused this process's token" in again.stderr
+    assert "Traceback" not in again.stderr
+    assert not (tmp_path / "refused.jsonl").exists()
 
 
 def test_replicas_need_a_cluster_and_a_local_engine(tiny_user_dir):

@@ -180,17 +180,36 @@ def connect(address: str) -> None:
         raise UserError("--ray needs Ray; install it with pip install 'userlm[ray]'.") from None
     if ray.is_initialized():
         return
+    from ray.exceptions import AuthenticationError
+
     quiet = dict(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
-    if address == "auto":
-        try:
-            ray.init(address="auto", **quiet)
-        except ConnectionError:
-            ray.init(include_dashboard=False, **quiet)
-        return
     try:
+        if address == "auto":
+            try:
+                ray.init(address="auto", **quiet)
+            except ConnectionError as exc:
+                if _refused_token(exc):
+                    raise
+                ray.init(include_dashboard=False, **quiet)
+            return
         ray.init(address=address, **quiet)
-    except ConnectionError as exc:
+    except (AuthenticationError, ConnectionError) as exc:
+        if _refused_token(exc):
+            raise UserError(f"--ray {address}: the cluster refused this process's token; set RAY_AUTH_MODE=token and "
+                            "RAY_AUTH_TOKEN to the cluster's token (or put it in ~/.ray/auth_token) and run again.") from None
         raise UserError(f"--ray {address}: cannot join that Ray cluster ({exc}); check the address (host:port of its head).") from None
+
+
+def _refused_token(exc: BaseException | None) -> bool:
+    """Whether Ray's failure to connect was the cluster's token authentication refusing this process
+    (Ray wraps that in a ConnectionError whose cause's text carries the refusal)."""
+    from ray.exceptions import AuthenticationError
+
+    while exc is not None:
+        if isinstance(exc, AuthenticationError) or "InvalidAuthToken" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class _Actor:
