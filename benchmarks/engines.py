@@ -4,13 +4,14 @@
     .venv-vllm/bin/python benchmarks/engines.py --quick
 
 Rows, all in this one process run, every engine loaded and warm first, the timed runs of the
-in-process engines alternated (hf lean, hf with the model's own forward, vllm:, vLLM turn by
+in-process engines alternated (hf with and without its cross-turn cache, vllm:, vLLM turn by
 turn) ``--repeats`` times and each one's median reported:
 
 - ``card``: the UserLM-8b card's snippet in a loop (float32, one conversation at a time), on
   ``--card-conversations`` conversations: the baseline every ratio is against;
-- ``hf_lean`` / ``hf_own_forward``: ``userlm.simulate`` with ``hf:`` models, the lean Llama
-  forward on and off;
+- ``hf`` / ``hf_no_cross_turn_cache``: ``userlm.simulate`` with ``hf:`` models (transformers'
+  ``generate`` with the guardrail logits processor), each conversation's keys and values kept
+  between its turns or not;
 - ``vllm``: ``userlm.simulate`` with ``vllm:`` models (vLLM's async engine in this process,
   every guardrail in its sampler);
 - ``vllm_turn_by_turn``: the loop a user would write with the same engines: every
@@ -168,10 +169,11 @@ def main() -> None:
     startup = time.perf_counter() - started
     print(f"vllm: two engines started in {startup:.1f} s", flush=True)
     models = {
-        "hf_lean": (LocalUserModel(str(user_dir), sampling=user_sampling, options=LoadOptions(max_batch_size=len(prompts))),
-                    LocalChatModel(str(asst_dir), sampling=asst_sampling, options=LoadOptions(max_batch_size=len(prompts)))),
-        "hf_own_forward": (LocalUserModel(str(user_dir), sampling=user_sampling, options=LoadOptions(max_batch_size=len(prompts), lean=False)),
-                           LocalChatModel(str(asst_dir), sampling=asst_sampling, options=LoadOptions(max_batch_size=len(prompts), lean=False))),
+        "hf": (LocalUserModel(str(user_dir), sampling=user_sampling, options=LoadOptions(max_batch_size=len(prompts))),
+               LocalChatModel(str(asst_dir), sampling=asst_sampling, options=LoadOptions(max_batch_size=len(prompts)))),
+        "hf_no_cross_turn_cache": (
+            LocalUserModel(str(user_dir), sampling=user_sampling, options=LoadOptions(max_batch_size=len(prompts), reuse_cache=False)),
+            LocalChatModel(str(asst_dir), sampling=asst_sampling, options=LoadOptions(max_batch_size=len(prompts), reuse_cache=False))),
         "vllm": (v_user, v_asst),
     }
     runs: dict[str, list[float]] = {name: [] for name in (*models, "vllm_turn_by_turn")}
@@ -188,7 +190,7 @@ def main() -> None:
         runs["vllm_turn_by_turn"].append(turn_by_turn(v_user.engine, v_asst.engine, prompts, args.turns)["seconds"])
         print(f"repeat {repeat + 1}:", {k: round(v[-1], 1) for k, v in runs.items()}, flush=True)
     close_engines()
-    for name in ("hf_lean", "hf_own_forward"):
+    for name in ("hf", "hf_no_cross_turn_cache"):
         models.pop(name)
     del v_user, v_asst, models
 

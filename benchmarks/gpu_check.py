@@ -55,29 +55,32 @@ def build(out: Path, layers: int) -> Path:
 
 
 def check_logits(path: Path, prompts: list[str]) -> dict:
-    """The engine's batched, cached greedy decoding (lean forward, and the model's own forward)
-    against the model's own full forward over each whole sequence: the share of rows whose every
-    greedy token agrees, and the largest difference of the last-position logits."""
+    """The engine's batched greedy decoding, over two turns with each conversation's keys and
+    values kept between them, against the model's own full forward over each whole sequence:
+    per turn, how many rows' greedy tokens all agree."""
     import torch
 
-    from userlm.models.engine import Row, generate
+    from userlm.models.engine import PrefixCache, Row, generate
     from userlm.models.local import LoadOptions, load
     from userlm.models.vocab import vocab_tables
     from userlm.render import user_prompt_ids
 
     loaded = load(str(path), LoadOptions(device="cuda", dtype="bfloat16"))
     tok, model = loaded.tokenizer, loaded.model
+    cache = PrefixCache()
     out = {}
-    for lean in (True, False):
-        rows = [Row(prompt=user_prompt_ids(tok, p, []), seed=i) for i, p in enumerate(prompts)]
+    prompts_ids = [user_prompt_ids(tok, p, []) for p in prompts]
+    for turn in (1, 2):
+        rows = [Row(prompt=ids, seed=i, key=str(i)) for i, ids in enumerate(prompts_ids)]
         results = generate(model, rows, stop_ids=set(), end_id=None, pad_id=loaded.pad_id, whitespace=vocab_tables(tok).whitespace,
-                           temperature=0.0, top_p=1.0, max_new_tokens=16, lean=lean)
+                           temperature=0.0, top_p=1.0, max_new_tokens=16, prefix_cache=cache)
         agree = 0
         with torch.inference_mode():
             for row, res in zip(rows, results):
                 logits = model(torch.tensor([row.prompt + res.tokens], device="cuda")).logits[0].float()
                 agree += logits[len(row.prompt) - 1 : -1].argmax(-1).tolist() == res.tokens
-        out["lean" if lean else "own_forward"] = {"rows": len(rows), "greedy_rows_agreeing": agree}
+        out[f"turn_{turn}"] = {"rows": len(rows), "greedy_rows_agreeing": agree}
+        prompts_ids = [row.prompt + res.tokens + tok.encode(" Then what?", add_special_tokens=False) for row, res in zip(rows, results)]
     return out
 
 

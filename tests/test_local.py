@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 
 import pytest
 import torch
@@ -20,23 +21,10 @@ SAMPLING = SamplingSettings(temperature=1.0, top_p=0.8, max_new_tokens=16)
 INTENTS = [Intent(str(i), f"You are a user chatting with an assistant about topic number {i}.") for i in range(6)]
 
 
-class BiasedLM(torch.nn.Module):
-    """A real model with biases added to its logits: one for the first generated token (after
-    the prompt, which already holds the newline that opens every user turn), another for every
-    later one."""
-
-    def __init__(self, model, first: torch.Tensor, later: torch.Tensor):
-        super().__init__()
-        self.inner, self.first, self.later = model, first, later
-
-    def forward(self, **kwargs):
-        out = self.inner(**kwargs)
-        out.logits = out.logits + (self.first if kwargs["input_ids"].shape[1] > 1 else self.later)
-        return out
-
-
 def biased_user(path, first: dict[int, float], later: dict[int, float]) -> LocalUserModel:
-    """The tiny user model, made to write ``first`` tokens first and ``later`` ones after."""
+    """The tiny user model, made to write ``first`` tokens first and ``later`` ones after: biases
+    added to a real model's logits, one for the first token a generation samples (its first call
+    with a new key/value cache), another for every later one."""
     user = LocalUserModel(str(path), sampling=SAMPLING)
     size = len(user.loaded.tokenizer)
     biases = []
@@ -45,8 +33,21 @@ def biased_user(path, first: dict[int, float], later: dict[int, float]) -> Local
         for token, value in boosts.items():
             bias[token] = value
         biases.append(bias)
+    model = copy.copy(user.loaded.model)  # the same weights; its forward is replaced on this copy only
+    inner = user.loaded.model.forward
+    seen = {"cache": None}
+
+    @functools.wraps(inner)
+    def forward(*args, **kwargs):
+        out = inner(*args, **kwargs)
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        fresh, seen["cache"] = cache is not seen["cache"], cache
+        out.logits = out.logits + (biases[0] if fresh else biases[1])
+        return out
+
+    model.forward = forward
     user.loaded = copy.copy(user.loaded)
-    user.loaded.model = BiasedLM(user.loaded.model, *biases)
+    user.loaded.model = model
     return user
 
 
@@ -153,6 +154,36 @@ def test_prefix_cache_reuses_a_conversations_keys_and_values_exactly(tiny_user_d
     assert stats.prefill_tokens == len(first) + len(other) + (len(nxt[0]) + len(nxt[1]) - stats.reused_tokens)
     # a key whose stored sequence does not match reuses only the common prefix
     assert cache.lookup("a", other)[1] < len(other)
+
+
+def test_batched_greedy_equals_the_models_own_forward_whatever_its_generation_config(tiny_user_dir):
+    """Rows of different lengths decoded together through ``generate`` (left padding, the prompt
+    computed before it) give, token for token, the argmax of the model's own forward over each
+    whole sequence; the model's generation config (sampling, penalties, forced tokens) never
+    reaches the engine: the guardrail processor alone decides."""
+    from userlm.models.engine import Row, generate
+    from userlm.models.vocab import vocab_tables
+
+    user = LocalUserModel(str(tiny_user_dir), sampling=SAMPLING)
+    tok, model = user.loaded.tokenizer, user.loaded.model
+    common = dict(stop_ids=set(), end_id=None, pad_id=user.loaded.pad_id, whitespace=vocab_tables(tok).whitespace,
+                  temperature=0.0, top_p=1.0, max_new_tokens=12)
+    prompts = [tok.encode(text, add_special_tokens=False) for text in
+               ("Hello there, how", "A much longer prompt about cooking lasagna for a family of six on a Sunday", "x")]
+    plain = generate(model, [Row(p, 0) for p in prompts], **common)
+    with torch.inference_mode():
+        for prompt, result in zip(prompts, plain):
+            assert len(result.tokens) == 12
+            logits = model(torch.tensor([prompt + result.tokens])).logits[0]
+            assert logits[len(prompt) - 1 : -1].argmax(-1).tolist() == result.tokens
+    saved = model.generation_config
+    model.generation_config = copy.deepcopy(saved)
+    model.generation_config.update(do_sample=True, temperature=3.0, top_k=2, repetition_penalty=5.0, no_repeat_ngram_size=1,
+                                   min_new_tokens=5, forced_bos_token_id=7, suppress_tokens=plain[0].tokens[:2])
+    try:
+        assert [r.tokens for r in generate(model, [Row(p, 0) for p in prompts], **common)] == [r.tokens for r in plain]
+    finally:
+        model.generation_config = saved
 
 
 def test_a_slow_remote_assistant_does_not_hold_up_the_other_conversations(tiny_user_dir):

@@ -1,28 +1,27 @@
 """Batched sampling for local causal LMs, with the user-turn guardrails as logit constraints.
 
-Every row carries its own random generator, seeded per conversation, turn and attempt, so a
-row's random draws do not depend on which other conversations share its batch. (Its logits can
-still differ in the last bits with the batch's shape; the lockstep batching of
-:mod:`userlm.models.lockstep` makes batches fall the same way on every run, so a seed reproduces
-transcripts exactly.)
+Decoding is transformers' own batched ``generate``; the guardrails and the sampling run in one
+logits processor (:class:`_Guard`). Every row carries its own random generator, seeded per
+conversation, turn and attempt, so a row's random draws do not depend on which other
+conversations share its batch. (Its logits can still differ in the last bits with the batch's
+shape; the lockstep batching of :mod:`userlm.models.lockstep` makes batches fall the same way on
+every run, so a seed reproduces transcripts exactly.)
 
-Each prompt is computed from where its conversation's keys and values kept from the previous
-turn leave off (:class:`PrefixCache`); then all rows decode together in one batch, writing into
-key/value buffers allocated once. Llama-recipe models (Llama, Mistral, Qwen2) run through the
-lean forward of :mod:`userlm.models.lean`: prompts packed without padding for the projections,
-attending in groups of rows of similar new length; any other model runs through its own forward,
-prompts in groups of similar length.
+Each prompt but its last token is computed first, through the model's own forward in groups of
+similar length, from where its conversation's keys and values kept from the previous turn leave
+off (:class:`PrefixCache`); ``generate`` then starts from that cache, and its decoding writes
+into key/value buffers allocated once.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
-
-
 
 
 @dataclass
@@ -64,7 +63,6 @@ class EngineStats:
 class _Entry:
     ids: list[int]
     layers: list[tuple[torch.Tensor, torch.Tensor]]  #: per layer, keys and values [kv_heads, len, head_dim]
-    batch: object | None = None  #: the batch whose buffers ``layers`` are views of (None: they are copies)
 
 
 class PrefixCache:
@@ -76,9 +74,10 @@ class PrefixCache:
     def __init__(self, max_entries: int = 512):
         self.max_entries = max_entries
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._viewed: object | None = None  #: the batch whose buffers entries may view
 
     def lookup(self, key: str, prompt: list[int]) -> tuple[_Entry | None, int]:
+        """The entry for ``key`` and how many of ``prompt``'s first tokens it holds (never the
+        last one: the engine computes at least that, for its logits)."""
         entry = self._entries.get(key)
         if entry is None:
             return None, 0
@@ -88,41 +87,19 @@ class PrefixCache:
             if a != b:
                 break
             n += 1
-        return entry, min(n, len(prompt) - 1)  # at least one prompt token is computed, for its logits
+        return entry, min(n, len(prompt) - 1)
 
-    def store(self, key: str, ids: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]], batch: object | None = None) -> None:
-        """Keep ``layers`` for ``key``; with ``batch``, they are views of that batch's buffers."""
-        self._entries[key] = _Entry(ids, layers, batch)
+    def store(self, key: str, ids: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self._entries[key] = _Entry(ids, layers)
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
-    def settle(self, batch: object) -> None:
-        """Copy out the entries that still view an earlier batch's buffers, so that nothing views
-        them any more, and give those buffers back to their model's pool for a later batch. In
-        lockstep runs every conversation of a batch stores anew from the next one and nothing is
-        copied; what remains are conversations that ended or sit elsewhere."""
-        for entry in self._entries.values():
-            if entry.batch is not None and entry.batch is not batch:
-                entry.layers = [(k.clone(), v.clone()) for k, v in entry.layers]
-                entry.batch = None
-        if self._viewed is not batch:
-            _release(self._viewed)
-            self._viewed = batch
-
     def clear(self) -> None:
-        """Forget every entry. The buffers they viewed go back to their model at the next
-        :meth:`settle`, not now: a batch in flight may still be copying from them."""
         self._entries.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-def _release(batch: object | None) -> None:
-    """Give a finished lean batch's buffers back to its model (the model's own forward keeps none)."""
-    if batch is not None:
-        batch.release()
 
 
 def _reserved_cache(capacity: int, past: list[tuple[torch.Tensor, torch.Tensor]] | None):
@@ -175,118 +152,174 @@ def generate(
     max_new_tokens: int,
     prefix_cache: PrefixCache | None = None,
     stats: EngineStats | None = None,
-    lean: bool = True,
 ) -> list[RowResult]:
     """Continue every row until a stop token or ``max_new_tokens``, in one batch.
 
     With a ``prefix_cache``, rows with a ``key`` start from the keys and values stored for that
-    key (the common prefix with their prompt) and leave theirs behind for the next turn. With
-    ``lean`` (the default), Llama-recipe models run through :mod:`userlm.models.lean`.
+    key (the common prefix with their prompt) and leave theirs behind for the next turn.
     """
+    from transformers import GenerationConfig, LogitsProcessorList
+
     started_at = time.perf_counter()
+    device = next(model.parameters()).device
     pasts = _past(rows, prefix_cache)
-    groups = length_groups([len(r.prompt) - n for r, (_, n) in zip(rows, pasts)])
-    order = [i for group in groups for i in group]  # each group's rows side by side
-    spans, start = [], 0
-    for group in groups:
-        spans.append(range(start, start + len(group)))
-        start += len(group)
-    sorted_results = _generate(
-        model, [rows[i] for i in order], [pasts[i] for i in order], spans, stop_ids=stop_ids,
-        end_id=end_id, pad_id=pad_id, whitespace=whitespace, wordless=wordless, temperature=temperature, top_p=top_p,
-        max_new_tokens=max_new_tokens, prefix_cache=prefix_cache, stats=stats, lean=lean, started_at=started_at,
-    )
-    results: list[RowResult | None] = [None] * len(rows)
-    for position, i in enumerate(order):
-        results[i] = sorted_results[position]
-    return results
-
-
-def _generate(model, rows, pasts, groups, *, stop_ids, end_id, pad_id, whitespace, wordless, temperature, top_p,
-              max_new_tokens, prefix_cache, stats, lean, started_at) -> list[RowResult]:
-    from .lean import lean_model
-
-    batch = len(rows)
-    fast = lean_model(model) if lean else None
-    if fast is not None:
-        state = _LeanRows(fast, rows, max_new_tokens)
-    else:
-        state = _ModelRows(model, rows, pad_id, max_new_tokens)
-    logits = state.prefill(pasts, groups)
+    heads = [len(r.prompt) - 1 for r in rows]  # every prompt token but the last is computed here
+    per_row = _prefill(model, rows, pasts, heads, pad_id, device)
     prefill_seconds = time.perf_counter() - started_at
 
-    generators = [torch.Generator().manual_seed(r.seed) for r in rows]
-    results = [RowResult() for _ in rows]
-    # per-row state as Python lists: read for every row at every step, where tensor indexing costs more
-    done, started = [False] * batch, [False] * batch
-    worded = [False] * batch  # a letter or digit was written: the first word has begun
-    is_space = whitespace.tolist()
-    is_wordless = wordless.tolist() if wordless is not None else None
-    suppress = torch.tensor([r.suppress_end for r in rows], device=logits.device)
-    banned = _banned_mask(rows, logits.shape[-1], logits.device)
-    wants_end_prob = [end_id is not None and (r.want_end_prob or r.end_threshold is not None) for r in rows]
-
-    for step in range(max_new_tokens):
-        awaiting = [wants_end_prob[b] and not done[b] and not started[b] and results[b].end_prob is None for b in range(batch)]
-        end_probs = torch.softmax(logits, dim=-1)[:, end_id].tolist() if any(awaiting) else None
-        for b, row in enumerate(rows):
-            if awaiting[b] and step >= row.content_offset:
-                results[b].end_prob = end_probs[b]
-                if row.end_threshold is not None and results[b].end_prob >= row.end_threshold:
-                    results[b].ended, results[b].finished = True, True
-                    done[b] = True
-        if end_id is not None and suppress.any():
-            logits[suppress, end_id] = float("-inf")
-        if banned is not None and not all(worded):
-            logits.masked_fill_(banned & ~torch.tensor(worded, device=logits.device)[:, None], float("-inf"))
-        next_tokens = _sample(logits, generators, temperature, top_p).tolist()
-        for b in range(batch):
-            if done[b]:
-                continue
-            token = next_tokens[b]
-            row = rows[b]
-            if awaiting[b] and results[b].end_prob is None and (token == end_id or not is_space[token]):
-                # the turn ends or its content starts before the expected newline: this was its start
-                results[b].end_prob = end_probs[b]
-                if row.end_threshold is not None and results[b].end_prob >= row.end_threshold:
-                    results[b].ended, results[b].finished = True, True
-                    done[b] = True
-                    continue
-            if token in stop_ids or token == end_id:
-                results[b].finished = True
-                # an end token after some text just closes the turn; as the whole turn it ends the conversation
-                results[b].ended = token == end_id and not started[b]
-                done[b] = True
-                continue
-            results[b].tokens.append(token)
-            if not is_space[token]:
-                started[b] = True
-            if is_wordless is None or not is_wordless[token]:
-                worded[b] = True
-        if all(done) or step == max_new_tokens - 1:
-            break
-        fed = torch.tensor([pad_id if d else t for t, d in zip(next_tokens, done)])
-        logits = state.step(fed, ~torch.tensor(done))
+    width = max(heads)
+    cache = _reserved_cache(width + 1 + max_new_tokens, _left_padded(per_row, heads, width, device) if width else None)
+    input_ids = torch.full((len(rows), width + 1), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width + 1), dtype=torch.long)
+    for b, row in enumerate(rows):
+        input_ids[b, width + 1 - len(row.prompt) :] = torch.tensor(row.prompt)
+        attention[b, width + 1 - len(row.prompt) :] = 1
+    guard = _Guard(rows, width + 1, end_id=end_id, stop_ids=stop_ids, pad_id=pad_id, whitespace=whitespace,
+                   wordless=wordless, temperature=temperature, top_p=top_p)
+    config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
+                              eos_token_id=sorted(stop_ids | ({end_id} if end_id is not None else set())))
+    # generate() fills what a config leaves unset from the model's own generation config (sampling,
+    # penalties, forced or suppressed tokens), whose processors would run before the guard: it
+    # sees none of it, so the guard alone decides every token
+    with _generation_lock(model):
+        own, model.generation_config = model.generation_config, GenerationConfig()
+        try:
+            model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                           **{_cache_keyword(model): cache}, generation_config=config,
+                           logits_processor=LogitsProcessorList([guard]))
+        finally:
+            model.generation_config = own
+    results = guard.results
 
     if prefix_cache is not None:
+        fed = guard.steps - 1  # the last sampled token is never fed back
         for b, row in enumerate(rows):
-            if row.key is not None:
-                kept = state.kept(b)
-                if kept is not None:
-                    length, layers = kept
-                    prefix_cache.store(row.key, row.prompt + results[b].tokens[: length - len(row.prompt)], layers, state.views)
-        prefix_cache.settle(state.views)
-    else:
-        _release(state.views)  # nothing views its buffers: the model's next batch takes them
+            if row.key is not None and cache.layers:
+                kept = min(len(results[b].tokens), fed)
+                where = torch.cat([attention[b].nonzero().squeeze(-1), torch.arange(width + 1, width + 1 + kept)]).to(device)
+                layers = [(layer.keys[b, :, where].clone(), layer.values[b, :, where].clone()) for layer in cache.layers]
+                prefix_cache.store(row.key, row.prompt + results[b].tokens[:kept], layers)
     if stats is not None:
         stats.batches += 1
-        stats.rows += batch
+        stats.rows += len(rows)
         stats.prefill_tokens += sum(len(r.prompt) - n for r, (_, n) in zip(rows, pasts))
         stats.prefill_seconds += prefill_seconds
         stats.reused_tokens += sum(n for _, n in pasts)
         stats.decode_tokens += sum(len(r.tokens) + int(r.finished) for r in results)  # stop tokens count too
         stats.seconds += time.perf_counter() - started_at
     return results
+
+
+class _Guard:
+    """The guardrails and the sampling, as the one logits processor of ``generate``.
+
+    At each step it records P(end) where a row's content starts (from the raw logits), ends the
+    row there when that reaches its threshold, makes the end token impossible where ending is
+    not allowed, refuses banned first words until a worded token is written, then samples every
+    row with its own generator (temperature, nucleus) and returns scores where only the sampled
+    token is possible, so that ``generate``'s greedy step takes exactly it. A row that ends by
+    threshold is given the end token, which ``generate`` counts as a stop."""
+
+    def __init__(self, rows: list[Row], prompt_width: int, *, end_id, stop_ids, pad_id, whitespace, wordless,
+                 temperature, top_p):
+        self.rows, self.prompt_width = rows, prompt_width
+        self.end_id, self.stop_ids, self.pad_id = end_id, stop_ids, pad_id
+        self.temperature, self.top_p = temperature, top_p
+        self.results = [RowResult() for _ in rows]
+        self.steps = 0
+        n = len(rows)
+        self.generators = [torch.Generator().manual_seed(r.seed) for r in rows]
+        # per-row state as Python lists: read for every row at every step, where tensor indexing costs more
+        self.done, self.started = [False] * n, [False] * n
+        self.worded = [False] * n  # a letter or digit was written: the first word has begun
+        self.is_space = whitespace.tolist()
+        self.is_wordless = wordless.tolist() if wordless is not None else None
+        self.suppress = [r.suppress_end for r in rows]
+        self.wants_end_prob = [end_id is not None and (r.want_end_prob or r.end_threshold is not None) for r in rows]
+        self.banned = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        step, self.steps = self.steps, self.steps + 1
+        logits = scores.float()
+        rows, results, done, end_id = self.rows, self.results, self.done, self.end_id
+        if step == 0:
+            self.banned = _banned_mask(rows, logits.shape[-1], logits.device)
+        awaiting = [self.wants_end_prob[b] and not done[b] and not self.started[b] and results[b].end_prob is None
+                    for b in range(len(rows))]
+        end_probs = torch.softmax(logits, dim=-1)[:, end_id].tolist() if any(awaiting) else None
+        forced = {}  # rows given a token whatever was sampled
+        for b, row in enumerate(rows):
+            if awaiting[b] and step >= row.content_offset:
+                results[b].end_prob = end_probs[b]
+                if row.end_threshold is not None and end_probs[b] >= row.end_threshold:
+                    results[b].ended = results[b].finished = done[b] = True
+                    forced[b] = end_id
+        if end_id is not None and any(self.suppress):
+            logits[torch.tensor(self.suppress, device=logits.device), end_id] = float("-inf")
+        if self.banned is not None and not all(self.worded):
+            logits.masked_fill_(self.banned & ~torch.tensor(self.worded, device=logits.device)[:, None], float("-inf"))
+        sampled = _sample(logits, self.generators, self.temperature, self.top_p).tolist()
+        for b, row in enumerate(rows):
+            if done[b]:
+                forced.setdefault(b, self.pad_id)
+                continue
+            token = sampled[b]
+            if awaiting[b] and results[b].end_prob is None and (token == end_id or not self.is_space[token]):
+                # the turn ends or its content starts before the expected newline: this was its start
+                results[b].end_prob = end_probs[b]
+                if row.end_threshold is not None and end_probs[b] >= row.end_threshold:
+                    results[b].ended = results[b].finished = done[b] = True
+                    forced[b] = end_id
+                    continue
+            if token in self.stop_ids or token == end_id:
+                results[b].finished = True
+                # an end token after some text just closes the turn; as the whole turn it ends the conversation
+                results[b].ended = token == end_id and not self.started[b]
+                done[b] = True
+                continue
+            results[b].tokens.append(token)
+            if not self.is_space[token]:
+                self.started[b] = True
+            if self.is_wordless is None or not self.is_wordless[token]:
+                self.worded[b] = True
+        for b, token in forced.items():
+            sampled[b] = token
+        out = torch.full_like(scores, float("-inf"))
+        out[torch.arange(len(rows), device=scores.device), torch.tensor(sampled, device=scores.device)] = 0.0
+        return out
+
+
+def _prefill(model, rows: list[Row], pasts, heads: list[int], pad_id: int, device) -> list:
+    """The keys and values of each row's first ``heads[b]`` prompt tokens (per layer, [kv_heads,
+    heads[b], head_dim]; None where that is none), computed through the model's own forward in
+    groups of similar new length, from what the prefix cache holds."""
+    per_row: list = [None] * len(rows)
+    fresh_lengths = [h - n for h, (_, n) in zip(heads, pasts)]
+    for b, ((entry, n), h) in enumerate(zip(pasts, heads)):
+        if fresh_lengths[b] == 0 and h:
+            per_row[b] = [(k[:, :n], v[:, :n]) for k, v in entry.layers]
+    todo = [b for b in range(len(rows)) if fresh_lengths[b] > 0]
+    for group in length_groups([fresh_lengths[b] for b in todo]):
+        group = [todo[i] for i in group]
+        reused = [pasts[b][1] for b in group]
+        fresh = [rows[b].prompt[n : heads[b]] for b, n in zip(group, reused)]
+        p_max, n_max = max(reused), max(len(f) for f in fresh)
+        input_ids = torch.full((len(group), n_max), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(group), p_max + n_max), dtype=torch.long)
+        positions = torch.zeros((len(group), n_max), dtype=torch.long)
+        for i, (tokens, n) in enumerate(zip(fresh, reused)):
+            input_ids[i, n_max - len(tokens) :] = torch.tensor(tokens)
+            attention[i, p_max - n : p_max] = 1
+            attention[i, p_max + n_max - len(tokens) :] = 1
+            positions[i, n_max - len(tokens) :] = torch.arange(n, n + len(tokens))
+        past = _left_padded([pasts[b][0].layers if n else None for b, n in zip(group, reused)], reused, p_max, device) if p_max else None
+        cache = _reserved_cache(p_max + n_max, past)
+        model(input_ids=input_ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
+              use_cache=True, **{_cache_keyword(model): cache}, **_last_logits_only(model))
+        for i, b in enumerate(group):
+            where = attention[i].nonzero().squeeze(-1).to(device)
+            per_row[b] = [(layer.keys[i, :, where], layer.values[i, :, where]) for layer in cache.layers]
+    return per_row
 
 
 def length_groups(lengths: list[int], waste: float = 1.3, budget: int = 16384) -> list[list[int]]:
@@ -308,115 +341,23 @@ def length_groups(lengths: list[int], waste: float = 1.3, budget: int = 16384) -
     return groups
 
 
-class _LeanRows:
-    """Rows computed by the lean Llama forward (:mod:`userlm.models.lean`)."""
-
-    #: prompt tokens computed at once: activations of a few MB stay in cache and in memory the
-    #: allocator keeps (larger ones are mapped afresh, a page fault per 4 KiB), 10-20% faster than 16384
-    PREFILL_TOKENS = 2048
-
-    def __init__(self, lean, rows: list[Row], max_new_tokens: int):
-        from .lean import LeanBatch
-
-        self.rows = rows
-        self.batch = LeanBatch(lean, len(rows), max(len(r.prompt) for r in rows) + max_new_tokens)
-        self.views = self.batch  #: what the kept keys and values are views of
-
-    def prefill(self, pasts, groups: list[range]) -> torch.Tensor:
-        # prompts are packed without padding, so rows go together up to a token budget whatever their lengths
-        for b, (entry, n) in enumerate(pasts):
-            if entry is not None and n:
-                self.batch.load(b, entry.layers, n)
-        fresh = [row.prompt[n:] for row, (_, n) in zip(self.rows, pasts)]
-        logits, start, tokens = [], 0, 0
-        for b, part in enumerate(fresh):
-            if tokens and tokens + len(part) > self.PREFILL_TOKENS:
-                logits.append(self.batch.prefill(start, fresh[start:b]))
-                start, tokens = b, 0
-            tokens += len(part)
-        logits.append(self.batch.prefill(start, fresh[start:]))
-        return torch.cat(logits)
-
-    def step(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-        device = self.batch.lean.device
-        return self.batch.step(tokens.to(device), active.to(device))
-
-    def kept(self, b: int):
-        return self.batch.kept(b)
+_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_locks_lock = threading.Lock()
 
 
-class _ModelRows:
-    """Rows computed by the model's own forward: prompts left-padded to a common width, and a
-    cache that writes into buffers allocated once."""
-
-    def __init__(self, model, rows: list[Row], pad_id: int, max_new_tokens: int):
-        self.model, self.rows, self.pad_id, self.max_new_tokens = model, rows, pad_id, max_new_tokens
-        self.device = next(model.parameters()).device
-        self.views = None  # kept keys and values are copies
-
-    def prefill(self, pasts, groups: list[range]) -> torch.Tensor:
-        rows, device = self.rows, self.device
-        logits, per_row = _prefill(self.model, rows, pasts, groups, self.pad_id, device)
-        lengths = [len(r.prompt) for r in rows]
-        width = max(lengths)
-        self.attention = torch.zeros((len(rows), width), dtype=torch.long, device=device)
-        for b, n in enumerate(lengths):
-            self.attention[b, width - n :] = 1
-        self.cache = _reserved_cache(width + self.max_new_tokens, _left_padded(per_row, lengths, width, device))
-        self.positions = torch.tensor(lengths, device=device)[:, None] - 1
-        layers = getattr(self.cache, "layers", None)
-        # a cache of another shape (sliding windows, ...) is not reused
-        self.reusable = bool(layers) and all(getattr(layer, "keys", None) is not None and layer.keys.dim() == 4 for layer in layers)
-        return logits
-
-    def step(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-        device = self.device
-        self.attention = torch.cat([self.attention, active.long().to(device)[:, None]], dim=1)
-        self.positions = self.positions + 1
-        return self.model(
-            input_ids=tokens.to(device)[:, None],
-            attention_mask=self.attention,
-            position_ids=self.positions,
-            past_key_values=self.cache,
-            use_cache=True,
-        ).logits[:, -1, :].float()
-
-    def kept(self, b: int):
-        if not self.reusable:
-            return None
-        where = self.attention[b].nonzero().squeeze(-1)
-        return len(where), [(layer.keys[b, :, where].clone(), layer.values[b, :, where].clone()) for layer in self.cache.layers]
+def _generation_lock(model) -> threading.Lock:
+    """One lock per model: its generation config is set aside for each ``generate`` call, and a
+    user model and an assistant that share weights may call from two threads."""
+    with _locks_lock:
+        return _locks.setdefault(model, threading.Lock())
 
 
-def _prefill(model, rows: list[Row], pasts, groups: list[range], pad_id: int, device):
-    """Compute every prompt, group by group, starting from what the prefix cache holds. Returns
-    the last logits of every row and each row's keys and values (per layer, [kv_heads, prompt
-    length, head_dim])."""
-    logits = [None] * len(rows)
-    per_row: list[list[tuple[torch.Tensor, torch.Tensor]] | None] = [None] * len(rows)
-    for group in groups:
-        members = [rows[i] for i in group]
-        group_pasts = [pasts[i] for i in group]
-        reused = [n for _, n in group_pasts]
-        fresh = [row.prompt[n:] for row, n in zip(members, reused)]
-        p_max, n_max = max(reused), max(len(f) for f in fresh)
-        input_ids = torch.full((len(group), n_max), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(group), p_max + n_max), dtype=torch.long)
-        positions = torch.zeros((len(group), n_max), dtype=torch.long)
-        for b, (tokens, n) in enumerate(zip(fresh, reused)):
-            input_ids[b, n_max - len(tokens) :] = torch.tensor(tokens)
-            attention[b, p_max - n : p_max] = 1
-            attention[b, p_max + n_max - len(tokens) :] = 1
-            positions[b, n_max - len(tokens) :] = torch.arange(n, n + len(tokens))
-        past = _left_padded([e.layers if e is not None and n else None for e, n in group_pasts], reused, p_max, device) if p_max else None
-        cache = _reserved_cache(p_max + n_max, past)
-        out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
-                    past_key_values=cache, use_cache=True, **_last_logits_only(model)).logits[:, -1, :].float()
-        for b, i in enumerate(group):
-            where = attention[b].nonzero().squeeze(-1).to(device)
-            per_row[i] = [(layer.keys[b, :, where], layer.values[b, :, where]) for layer in cache.layers]
-            logits[i] = out[b]
-    return torch.stack(logits), per_row
+def _cache_keyword(model) -> str:
+    """The name under which the model's forward and ``generate`` take a key/value cache:
+    ``cache`` from transformers 5.20, ``past_key_values`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _last_logits_only(model) -> dict:

@@ -37,10 +37,6 @@ class LoadOptions:
     trust_remote_code: bool = False
     max_batch_size: int = 64
     reuse_cache: bool = True  #: keep each conversation's keys and values between its turns
-    #: Llama-recipe models through the lean forward (:mod:`userlm.models.lean`), else the model's own;
-    #: None: where it is verified (CPUs: the tests check its logits against the model's own forward;
-    #: on GPUs, benchmarks/gpu_check.py does, and until it has, the model's own forward runs)
-    lean: bool | None = None
 
 
 def _fast_bf16(device: str) -> bool:
@@ -358,7 +354,6 @@ class LocalUserModel:
         self.opening_text = tok.decode(self.opening, skip_special_tokens=False)
         self.content_offset = 0 if self.opening or opened_with_whitespace else 1
         self._batcher = _Batcher(self._run, options.max_batch_size, order=lambda r: (r.conversation_key or "", r.seed))
-        self.lean = options.lean if options.lean is not None else self.loaded.device == "cpu"
         self.prefix_cache = _prefix_cache(options)
         self.sampled = _SampledTurns(tok, 8 * options.max_batch_size) if options.reuse_cache else None
         self.stats = _stats()
@@ -420,7 +415,6 @@ class LocalUserModel:
             max_new_tokens=self.sampling.max_new_tokens,
             prefix_cache=self.prefix_cache,
             stats=self.stats,
-            lean=self.lean,
         )
         drafts = []
         for row, res, text in zip(rows, results, texts):
@@ -450,7 +444,6 @@ class LocalChatModel:
         if not self.loaded.tokenizer.chat_template:
             raise ConfigurationError(f"hf:{path} has no chat template, so it cannot play the assistant.")
         self._batcher = _Batcher(self._run, options.max_batch_size, order=lambda item: item[1])
-        self.lean = options.lean if options.lean is not None else self.loaded.device == "cpu"
         self.prefix_cache = _prefix_cache(options)
         self.sampled = _SampledTurns(self.loaded.tokenizer, 8 * options.max_batch_size) if options.reuse_cache else None
         self.stats = _stats()
@@ -492,7 +485,6 @@ class LocalChatModel:
             max_new_tokens=self.sampling.max_new_tokens,
             prefix_cache=self.prefix_cache,
             stats=self.stats,
-            lean=self.lean,
         )
         if self.sampled is not None:
             for row, res, text in zip(rows, results, texts):
