@@ -78,6 +78,7 @@ def test_flipped_prompt_scores_the_users_turns_as_the_chat_models_own(tiny_assis
 
     from userlm.evaluation.perplexity import flipped_sequences, held_out_scores
     from userlm.models.prompted import prompted_messages
+    from userlm.render import template_ids
 
     model, tok = AutoModelForCausalLM.from_pretrained(tiny_assistant_dir).eval(), AutoTokenizer.from_pretrained(tiny_assistant_dir)
     conv = next(c for c in oasst_threads if len(c.messages) >= 4)
@@ -90,8 +91,11 @@ def test_flipped_prompt_scores_the_users_turns_as_the_chat_models_own(tiny_assis
     scores = held_out_scores(model, tok, [conv], fmt="flipped", use_intent=False)
     assert len(scores.end_points) == len(conv.messages) // 2
     chat = prompted_messages(None, [m.chat() for m in conv.messages[:2]], allow_end=True)
-    prompt = list(tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False))
-    whole = list(tok.apply_chat_template(chat + [{"role": "assistant", "content": END_OF_CONVERSATION}], tokenize=True, return_dict=False))
+    # the marker is the text a prompted user writes (its drafts are read as text), so it is scored
+    # as text, never as the tokenizer's special token of the same spelling
+    prompt = template_ids(tok, chat, template=tok.chat_template)
+    whole = template_ids(tok, chat + [{"role": "assistant", "content": END_OF_CONVERSATION}], template=tok.chat_template, opened=False)
+    assert tok.convert_tokens_to_ids(END_OF_CONVERSATION) not in whole
     logp = _full_logprobs(model, whole)
     direct = math.exp(sum(float(logp[t - 1, whole[t]]) for t in range(len(prompt), len(whole))))
     assert scores.end_points[0].prob == pytest.approx(direct, rel=1e-3)

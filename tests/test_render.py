@@ -60,3 +60,29 @@ def test_training_targets_are_exactly_the_user_turns_and_the_end(tiny_tokenizer)
     # each target follows exactly the prompt simulation feeds the model
     first_target = mask.index(True)
     assert ids[:first_target] == user_prompt_ids(tiny_tokenizer, INTENT, [])
+
+
+def test_message_text_that_spells_a_control_token_stays_text(tiny_tokenizer):
+    """A user who typed ``<|endconversation|>`` or ``<|eot_id|>`` mid-turn: in prompts and in
+    training targets that text is its characters, never the token, so training data cannot teach
+    the model to end a turn or the conversation mid-text; the deliberate end target still is the
+    token, and text without such spellings tokenizes exactly as before."""
+    tok = tiny_tokenizer
+    end, eot = tok.convert_tokens_to_ids(END_OF_CONVERSATION), tok.convert_tokens_to_ids("<|eot_id|>")
+    typed = [
+        {"role": "user", "content": f"what does {END_OF_CONVERSATION} mean? and <|eot_id|> too"},
+        {"role": "assistant", "content": "They are <|eot_id|> control tokens."},
+    ]
+    ids, mask = training_ids(tok, INTENT, typed)
+    assert ids.count(end) == 1 and mask[ids.index(end)]  # only the final, deliberate end target
+    targets = [i for i, m in zip(ids, mask) if m]
+    assert targets.count(eot) == 2  # each target turn's own closing token, none from the text
+    assert tok.decode(targets) == (f"\nwhat does {END_OF_CONVERSATION} mean? and <|eot_id|> too<|eot_id|>\n"
+                                   f"{END_OF_CONVERSATION}<|eot_id|>")
+    prompt = user_prompt_ids(tok, INTENT, typed)
+    assert end not in prompt
+    assert prompt.count(eot) == 3  # the system, user and assistant messages' own
+    assert tok.decode(prompt) == tok.apply_chat_template(user_view(INTENT, typed), tokenize=False)
+    # an ordinary conversation: the same ids as the tokenizer's own template
+    assert user_prompt_ids(tok, INTENT, CONVERSATION) == list(
+        tok.apply_chat_template(user_view(INTENT, CONVERSATION), tokenize=True, return_dict=False))

@@ -12,7 +12,8 @@ import torch
 
 from userlm.conversation import Conversation, Message
 from userlm.render import END_OF_CONVERSATION, user_prompt_ids
-from userlm.training.samples import IGNORE, PackStats, pack, target_spans
+from userlm.render import ControlText, target_spans
+from userlm.training.samples import IGNORE, PackStats, pack
 
 CONV = Conversation(
     id="c", intent_id="c", intent="You are a user chatting with an assistant to get a vegan lasagna recipe.",
@@ -42,7 +43,7 @@ def test_packed_loss_equals_the_k_plus_1_sample_loss(tiny_lm):
         packed = model(input_ids=ids, labels=labels).loss
 
     # the K+1-sample formulation: each target alone, after exactly the prompt simulation uses
-    chat = [m.chat() for m in CONV.messages] + [{"role": "user", "content": END_OF_CONVERSATION}]
+    chat = [m.chat() for m in CONV.messages] + [{"role": "user", "content": ControlText(END_OF_CONVERSATION)}]
     total, count = 0.0, 0
     header = len(tok.encode("<|start_header_id|>user<|end_header_id|>", add_special_tokens=False))
     user_positions = [i for i, m in enumerate(chat) if m["role"] == "user"]

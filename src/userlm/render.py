@@ -40,6 +40,13 @@ USERLM_SPECIAL_TOKENS = ("<|begin_of_text|>", START_HEADER, END_HEADER, END_OF_T
 Chat = list[dict[str, str]]
 
 
+class ControlText(str):
+    """Message content meant as the control token it spells, such as the end-of-conversation
+    training target. Any other message text is plain text: a control token that it spells (a
+    user who typed ``<|eot_id|>``) is tokenized as its characters, never as the token, so that
+    data cannot teach a model to end a turn or a conversation mid-text."""
+
+
 def _as_chat(messages: Iterable[Any]) -> Chat:
     out: Chat = []
     for m in messages:
@@ -94,14 +101,74 @@ def _apply_template(tokenizer: PreTrainedTokenizerBase, chat: Chat, *, tokenize:
             raise ValueError("the tokenizer's chat template cannot render an empty conversation; give an intent")
         text = render_userlm([])
         return tokenizer.encode(text, add_special_tokens=False) if tokenize else text
-    out = tokenizer.apply_chat_template(
-        chat,
-        chat_template=chat_template_of(tokenizer),
-        add_generation_prompt=True,
-        tokenize=tokenize,
-        return_dict=False,
-    )
-    return list(out) if tokenize else out
+    return template_ids(tokenizer, chat) if tokenize else template_text(tokenizer, chat)
+
+
+def template_text(tokenizer: PreTrainedTokenizerBase, chat: Sequence[Mapping[str, str]], *, template: str | None = None,
+                  opened: bool = True) -> str:
+    """``chat`` rendered with ``template`` (default: the tokenizer's own, else UserLM's), the
+    generation prompt opened when ``opened``."""
+    return tokenizer.apply_chat_template(_as_chat(chat), chat_template=template or chat_template_of(tokenizer),
+                                         add_generation_prompt=opened, tokenize=False)
+
+
+def template_ids(tokenizer: PreTrainedTokenizerBase, chat: Sequence[Mapping[str, str]], *, template: str | None = None,
+                 opened: bool = True) -> list[int]:
+    """The token ids of :func:`template_text`. The template's own control tokens are tokens;
+    message text is plain text (see :class:`ControlText`): where a message spells a control
+    token, its text is tokenized apart with special tokens split into characters."""
+    chat = _as_chat(chat)
+    text = template_text(tokenizer, chat, template=template, opened=opened)
+    specials = _control_strings(tokenizer)
+    if not any(not isinstance(m["content"], ControlText) and _spells(m["content"], specials) for m in chat):
+        return tokenizer.encode(text, add_special_tokens=False)
+    spans, cursor = [], 0
+    for m in chat:
+        content = m["content"]
+        for candidate in (content, content.strip()):  # templates may trim what they render
+            at = text.find(candidate, cursor) if candidate else -1
+            if at >= 0:
+                break
+        else:
+            if content.strip():
+                raise ValueError("the chat template changes message text, so text that spells a control token cannot be "
+                                 "kept plain; remove control tokens such as <|eot_id|> from the messages")
+            continue
+        if not isinstance(content, ControlText) and _spells(candidate, specials):
+            spans.append((at, at + len(candidate)))
+        cursor = at + len(candidate)
+    ids, position = [], 0
+    for start, end in spans:
+        ids += tokenizer.encode(text[position:start], add_special_tokens=False)
+        ids += tokenizer.encode(text[start:end], add_special_tokens=False, split_special_tokens=True)
+        position = end
+    return ids + tokenizer.encode(text[position:], add_special_tokens=False)
+
+
+def spells_control_token(tokenizer: PreTrainedTokenizerBase, text: str) -> bool:
+    """Whether ``text`` contains the spelling of one of the tokenizer's special tokens."""
+    return _spells(text, _control_strings(tokenizer))
+
+
+def _control_strings(tokenizer: PreTrainedTokenizerBase) -> tuple[str, ...]:
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    found = set(tokenizer.all_special_tokens) | {t.content for t in decoder.values() if getattr(t, "special", False)}
+    return tuple(t for t in found if t)
+
+
+def _spells(text: str, specials: tuple[str, ...]) -> bool:
+    return any(t in text for t in specials)
+
+
+def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: Iterable[Any]) -> list[int]:
+    """Token ids of an assistant's prompt: :func:`assistant_view` in the model's own chat
+    template, the assistant's turn opened."""
+    return template_ids(tokenizer, assistant_view(messages))
+
+
+def chat_prompt_string(tokenizer: PreTrainedTokenizerBase, messages: Iterable[Any]) -> str:
+    """The text that :func:`chat_prompt_ids` tokenizes."""
+    return template_text(tokenizer, assistant_view(messages))
 
 
 def user_prompt_ids(tokenizer: PreTrainedTokenizerBase, intent: str | None, messages: Iterable[Any]) -> list[int]:
@@ -120,13 +187,7 @@ def prompt_ends_with_whitespace(tokenizer: PreTrainedTokenizerBase) -> bool:
     The UserLM template does not: the model itself first writes the newline after the
     ``user`` header, then the utterance.
     """
-    text = tokenizer.apply_chat_template(
-        [{"role": "system", "content": "x"}],
-        chat_template=chat_template_of(tokenizer),
-        add_generation_prompt=True,
-        tokenize=False,
-    )
-    return text[-1:].isspace()
+    return template_text(tokenizer, [{"role": "system", "content": "x"}])[-1:].isspace()
 
 
 def training_ids(
@@ -146,7 +207,7 @@ def training_ids(
     """
     chat = _as_chat(messages)
     if end:
-        chat = chat + [{"role": "user", "content": END_OF_CONVERSATION}]
+        chat = chat + [{"role": "user", "content": ControlText(END_OF_CONVERSATION)}]
     ids: list[int] = []
     mask: list[bool] = []
     for i, message in enumerate(chat):
@@ -200,9 +261,7 @@ def chat_target_ids(
     chat = _as_chat(chat)
 
     def render(messages: Chat, opened: bool) -> list[int]:
-        return list(tokenizer.apply_chat_template(
-            messages, add_generation_prompt=opened, tokenize=True, return_dict=False
-        ))
+        return template_ids(tokenizer, messages, template=tokenizer.chat_template, opened=opened)
 
     pieces: list[tuple[list[int], list[bool]]] = []
     for i, message in enumerate(chat):
@@ -219,3 +278,15 @@ def chat_target_ids(
             return pieces  # not growing prefixes (e.g. a template that drops earlier reasoning)
         merged = (ids, merged[1] + mask[len(merged[1]) :])
     return [merged] if pieces else []
+
+
+def target_spans(mask: list[bool]) -> list[tuple[int, int]]:
+    """[start, end) of each run of target tokens."""
+    spans, start = [], None
+    for i, m in enumerate(mask + [False]):
+        if m and start is None:
+            start = i
+        elif not m and start is not None:
+            spans.append((start, i))
+            start = None
+    return spans

@@ -27,7 +27,7 @@ from .conversation import (
 from .errors import ConfigurationError, UserError
 from .intents import Intent
 from .models import lockstep
-from .models.base import ChatModel
+from .models.base import ChatModel, close, forget_conversations, is_remote, reasked
 from .models.retry import ConnectionLost, RequestTimeout
 from .render import END_OF_CONVERSATION, assistant_view
 from .runs import OutputLock, determinants, fingerprint, mismatch
@@ -176,13 +176,11 @@ async def simulate_async(
     finished: dict[str, Conversation] = {}
     bar = tqdm(total=total, initial=summary.skipped, unit="conv", desc="simulating", disable=not progress)
     flight = lockstep.gate()  # local models batch in lockstep with the conversations in flight
-    flight.strict = not (lockstep.is_remote(user.model) or lockstep.is_remote(assistant))
+    flight.strict = not (is_remote(user.model) or is_remote(assistant))
     for model in (user.model, assistant):  # a run never starts from another run's cached keys and values,
-        forget = getattr(model, "forget_conversations", None)  # so it reproduces in any process
-        if forget is not None:
-            forget()
+        forget_conversations(model)  # so it reproduces in any process
     todo = iter([(i, s) for i in intents for s in range(settings.samples) if conversation_id(i.id, s) not in done])
-    reasked_before = sum(getattr(m, "reasked", 0) for m in (user.model, assistant))
+    reasked_before = sum(reasked(m) for m in (user.model, assistant))
 
     async def one(intent: Intent, sample: int) -> None:
         await flight.enter()
@@ -221,15 +219,13 @@ async def simulate_async(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         bar.close()
-        summary.reasked = sum(getattr(m, "reasked", 0) for m in (user.model, assistant)) - reasked_before
+        summary.reasked = sum(reasked(m) for m in (user.model, assistant)) - reasked_before
         if writer:
             writer.close()
         if lock:
             lock.release()
         for model in (user.model, assistant):
-            close = getattr(model, "aclose", None)
-            if close is not None:
-                await close()
+            await close(model)
     if keep:
         order = [conversation_id(i.id, s) for i in intents for s in range(settings.samples)]
         previous = {c.id: c for c in iter_conversations(path, tolerate_truncated_tail=True) if c.id in done} if done else {}

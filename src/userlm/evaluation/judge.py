@@ -15,7 +15,7 @@ import os
 import re
 from pathlib import Path
 
-from ..models.base import ChatModel
+from ..models.base import ChatModel, close
 
 _VERDICT = re.compile(r"\b(YES|NO)\b")
 _NUMBER = re.compile(r"(\d+(?:\.\d+)?)")
@@ -71,6 +71,4 @@ class CachedJudge:
         return min(1.0, max(0.0, float(found[-1]) / top)) if found else None
 
     async def aclose(self) -> None:
-        close = getattr(self.model, "aclose", None)
-        if close is not None:
-            await close()
+        await close(self.model)

@@ -27,8 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..conversation import Conversation
-from ..render import END_OF_CONVERSATION, chat_target_ids, training_ids, turn_opening_ids
-from ..training.samples import target_spans
+from ..render import END_OF_CONVERSATION, chat_target_ids, target_spans, training_ids, turn_opening_ids
 
 FORMATS = ("userlm", "flipped")
 
@@ -71,11 +70,6 @@ class HeldOutScores:
     conversation_ids: list[str]
     end_points: list[EndPoint]
     dropped_targets: int = 0  #: targets past the model's context length
-
-    @property
-    def perplexity(self) -> float:
-        total = sum(self.tokens)
-        return math.exp(sum(self.nll) / total) if total else float("nan")
 
 
 @dataclass

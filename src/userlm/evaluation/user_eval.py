@@ -40,7 +40,7 @@ from pathlib import Path
 from ..conversation import Conversation
 from ..guardrails import GuardrailConfig
 from ..intents import Intent
-from ..models.base import ChatModel, ChatReply, UserModel, UserTurnRequest
+from ..models.base import ChatModel, ChatReply, HasWeights, MapsShards, ProbesEnd, UserModel, UserTurnRequest, WrapsChat
 from ..simulation import RunSettings, simulate_async
 from ..user import SimulatedUser, derive_seed
 from .detectors import Detector
@@ -101,13 +101,39 @@ def mean_figure(values: Sequence[float], settings: UserEvalSettings) -> dict:
 
 def scorable(model: UserModel):
     """(loaded model, format) when the simulator is a local causal LM, else None."""
-    loaded = getattr(model, "loaded", None)
-    if loaded is not None:
-        return loaded, "userlm"
-    chat = getattr(model, "chat", None)
-    if chat is not None and getattr(chat, "loaded", None) is not None:
-        return chat.loaded, "flipped"
+    if isinstance(model, HasWeights):
+        return model.loaded, "userlm"
+    if isinstance(model, WrapsChat) and isinstance(model.chat, HasWeights):
+        return model.chat.loaded, "flipped"
     return None
+
+
+def score_on_replica(model, conversations: list[Conversation], **options):
+    """(format, held-out scores) of ``conversations`` under a replica's model, run in the
+    replica's process; None when it is not a local causal LM."""
+    from .perplexity import held_out_scores
+
+    found = scorable(model)
+    if found is None:
+        return None
+    loaded, fmt = found
+    return fmt, held_out_scores(loaded.model, loaded.tokenizer, conversations, fmt=fmt, **options)
+
+
+def merge_scores(parts: list, conversations: list[Conversation]):
+    """Replicas' held-out scores of their shares as one, in the order of ``conversations``."""
+    from .perplexity import HeldOutScores
+
+    by_id: dict[str, list] = {}
+    for scores in parts:
+        for cid, nll, tokens in zip(scores.conversation_ids, scores.nll, scores.tokens):
+            by_id[cid] = [nll, tokens, []]
+        for point in scores.end_points:
+            by_id[point.conversation][2].append(point)
+    order = [c.id for c in conversations if c.id in by_id]
+    return HeldOutScores(nll=[by_id[c][0] for c in order], tokens=[by_id[c][1] for c in order], conversation_ids=order,
+                         end_points=[p for c in order for p in by_id[c][2]],
+                         dropped_targets=sum(scores.dropped_targets for scores in parts))
 
 
 def perplexity_figure(nll: list[float], tokens: list[int], settings: UserEvalSettings) -> dict:
@@ -187,7 +213,7 @@ async def alignment_part(sim: Simulator, data: list[Conversation], settings: Use
     from .perplexity import held_out_scores
 
     found = scorable(sim.model)
-    remote = found is None and getattr(sim.model, "can_score", lambda: False)()
+    remote = found is None and isinstance(sim.model, MapsShards) and sim.model.can_map()
     if found is None and not remote:
         return {"skipped": "perplexity needs a local model (hf: or prompted:hf:), or replicas of one"}
     loaded, fmt = found if found is not None else (None, None)
@@ -203,11 +229,11 @@ async def alignment_part(sim: Simulator, data: list[Conversation], settings: Use
 
             bar = tqdm(desc=f"scoring ({'intent' if use_intent else 'no intent'})", unit="seq", leave=False)
         if remote:  # replicas score their share of the conversations each
-            scored = await sim.model.score(convs, use_intent=use_intent, max_batch_tokens=settings.max_batch_tokens,
-                                           chunk_tokens=settings.chunk_tokens)
-            if scored is None:
+            parts = await sim.model.map_shards(score_on_replica, convs, use_intent=use_intent,
+                                               max_batch_tokens=settings.max_batch_tokens, chunk_tokens=settings.chunk_tokens)
+            if any(part is None for part in parts):
                 return {"skipped": "perplexity needs a local model (hf: or prompted:hf:), or replicas of one"}
-            out["format"], scores = scored
+            out["format"], scores = parts[0][0], merge_scores([part[1] for part in parts], convs)
         else:
             scores = await asyncio.to_thread(held_out_scores, loaded.model, loaded.tokenizer, convs, fmt=fmt, use_intent=use_intent,
                                              max_batch_tokens=settings.max_batch_tokens, chunk_tokens=settings.chunk_tokens,
@@ -237,7 +263,7 @@ async def termination_part(sim: Simulator, data: list[Conversation], alignment: 
 
     use_intent = any(c.intent for c in data)
     limit = asyncio.Semaphore(settings.concurrency)
-    probe = getattr(sim.model, "end_probability", None)
+    probe = sim.model.end_probability if isinstance(sim.model, ProbesEnd) else None
     mode = {"logprobs": probe is not None}
 
     async def at(conv: Conversation, upto: int, reply: int, ended: bool) -> dict:

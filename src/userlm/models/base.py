@@ -75,3 +75,92 @@ class ChatModel(Protocol):
     name: str
 
     async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None) -> ChatReply: ...
+
+
+# Optional abilities: a model has one when it has the method or attribute; the runner and the
+# evaluations check them with isinstance and never probe attributes by name.
+
+
+@runtime_checkable
+class ForgetsConversations(Protocol):
+    """Keeps per-conversation state (key/value caches, sampled ids, routes) that a new run
+    drops, so that a seed reproduces a run in any process."""
+
+    def forget_conversations(self) -> None: ...
+
+
+@runtime_checkable
+class Closable(Protocol):
+    """Holds connections or processes to release when a run is done."""
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Reasks(Protocol):
+    """Spread over several backends: counts the requests asked again elsewhere after a backend failed."""
+
+    reasked: int
+
+
+@runtime_checkable
+class Scheduled(Protocol):
+    """Says whether its answers come back in an order userlm does not fix (over the network, or
+    from an engine with a scheduler of its own), through ``remote``."""
+
+    remote: bool
+
+
+@runtime_checkable
+class ProbesEnd(Protocol):
+    """Gives P(end) at a turn's start from a served model's log-probabilities, for a prompt (the
+    user-model view as text, without the turn's opening), without drafting a turn."""
+
+    async def end_probability(self, prompt: str, seed: int) -> float: ...
+
+
+@runtime_checkable
+class MapsShards(Protocol):
+    """Replicas in processes of their own that run a function on their model, each on its share of the items."""
+
+    def can_map(self) -> bool: ...
+
+    async def map_shards(self, fn, items: list, **options) -> list: ...
+
+
+@runtime_checkable
+class HasWeights(Protocol):
+    """A local causal LM whose weights and tokenizer are in this process (``loaded``)."""
+
+    loaded: object
+
+
+@runtime_checkable
+class WrapsChat(Protocol):
+    """A user model that is a chat model prompted to play the user (``chat``)."""
+
+    chat: ChatModel
+
+
+def is_remote(model: object) -> bool:
+    """Whether a model's answers come back in an order userlm does not fix, directly or through
+    the chat model it wraps."""
+    if isinstance(model, Scheduled) and model.remote:
+        return True
+    return isinstance(model, WrapsChat) and isinstance(model.chat, Scheduled) and bool(model.chat.remote)
+
+
+async def close(model: object) -> None:
+    """Release what ``model`` holds, when it holds anything."""
+    if isinstance(model, Closable):
+        await model.aclose()
+
+
+def forget_conversations(model: object) -> None:
+    """Drop ``model``'s per-conversation state, when it keeps any."""
+    if isinstance(model, ForgetsConversations):
+        model.forget_conversations()
+
+
+def reasked(model: object) -> int:
+    return model.reasked if isinstance(model, Reasks) else 0

@@ -19,8 +19,10 @@ from ..errors import ConfigurationError, UserError
 from ..render import (
     END_OF_CONVERSATION,
     END_OF_TURN,
-    chat_template_of,
+    chat_prompt_ids,
+    chat_prompt_string,
     prompt_ends_with_whitespace,
+    spells_control_token,
     turn_opening_ids,
     user_prompt_ids,
     user_prompt_string,
@@ -308,10 +310,12 @@ class _SampledTurns:
         self.tokenizer, self.max_entries = tokenizer, max_entries
         self._last: OrderedDict[str, tuple[str, list[int], list[int]]] = OrderedDict()
 
-    def prompt(self, key: str | None, text: str, canonical) -> list[int]:
+    def prompt(self, key: str | None, text: str, canonical, messages) -> list[int]:
         last = self._last.get(key) if key is not None else None
         if last is None or not text.startswith(last[0]):
             return canonical()
+        if any(spells_control_token(self.tokenizer, m["content"]) for m in messages):
+            return canonical()  # message text that spells a control token: the renderer keeps it plain
         prompt_text, prompt, tokens = last
         decode = self.tokenizer.decode
         for k in range(len(tokens), -1, -1):
@@ -374,7 +378,7 @@ class LocalUserModel:
         if self.sampled is None:
             return "", canonical()
         text = user_prompt_string(self.loaded.tokenizer, request.intent, request.messages) + self.opening_text
-        return text, self.sampled.prompt(request.conversation_key, text, canonical)
+        return text, self.sampled.prompt(request.conversation_key, text, canonical, request.messages)
 
     async def draft(self, request: UserTurnRequest) -> UserDraft:
         return await self._batcher.submit(request)
@@ -465,12 +469,9 @@ class LocalChatModel:
             # the first message identifies the conversation well enough: reuse is checked token by token
             key = messages[0]["content"] if messages else None
 
-            def template(tokenize: bool, messages=messages):
-                return tok.apply_chat_template(messages, chat_template=chat_template_of(tok), add_generation_prompt=True,
-                                               tokenize=tokenize, return_dict=False)
-
-            text = template(False) if self.sampled is not None else ""
-            prompt = self.sampled.prompt(key, text, lambda: list(template(True))) if self.sampled is not None else list(template(True))
+            text = chat_prompt_string(tok, messages) if self.sampled is not None else ""
+            canonical = lambda messages=messages: chat_prompt_ids(tok, messages)  # noqa: E731
+            prompt = self.sampled.prompt(key, text, canonical, messages) if self.sampled is not None else canonical()
             rows.append(Row(prompt=prompt, seed=seed, key=key))
             texts.append(text)
         results = generate(

@@ -63,8 +63,3 @@ def gate() -> Gate:
         _gates[loop] = Gate()
     return _gates[loop]
 
-
-def is_remote(model) -> bool:
-    """Whether a model's answers come back in an order userlm does not fix: over the network, or
-    from an engine with a scheduler of its own (vLLM), directly or through the chat model it wraps."""
-    return bool(getattr(model, "remote", False) or getattr(getattr(model, "chat", None), "remote", False))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..prompts import load_prompt
 from ..render import END_OF_CONVERSATION, flipped_view
-from .base import ChatModel, UserDraft, UserTurnRequest
+from .base import ChatModel, UserDraft, UserTurnRequest, close, forget_conversations
 
 _MAY_END = (
     f"- When your goal is met, or you would give up in real life, reply with exactly {END_OF_CONVERSATION} "
@@ -34,14 +34,10 @@ class PromptedUser:
         self.name = f"prompted:{chat.name}"
 
     async def aclose(self) -> None:
-        close = getattr(self.chat, "aclose", None)
-        if close is not None:
-            await close()
+        await close(self.chat)
 
     def forget_conversations(self) -> None:
-        forget = getattr(self.chat, "forget_conversations", None)
-        if forget is not None:
-            forget()
+        forget_conversations(self.chat)
 
     def messages_for(self, request: UserTurnRequest) -> list[dict[str, str]]:
         return prompted_messages(request.intent, request.messages, allow_end=request.allow_end)

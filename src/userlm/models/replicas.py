@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigurationError, UserError
-from .base import ChatReply, UserDraft, UserTurnRequest
+from .base import ChatReply, UserDraft, UserTurnRequest, close, forget_conversations
 from .retry import ConnectionLost, RequestTimeout
 
 log = logging.getLogger(__name__)
@@ -116,40 +116,23 @@ class Replicated:
     def forget_conversations(self) -> None:
         self.router.homes.clear()
         for backend in self.backends:
-            forget = getattr(backend, "forget_conversations", None)
-            if forget is not None:
-                forget()
+            forget_conversations(backend)
 
     async def aclose(self) -> None:
         for backend in self.backends:
-            close = getattr(backend, "aclose", None)
-            if close is not None:
-                await close()
+            await close(backend)
 
-    def can_score(self) -> bool:
-        return all(hasattr(b, "score") for b in self.backends)
+    def can_map(self) -> bool:
+        """Whether every replica runs its model in a process of its own (Ray actors), so that
+        :meth:`map_shards` can hand it work on its model."""
+        return all(isinstance(b, RayReplica) for b in self.backends)
 
-    async def score(self, conversations: list, **options: Any):
-        """(format, held-out scores) of ``conversations``, split over the replicas and put back
-        in their order; None when the replicas' model cannot be scored (not a local model)."""
-        from ..evaluation.perplexity import HeldOutScores
-
-        shards = [conversations[k :: len(self.backends)] for k in range(len(self.backends))]
-        parts = await asyncio.gather(*[b.score(shard, **options) for b, shard in zip(self.backends, shards) if shard])
-        if any(p is None for p in parts):
-            return None
-        fmt = parts[0][0]
-        by_id = {}
-        dropped = 0
-        for _, scores in parts:
-            dropped += scores.dropped_targets
-            for cid, nll, tokens in zip(scores.conversation_ids, scores.nll, scores.tokens):
-                by_id[cid] = [nll, tokens, []]
-            for point in scores.end_points:
-                by_id[point.conversation][2].append(point)
-        order = [c.id for c in conversations if c.id in by_id]
-        return fmt, HeldOutScores(nll=[by_id[c][0] for c in order], tokens=[by_id[c][1] for c in order], conversation_ids=order,
-                                  end_points=[p for c in order for p in by_id[c][2]], dropped_targets=dropped)
+    async def map_shards(self, fn: Callable[..., Any], items: list, **options: Any) -> list:
+        """``fn(model, shard, **options)`` on every replica, each on its share of ``items``
+        (every K-th item, K replicas); the replicas' results, in replica order. ``fn`` must be
+        importable by name (a module-level function), as Ray sends it by reference."""
+        shards = [items[k :: len(self.backends)] for k in range(len(self.backends))]
+        return list(await asyncio.gather(*[b.map(fn, shard, **options) for b, shard in zip(self.backends, shards) if shard]))
 
     def shutdown(self) -> None:
         """Stop the replicas for good (Ray actors end with the driver anyway)."""
@@ -232,20 +215,10 @@ class _Actor:
         return await self.model.reply(messages, seed=seed)
 
     def forget_conversations(self) -> None:
-        forget = getattr(self.model, "forget_conversations", None)
-        if forget is not None:
-            forget()
+        forget_conversations(self.model)
 
-    def score(self, conversations: list, **options: Any):
-        """eval-user's held-out scores (perplexity, P(end) at every point) of ``conversations``."""
-        from ..evaluation.perplexity import held_out_scores
-        from ..evaluation.user_eval import scorable
-
-        found = scorable(self.model)
-        if found is None:
-            return None
-        loaded, fmt = found
-        return fmt, held_out_scores(loaded.model, loaded.tokenizer, conversations, fmt=fmt, **options)
+    def map(self, fn: Callable[..., Any], items: list, **options: Any) -> Any:
+        return fn(self.model, items, **options)
 
 
 class RayReplica:
@@ -263,8 +236,8 @@ class RayReplica:
     def forget_conversations(self) -> None:
         self.handle.forget_conversations.remote()
 
-    async def score(self, conversations: list, **options: Any):
-        return await self.handle.score.remote(conversations, **options)
+    async def map(self, fn: Callable[..., Any], items: list, **options: Any) -> Any:
+        return await self.handle.map.remote(fn, items, **options)
 
     def pid(self) -> int:
         import ray

@@ -31,7 +31,8 @@ from ..errors import ConfigurationError, UserError
 from ..render import (
     END_OF_CONVERSATION,
     END_OF_TURN,
-    chat_template_of,
+    chat_prompt_ids,
+    chat_prompt_string,
     prompt_ends_with_whitespace,
     turn_opening_ids,
     user_prompt_ids,
@@ -268,7 +269,8 @@ class VLLMUserModel:
     def prompt_ids(self, request: UserTurnRequest) -> list[int]:
         tok = self.engine.tokenizer
         text = user_prompt_string(tok, request.intent, request.messages) + self.opening_text
-        return self.sampled.prompt(request.conversation_key, text, lambda: user_prompt_ids(tok, request.intent, request.messages) + self.opening)
+        return self.sampled.prompt(request.conversation_key, text, lambda: user_prompt_ids(tok, request.intent, request.messages) + self.opening,
+                                   request.messages)
 
     def guard(self, request: UserTurnRequest) -> dict:
         """The guardrail arguments of ``request`` for :class:`userlm.models.vllm_guard.Guardrails`."""
@@ -356,12 +358,8 @@ class VLLMChatModel:
         tok = self.engine.tokenizer
         key = messages[0]["content"] if messages else None
 
-        def template(tokenize: bool):
-            return tok.apply_chat_template(messages, chat_template=chat_template_of(tok), add_generation_prompt=True,
-                                           tokenize=tokenize, return_dict=False)
-
-        text = template(False)
-        prompt = self.sampled.prompt(key, text, lambda: list(template(True)))
+        text = chat_prompt_string(tok, messages)
+        prompt = self.sampled.prompt(key, text, lambda: chat_prompt_ids(tok, messages), messages)
         params = _sampling(self.sampling, seed or 0, stop_token_ids=sorted(self.engine.eos))
         tokens, _, reason = await self.engine.generate(prompt, params)
         kept = [t for t in tokens if t not in self.engine.eos]

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..conversation import Conversation
-from ..render import training_ids
+from ..render import target_spans, training_ids
 
 IGNORE = -100
 
@@ -27,18 +27,6 @@ class PackStats:
     targets: int = 0
     dropped_targets: int = 0  #: targets past max_length
     dropped_conversations: int = 0  #: not even the first target fitted
-
-
-def target_spans(mask: list[bool]) -> list[tuple[int, int]]:
-    """[start, end) of each run of target tokens."""
-    spans, start = [], None
-    for i, m in enumerate(mask + [False]):
-        if m and start is None:
-            start = i
-        elif not m and start is not None:
-            spans.append((start, i))
-            start = None
-    return spans
 
 
 def pack(tokenizer, conv: Conversation, *, use_intent: bool = True, max_length: int = 2048, stats: PackStats | None = None) -> dict | None:

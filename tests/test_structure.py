@@ -1,0 +1,48 @@
+"""The package's layering: each part imports only the parts below it, so there is no cycle."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import userlm
+
+#: bottom to top: records and rendering, guardrails, models, simulated user, runner, data
+#: preparation, evaluation, training, reports, integrations, command line
+LAYERS = ["errors", "conversation", "intents", "runs", "prompts", "render", "guardrails", "models", "user", "simulation",
+          "prepare", "evaluation", "training", "reports", "integrations", "cli"]
+
+
+def _imports(root: Path) -> dict[str, set[str]]:
+    """Which top-level parts of the package each part imports (relative or absolute, lazy ones included)."""
+    edges: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        part = path.relative_to(root).with_suffix("").parts[0]
+        package = list(path.relative_to(root).parent.parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = package[: len(package) - (node.level - 1)]
+                target = base + (node.module.split(".") if node.module else [alias.name for alias in node.names][:1])
+            elif node.module and node.module.startswith("userlm."):
+                target = node.module.split(".")[1:]
+            else:
+                continue
+            if target and target[0] != part:
+                edges.setdefault(part, set()).add(target[0])
+    return edges
+
+
+def test_every_part_imports_only_the_parts_below_it():
+    root = Path(userlm.__file__).parent
+    edges = _imports(root)
+    upward = []
+    for part, targets in edges.items():
+        if part in ("__init__", "__main__"):
+            continue
+        assert part in LAYERS, f"{part} is not placed in the layering; add it to LAYERS"
+        upward += [f"{part} -> {t}" for t in targets if t in LAYERS and LAYERS.index(t) >= LAYERS.index(part)]
+    assert upward == []
+    assert "training" not in edges.get("evaluation", set())  # the cycle training <-> evaluation is gone
+    assert "evaluation" not in edges.get("models", set())
