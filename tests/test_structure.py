@@ -9,7 +9,7 @@ import userlm
 
 #: bottom to top: records and rendering, guardrails, models, simulated user, runner, data
 #: preparation, evaluation, training, reports, integrations, command line
-LAYERS = ["errors", "conversation", "intents", "runs", "prompts", "render", "guardrails", "models", "user", "simulation",
+LAYERS = ["errors", "files", "conversation", "intents", "runs", "prompts", "render", "guardrails", "models", "user", "simulation",
           "prepare", "evaluation", "training", "reports", "integrations", "cli"]
 
 

@@ -114,7 +114,7 @@ def test_greedy_drafts_equal_the_hf_engine_under_every_guardrail(vllm_user, hf_u
         for a, b in zip(ours, theirs):
             assert (a.text, a.ended) == (b.text, b.ended), fields
             assert a.end_prob == pytest.approx(b.end_prob, abs=2e-4)
-            assert a.notes == b.notes
+            assert (a.truncated, a.closed_by_end) == (b.truncated, b.closed_by_end)
         ended = sum(d.ended for d in ours)
         if not fields["allow_end"]:
             assert ended == 0
@@ -302,8 +302,14 @@ def test_http_end_outside_the_returned_logprobs_is_a_recorded_bound(vllm_server,
     drafts = _draft_all(http, [UserTurnRequest(intent="You want a recipe.", messages=[
         {"role": "user", "content": "hello there"}, {"role": "assistant", "content": "hi, how can I help"}],
         seed=s, allow_end=False) for s in range(6)])
-    bounded = [d for d in drafts if "end_prob_below" in d.notes]
-    assert bounded and all(d.end_prob is None and 0 < d.notes["end_prob_below"] <= 1 for d in bounded)
+    bounded = [d for d in drafts if d.end_prob_below is not None]
+    assert bounded and all(d.end_prob is None and 0 < d.end_prob_below <= 1 for d in bounded)
+    # the bound reaches the record of the turn
+    user = userlm.SimulatedUser(http, GuardrailConfig(min_turns=5, min_words=1, max_words=None, max_attempts=1))
+    history = [{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "hi, how can I help"}]
+    messages = [asyncio.run(user.next_turn("You want a recipe.", history, seed=s)).message() for s in range(6)]
+    assert any(m.end_prob_below is not None for m in messages)
+    assert all(m.end_prob is None for m in messages if m.end_prob_below is not None)
 
 
 def test_a_vllm_server_that_dies_mid_run_stops_the_run_with_one_sentence(vllm_server, vllm_model_dir, tmp_path):

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from .errors import ConfigurationError, UserError
+from .files import replacing
 
 SCHEMA_VERSION = 1
 
@@ -24,7 +25,6 @@ SCHEMA_VERSION = 1
 #: who stopped (``/quit``, Ctrl-D or Ctrl-C)
 EndReason = Literal["user_ended", "max_turns", "guardrail_exhausted", "user_error", "assistant_error", "task_solved",
                     "assistant_quit"]
-END_REASONS: tuple[str, ...] = EndReason.__args__  # type: ignore[attr-defined]
 
 
 #: refused drafts are stored up to this many characters (a runaway draft can be megabytes)
@@ -35,7 +35,7 @@ class Rejection(BaseModel):
     """A user-turn draft that a guardrail refused."""
 
     draft: str = Field(description=f"the text the user model produced (its first {MAX_DRAFT_CHARS} characters)")
-    reason: str = Field(description="which guardrail refused it (see userlm.guardrails.REASONS)")
+    reason: str = Field(description="which guardrail refused it (userlm.guardrails.RefusalReason)")
     length: int | None = Field(default=None, description="the draft's whole length in characters, when it was cut to MAX_DRAFT_CHARS")
 
     @classmethod
@@ -56,6 +56,10 @@ class Message(BaseModel):
     end_prob: float | None = Field(
         default=None, description="the user model's probability of ending the conversation instead of this turn"
     )
+    end_prob_below: float | None = Field(
+        default=None, description="when end_prob is unknown: the server's log-probabilities bound it below this "
+                                  "(the end token was outside their top entries)")
+    truncated: bool | None = Field(default=None, description="the user model's token budget ran out before this turn ended")
     events: list[dict[str, Any]] | None = Field(
         default=None, description="things that happened at this turn (answer attempts, shards revealed, ...)"
     )
@@ -249,12 +253,6 @@ def _drop_unfinished_tail(path: Path) -> None:
 
 def write_conversations(path: str | Path, conversations: Iterable[Conversation]) -> None:
     """Write a whole file atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for c in conversations:
             f.write(c.to_json() + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

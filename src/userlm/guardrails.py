@@ -26,10 +26,12 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from typing import Literal
+from dataclasses import asdict, dataclass
 
 #: Rejection reasons, as recorded in the conversation record.
-REASONS = ("empty", "premature_end", "first_word", "too_short", "too_long", "repeats_turn", "copies_intent")
+#: why a guardrail refused a draft (``Rejection.reason`` in the records)
+RefusalReason = Literal["empty", "premature_end", "first_word", "too_short", "too_long", "repeats_turn", "copies_intent"]
 
 _LEADING_NOISE = re.compile(r"^[\W_]+", re.UNICODE)
 _FIRST_WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
@@ -128,8 +130,7 @@ class DraftCheck:
 
     accepted: bool
     ended: bool = False  #: the draft ends the conversation (allowed)
-    reason: str | None = None
-    notes: list[str] = field(default_factory=list)
+    reason: RefusalReason | None = None
 
 
 def check_draft(

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from .conversation import Message, Rejection, Usage
 from .guardrails import GuardrailConfig, check_draft
 from .models.base import UserModel, UserTurnRequest
+from .render import END_OF_CONVERSATION
 
 
 def derive_seed(*parts: object) -> int:
@@ -34,6 +35,8 @@ class UserTurn:
     ended: bool = False  #: the user ended the conversation
     exhausted: bool = False  #: every draft was refused
     end_prob: float | None = None
+    end_prob_below: float | None = None  #: P(end) is known only to be below this (see UserDraft)
+    truncated: bool = False  #: the kept draft ran out of tokens before it ended
     rejected: list[Rejection] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
 
@@ -48,6 +51,8 @@ class UserTurn:
             attempts=self.attempts,
             rejected=list(self.rejected),
             end_prob=self.end_prob,
+            end_prob_below=self.end_prob_below,
+            truncated=self.truncated or None,
         )
 
 
@@ -81,14 +86,15 @@ class SimulatedUser:
             )
             draft = await self.model.draft(request)
             turn.usage.add(draft.prompt_tokens, draft.completion_tokens)
-            if turn.end_prob is None:
-                turn.end_prob = draft.end_prob
+            if turn.end_prob is None and turn.end_prob_below is None:
+                turn.end_prob, turn.end_prob_below = draft.end_prob, draft.end_prob_below
             verdict = check_draft(draft.text, ended=draft.ended, intent=intent, earlier_user_turns=earlier, config=g)
             if verdict.accepted:
                 turn.ended = verdict.ended
                 turn.text = None if verdict.ended else draft.text
+                turn.truncated = draft.truncated and not verdict.ended
                 return turn
-            shown = draft.text if not draft.ended else "<|endconversation|>"
+            shown = draft.text if not draft.ended else END_OF_CONVERSATION
             turn.rejected.append(Rejection.of(shown, verdict.reason or "refused"))
         turn.exhausted = True
         return turn

@@ -11,6 +11,7 @@ import sys
 import textwrap
 
 from ..conversation import Conversation, Message
+from ..render import END_OF_CONVERSATION
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -49,6 +50,10 @@ def _notes(m: Message) -> str:
         parts.append(f"{len(m.rejected)} refused: " + ", ".join(r.reason for r in m.rejected))
     if m.end_prob is not None:
         parts.append(f"P(end)={m.end_prob:.3f}")
+    elif m.end_prob_below is not None:
+        parts.append(f"P(end)<{m.end_prob_below:.3g}")
+    if m.truncated:
+        parts.append("cut at the token budget")
     return f"  [{'; '.join(parts)}]" if parts else ""
 
 
@@ -86,7 +91,7 @@ def format_conversation(conv: Conversation, width: int = 100, drafts: bool = Tru
         for event in m.events or []:
             lines.append(f"{'':<7}  ({', '.join(f'{k}={v}' for k, v in event.items())})")
     if conv.final_turn is not None:
-        what = "<|endconversation|>" if conv.end_reason == "user_ended" else "(every draft refused)"
+        what = END_OF_CONVERSATION if conv.end_reason == "user_ended" else "(every draft refused)"
         lines.append(f"{'USER':<7} {what}{_notes(conv.final_turn)}")
         if drafts:
             lines += _drafts(conv.final_turn, width)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..conversation import Conversation
+from ..files import write_text
 from ..guardrails import GuardrailConfig
 from ..intents import Intent
 from ..models.base import ChatModel, UserDraft, UserTurnRequest
@@ -131,8 +132,8 @@ async def evaluate(
                           "rephrase": getattr(rephrase, "name", None)}
     report["published"] = published_rows(kind="extrinsic")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "assistant.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    (out / "assistant.md").write_text(markdown(report), encoding="utf-8")
+    write_text(out / "assistant.json", json.dumps(report, indent=2))
+    write_text(out / "assistant.md", markdown(report))
     return report
 
 

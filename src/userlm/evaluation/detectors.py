@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import ConfigurationError, UserError
+from ..files import replacing, write_text
 from .judge import CachedJudge
-
-DETECTORS = ("http", "judge", "local")
 
 _JUDGE_PROMPT = """Below is one message that was sent to an AI assistant in a chat. How likely is it that a real human typed it (rather than an AI writing as if it were a user)? Consider phrasing, effort, typos, structure and tone.
 
@@ -191,10 +190,9 @@ def train_detector(human: Sequence[str], machine: Sequence[str], out: str | Path
     final = pipeline().fit([t for t, _ in rows], [y for _, y in rows])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "detector.joblib.tmp"
-    joblib.dump(final, tmp)
-    tmp.replace(out / "detector.joblib")
-    (out / "detector.json").write_text(json.dumps({**report.__dict__, "human": len(human), "machine": len(machine)}, indent=2), encoding="utf-8")
+    with replacing(out / "detector.joblib") as tmp:
+        joblib.dump(final, tmp)
+    write_text(out / "detector.json", json.dumps({**report.__dict__, "human": len(human), "machine": len(machine)}, indent=2))
     return report
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import random
 import re
 import statistics
@@ -38,6 +37,7 @@ from itertools import combinations
 from pathlib import Path
 
 from ..conversation import Conversation
+from ..files import write_text
 from ..guardrails import GuardrailConfig
 from ..intents import Intent
 from ..models.base import ChatModel, ChatReply, HasWeights, MapsShards, ProbesEnd, UserModel, UserTurnRequest, WrapsChat
@@ -468,10 +468,7 @@ async def intent_part(sim: Simulator, intents: list[Intent], judge: CachedJudge 
 
 
 def _save(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=1))
 
 
 def _load(path: Path) -> dict:
@@ -530,9 +527,7 @@ async def evaluate_users(
                      "scenario_assistant": getattr(scenario_assistant, "name", "fixture (scripted replies)")},
     }
     _save(out / "user_eval.json", report)
-    tmp = out / "user_eval.md.tmp"
-    tmp.write_text(markdown(report), encoding="utf-8")
-    os.replace(tmp, out / "user_eval.md")
+    write_text(out / "user_eval.md", markdown(report))
     return report
 
 

@@ -7,7 +7,7 @@ implement one of these, and the simulation only ever talks to these interfaces.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 
@@ -47,7 +47,10 @@ class UserDraft:
     end_prob: float | None = None  #: P(<|endconversation|>) at the start of the turn, when known
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    notes: dict = field(default_factory=dict)
+    truncated: bool = False  #: the token budget ran out before the turn ended
+    #: P(end) is known only to be below this (the end token was outside the server's top log-probabilities)
+    end_prob_below: float | None = None
+    closed_by_end: bool = False  #: an end token after some text closed the turn (the text is kept, the conversation goes on)
 
 
 @dataclass

@@ -432,7 +432,7 @@ class LocalUserModel:
                     end_prob=res.end_prob,
                     prompt_tokens=len(row.prompt),
                     completion_tokens=len(res.tokens) + int(res.finished),
-                    notes={} if res.finished or res.ended else {"truncated": True},
+                    truncated=not (res.finished or res.ended),
                 )
             )
         return drafts

@@ -400,20 +400,15 @@ class OpenAIUserModel(_OpenAIModel):
         raw = choice.get("text") or ""
         text, ended, closed = self._read(raw, choice, end_id)
         usage = response.get("usage") or {}
-        notes: dict[str, Any] = {}
-        if bound is not None:
-            notes["end_prob_below"] = bound
-        if closed:
-            notes["closed_by_end"] = True
-        if choice.get("finish_reason") == "length":
-            notes["truncated"] = True
         return UserDraft(
             text="" if ended else text,
             ended=ended,
             end_prob=end_prob,
             prompt_tokens=prompt_tokens + usage.get("prompt_tokens", 0),
             completion_tokens=usage.get("completion_tokens", 0),
-            notes=notes,
+            truncated=choice.get("finish_reason") == "length",
+            end_prob_below=bound,
+            closed_by_end=closed,
         )
 
     def _read(self, raw: str, choice: dict[str, Any], end_id: int | None) -> tuple[str, bool, bool]:

@@ -305,7 +305,7 @@ class VLLMUserModel:
             end_prob=end_prob,
             prompt_tokens=len(prompt),
             completion_tokens=len(kept) + int(finished),
-            notes={} if finished or ended else {"truncated": True},
+            truncated=not (finished or ended),
         )
 
     def _read(self, tokens: list[int], logprobs: list, threshold: float | None) -> tuple[list[int], bool, float | None, bool]:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..conversation import Conversation
+from ..files import write_text
 from ..guardrails import normalise
 
 SPLITS = ("train", "validation", "test")
@@ -154,6 +154,4 @@ def save_prepared(out: Path, splits: dict[str, list[Conversation]], report: Prep
     for name, convs in splits.items():
         write_conversations(out / f"{name}.jsonl", convs)
     summary = {"sources": sources, "rows": rows, "oasst_dropped_messages": dropped_messages, **report.to_dict()}
-    tmp = out / "report.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    os.replace(tmp, out / "report.json")
+    write_text(out / "report.json", json.dumps(summary, indent=2))

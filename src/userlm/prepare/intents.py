@@ -9,7 +9,6 @@ produced are listed in ``<out>.failed.jsonl`` and counted, never dropped silentl
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -18,7 +17,9 @@ from pathlib import Path
 
 from ..conversation import Conversation, ConversationWriter, iter_conversations
 from ..errors import ConfigurationError
+from ..files import write_text
 from ..models.base import ChatModel
+from ..models.cached import CachedChat
 from ..prompts import load_prompt
 
 PREFIX = "You are a user chatting with an assistant to"
@@ -56,32 +57,6 @@ class IntentRun:
     failed: list[dict] = field(default_factory=list)
 
 
-class _Cache:
-    def __init__(self, path: Path):
-        self.path = path
-        self.entries: dict[str, str] = {}
-        if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut off by a crash
-                self.entries[row["key"]] = row["intent"]
-        self._file = open(path, "a", encoding="utf-8")
-
-    @staticmethod
-    def key(model: str, prompt: str) -> str:
-        return hashlib.sha256(f"{model}\n{prompt}".encode()).hexdigest()
-
-    def put(self, key: str, intent: str) -> None:
-        self.entries[key] = intent
-        self._file.write(json.dumps({"key": key, "intent": intent}) + "\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
-
-
 async def write_intents(
     conversations: Sequence[Conversation], model: ChatModel, out: str | Path, *, concurrency: int = 16,
     overwrite_existing: bool = False, progress: bool = True, cache: str | Path | None = None,
@@ -96,33 +71,22 @@ async def write_intents(
     done = {c.id for c in iter_conversations(out, tolerate_truncated_tail=True)} if out.exists() else set()
     run = IntentRun(skipped=sum(1 for c in conversations if c.id in done))
     todo = [c for c in conversations if c.id not in done]
-    cache_path = Path(cache) if cache is not None else default_cache()
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    cache = _Cache(cache_path)
+    asker = CachedChat(model, Path(cache) if cache is not None else default_cache(), concurrency=concurrency)
     writer = ConversationWriter(out)
-    limit = asyncio.Semaphore(concurrency)
     bar = tqdm(total=len(conversations), initial=run.skipped, unit="conv", desc="intents", disable=not progress)
 
     async def one(conv: Conversation) -> None:
         if conv.intent and not overwrite_existing:
             intent = conv.intent
         else:
-            prompt = intent_prompt(conv)
-            key = _Cache.key(model.name, prompt)
-            if key in cache.entries:
-                intent, run.cached = cache.entries[key], run.cached + 1
-            else:
-                try:
-                    async with limit:
-                        reply = await model.reply([{"role": "user", "content": prompt}], seed=0)
-                    intent = parse_intent(reply.text)
-                except ConfigurationError:
-                    raise
-                except Exception as exc:  # reported in <out>.failed.jsonl, redone on the next run
-                    run.failed.append({"id": conv.id, "error": f"{type(exc).__name__}: {exc}"})
-                    bar.update(1)
-                    return
-                cache.put(key, intent)
+            try:
+                intent = parse_intent(await asker.ask(intent_prompt(conv), check=parse_intent))
+            except ConfigurationError:
+                raise
+            except Exception as exc:  # reported in <out>.failed.jsonl, redone on the next run
+                run.failed.append({"id": conv.id, "error": f"{type(exc).__name__}: {exc}"})
+                bar.update(1)
+                return
         writer.write(conv.model_copy(update={"intent": intent}))
         run.written += 1
         bar.update(1)
@@ -132,7 +96,7 @@ async def write_intents(
     finally:
         bar.close()
         writer.close()
-        cache.close()
+        run.cached = asker.hits
         failed_path = out.with_name(out.name + ".failed.jsonl")
-        failed_path.write_text("".join(json.dumps(f) + "\n" for f in run.failed), encoding="utf-8")
+        write_text(failed_path, "".join(json.dumps(f) + "\n" for f in run.failed))
     return run

@@ -4,10 +4,11 @@ opens offline from disk with no server and nothing fetched."""
 from __future__ import annotations
 
 import json
-import os
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
+
+from ..files import write_text
 
 
 def _asset(name: str) -> str:
@@ -34,9 +35,4 @@ def render(data: dict[str, Any], title: str = "userlm report") -> str:
 
 def write(data: dict[str, Any], out: str | Path, title: str = "userlm report") -> Path:
     """Write atomically: a half-written report never replaces a good one."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(render(data, title), encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_text(out, render(data, title))

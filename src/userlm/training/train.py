@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..conversation import read_conversations
 from ..errors import UserError
+from ..files import write_text
 
 SCRATCH_SIZES = {
     "tiny": dict(hidden=128, layers=4, heads=4, kv_heads=2, intermediate=344),
@@ -204,6 +205,6 @@ def train(config: TrainConfig) -> dict:
     }
     if trainer.is_world_process_zero():  # one writer when several processes train together
         save_together(model, tokenizer, out)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-        (out / "userlm_train_config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False), encoding="utf-8")
+        write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+        write_text(out / "userlm_train_config.yaml", yaml.safe_dump(asdict(config), sort_keys=False))
     return metrics
