@@ -29,7 +29,7 @@ from .intents import Intent
 from .models import lockstep
 from .models.base import ChatModel, close, forget_conversations, is_remote, reasked
 from .models.retry import ConnectionLost, RequestTimeout
-from .render import END_OF_CONVERSATION, assistant_view
+from .render import assistant_view
 from .runs import OutputLock, determinants, fingerprint, mismatch
 from .user import SimulatedUser, derive_seed
 
@@ -271,11 +271,9 @@ async def run_conversation(
             conv.end_reason, conv.error = "user_error", _describe(exc)
             break
         conv.usage["user"].merge(turn.usage)
-        if turn.ended or turn.exhausted:
-            conv.end_reason = "user_ended" if turn.ended else "guardrail_exhausted"
-            final = turn.message()
-            final.content = END_OF_CONVERSATION if turn.ended else ""
-            conv.final_turn = final
+        if turn.end_reason is not None:
+            conv.end_reason = turn.end_reason
+            conv.final_turn = turn.final_message()
             break
         conv.messages.append(turn.message())
         try:

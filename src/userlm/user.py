@@ -41,6 +41,20 @@ class UserTurn:
     usage: Usage = field(default_factory=Usage)
 
     @property
+    def end_reason(self) -> str | None:
+        """How the conversation ended at this turn (a record's ``end_reason``), or None when it goes on."""
+        if self.ended:
+            return "user_ended"
+        return "guardrail_exhausted" if self.exhausted else None
+
+    def final_message(self) -> Message:
+        """The record of a turn that ended the conversation: the end token when the user ended
+        it, nothing when every draft was refused, with the guardrails' notes."""
+        final = self.message()
+        final.content = END_OF_CONVERSATION if self.ended else ""
+        return final
+
+    @property
     def attempts(self) -> int:
         return len(self.rejected) + (0 if self.exhausted else 1)
 

@@ -85,7 +85,7 @@ def _converse(session, conv, max_turns: int) -> None:
             print(f"  [guardrails refused {len(turn.rejected)} draft(s): {notes}]", file=sys.stderr)
         if text is None:
             ended = bool(turn and turn.ended)
-            conv.end_reason = "user_ended" if ended else "guardrail_exhausted"
+            conv.end_reason = (turn.end_reason if turn else None) or "guardrail_exhausted"
             print(f"user> {END_OF_CONVERSATION}" if ended else "user> (every draft was refused)")
             return
         print(f"user> {text}")

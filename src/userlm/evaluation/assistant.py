@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..conversation import Conversation
 from ..files import write_text
+from ..guardrails import OFF as GUARDRAILS_OFF
 from ..guardrails import GuardrailConfig
 from ..intents import Intent
 from ..models.base import ChatModel, UserDraft, UserTurnRequest
@@ -36,7 +37,6 @@ from .tasks import Task, extract_answer, grade
 from .text import content_words, words
 
 MODES = ("full", "concat", "sharded", "simulated")
-_SCRIPTED_GUARDRAILS = GuardrailConfig(first_words=(), min_turns=0, min_words=None, max_words=None, block_repetition=False)
 
 
 class TaskUser:
@@ -116,7 +116,7 @@ async def evaluate(
                 raise ValueError("the simulated mode needs a user model")
             user = SimulatedUser(user_model, settings.guardrails)
         else:
-            user = SimulatedUser(TaskUser(by_intent, mode, rephrase), _SCRIPTED_GUARDRAILS)
+            user = SimulatedUser(TaskUser(by_intent, mode, rephrase), GUARDRAILS_OFF)
         intents = [Intent(id=t.id, text=t.intent, metadata={"task_id": t.id, "suite": t.suite, "mode": mode}) for t in tasks]
         run = await simulate_async(
             intents, user, assistant, out=out / "transcripts" / f"{mode}.jsonl",

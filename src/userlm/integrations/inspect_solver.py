@@ -62,7 +62,7 @@ def simulated_user(user: str | SimulatedUser, *, max_turns: int = 6, guardrails:
                                "refused": [r.model_dump(exclude_none=True) for r in turn.rejected],
                                "ended": turn.text is None}, source="userlm")
             if turn.text is None:
-                end_reason = "user_ended" if turn.ended else "guardrail_exhausted"
+                end_reason = turn.end_reason or "guardrail_exhausted"
                 break
             state.messages.append(ChatMessageUser(content=turn.text))
             conversation.append({"role": "user", "content": turn.text})

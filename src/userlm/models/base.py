@@ -37,6 +37,21 @@ class UserTurnRequest:
     banned_first_words: tuple[str, ...] = ()
     end_threshold: float | None = None  #: end when P(end) at the start of the turn reaches this
 
+    # The one end policy every user model obeys: with a threshold, P(end) decides and the end
+    # token is never sampled; without one, the end token is sampled like any other; either only
+    # where ending is allowed.
+
+    @property
+    def ending_threshold(self) -> float | None:
+        """The P(end) at a turn's start at which the turn ends the conversation instead of being
+        written; None when no threshold decides (or ending is not allowed)."""
+        return self.end_threshold if self.allow_end else None
+
+    @property
+    def end_may_be_sampled(self) -> bool:
+        """Whether the end token may be sampled: ending is allowed and no threshold decides instead."""
+        return self.allow_end and self.end_threshold is None
+
 
 @dataclass
 class UserDraft:

@@ -2,8 +2,8 @@
 
 aiohttp writes a request's body from a task of its own. From Python 3.12 it starts that task
 eagerly, so the bytes leave at once; on 3.11 the task waits for the event loop's next round,
-behind every answer that arrived in the same burst. With 128 conversations in flight that held
-each request back 7.6 ms on average (0.07 ms on 3.12). :func:`start_eagerly` gives 3.11 the same
+behind every answer that arrived in the same burst, which holds requests back when many
+conversations are in flight (B3 in benchmarks/ measures it). :func:`start_eagerly` gives 3.11 the same
 behaviour for the coroutine functions it is given, and nothing else: every other task is made
 as the loop would make it.
 """

@@ -377,13 +377,13 @@ class OpenAIUserModel(_OpenAIModel):
         end_id = await self._end_id()
         prompt = self.prompt(request)
         end_prob, bound, prompt_tokens = None, None, 0
-        threshold = request.end_threshold if request.allow_end else None
+        threshold = request.ending_threshold
         if threshold is not None and not self.vllm_like:
             # a plain server's log-probabilities may come after the bias: ask for P(end) alone first
             end_prob = await self.end_probability(prompt[: -len(self.OPENING)], request.seed)
             if end_prob >= threshold:
                 return UserDraft(text="", ended=True, end_prob=end_prob)
-        suppress_end = not request.allow_end or request.end_threshold is not None
+        suppress_end = not request.end_may_be_sampled
         body: dict[str, Any] = {"prompt": prompt, "stop": [END_OF_TURN], "seed": request.seed, **self._sampling_args()}
         if suppress_end and end_id is not None:
             body["logit_bias"] = {str(end_id): -100}

@@ -279,8 +279,8 @@ class VLLMUserModel:
         banned = banned_first_ids(self.engine.tokenizer, request.banned_first_words).tolist() if request.banned_first_words else []
         return {
             "end_id": self.end_id,
-            "suppress_end": not request.allow_end or request.end_threshold is not None,
-            "end_threshold": request.end_threshold if request.allow_end else None,
+            "suppress_end": not request.end_may_be_sampled,
+            "end_threshold": request.ending_threshold,
             "banned": banned,
             "content_offset": self.content_offset,
         }
