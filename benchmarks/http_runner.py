@@ -23,7 +23,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import median_run, save  # noqa: E402
+from common import median_run, save
 
 
 def free_port() -> int:

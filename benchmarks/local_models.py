@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import build_models, intents, machine, median_run, parameters, peak_matmul_flops, peak_memory, save  # noqa: E402
+from common import build_models, intents, machine, median_run, parameters, peak_matmul_flops, peak_memory, save
 
 USER_TOKENS, ASSISTANT_TOKENS = 32, 64
 

@@ -51,8 +51,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import ray
-
     from local_models import ASSISTANT_TOKENS, USER_TOKENS
+
     from userlm.models.base import SamplingSettings
     from userlm.models.registry import ProviderOptions, chat_model, user_model
     from userlm.models.replicas import ReplicaPlacement, ray_replicas

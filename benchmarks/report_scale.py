@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import intents, save  # noqa: E402
+from common import intents, save
 
 
 def main() -> None:

@@ -237,8 +237,8 @@ def test_eval_user_command_end_to_end_and_resumes(tmp_path, tiny_user_dir, share
     log = tmp_path / "judge.log"
     env = {"JUDGE_LOG": str(log), "PYTHONPATH": str(tmp_path)}
     human = tmp_path / "human.txt"
-    human.write_text("\n".join(json.loads(l) for l in shared_data("oasst/prompt_lottery_en_250_text.jsonl").read_text().splitlines()[:120]
-                               if "\n" not in json.loads(l)), encoding="utf-8")
+    human.write_text("\n".join(json.loads(line) for line in shared_data("oasst/prompt_lottery_en_250_text.jsonl").read_text().splitlines()[:120]
+                               if "\n" not in json.loads(line)), encoding="utf-8")
     machine = tmp_path / "machine.txt"
     machine.write_text("\n".join(f"Certainly! Here is a clear overview of topic {i}, with examples and a summary." for i in range(60)), encoding="utf-8")
     done = userlm_cli("train-detector", "--human", human, "--machine", machine, "--out", tmp_path / "det", env=env)
@@ -341,7 +341,7 @@ def test_published_figures_file_fills_the_labelled_rows(tmp_path):
     assert row.startswith("| *Model X* (published) |") and "*12.3*" in row
     bad = tmp_path / "bad.json"
     bad.write_text('{"rows": [{"metrics": {}}]}', encoding="utf-8")
-    with pytest.raises(UserError, match="bad.json: expected"):
+    with pytest.raises(UserError, match=r"bad\.json: expected"):
         published_rows(bad)
 
 

@@ -13,8 +13,8 @@ import userlm
 from userlm.guardrails import GuardrailConfig, first_word
 from userlm.intents import Intent
 from userlm.models.base import SamplingSettings, UserTurnRequest
-from userlm.models.vocab import banned_first_ids
 from userlm.models.local import LocalChatModel, LocalUserModel
+from userlm.models.vocab import banned_first_ids
 from userlm.simulation import RunSettings
 
 SAMPLING = SamplingSettings(temperature=1.0, top_p=0.8, max_new_tokens=16)

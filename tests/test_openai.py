@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
+from servers import free_port, transformers_serve
 
 import userlm
 from userlm.errors import ConfigurationError
@@ -23,8 +19,6 @@ from userlm.models.base import SamplingSettings
 from userlm.models.openai_compat import Endpoint, OpenAIChatModel, OpenAIUserModel
 from userlm.models.scripted import ScriptedUser
 from userlm.simulation import RunSettings
-
-from servers import free_port, transformers_serve
 
 SAMPLING = SamplingSettings(temperature=1.0, top_p=0.8, max_new_tokens=12)
 
@@ -106,7 +100,7 @@ def test_termination_over_http_falls_back_to_sampled_drafts(server, tiny_user_di
 def test_a_server_that_is_down_aborts_with_one_sentence():
     endpoint = Endpoint(base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=0)
     assistant = OpenAIChatModel("m", endpoint=endpoint, sampling=SAMPLING)
-    with pytest.raises(ConfigurationError, match="cannot reach .* is the server running"):
+    with pytest.raises(ConfigurationError, match=r"cannot reach .* is the server running"):
         asyncio.run(assistant.reply([{"role": "user", "content": "hi"}]))
 
 

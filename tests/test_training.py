@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from userlm.conversation import Conversation, Message
-from userlm.render import END_OF_CONVERSATION, user_prompt_ids
-from userlm.render import ControlText, target_spans
+from userlm.render import END_OF_CONVERSATION, ControlText, target_spans, user_prompt_ids
 from userlm.training.samples import IGNORE, PackStats, pack
 
 CONV = Conversation(
@@ -68,7 +67,7 @@ def test_only_user_turns_and_the_end_carry_loss(tiny_lm):
     trained = tok.decode([t for t in row["labels"] if t != IGNORE])
     assert trained == ("\ngot a vegan lasagna recipe?<|eot_id|>\nno, just quick, under an hour<|eot_id|>"
                        "\nwhat can I use instead of tofu<|eot_id|>\n<|endconversation|><|eot_id|>")
-    untrained = tok.decode([t for t, l in zip(row["input_ids"], row["labels"]) if l == IGNORE])
+    untrained = tok.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label == IGNORE])
     assert CONV.intent in untrained and "Cashew ricotta" in untrained and "got a vegan" not in untrained
     # the no-intent variant drops the system message
     assert CONV.intent not in tok.decode(pack(tok, CONV, use_intent=False)["input_ids"])

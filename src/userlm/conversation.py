@@ -139,9 +139,8 @@ def iter_conversations(path: str | Path, *, tolerate_truncated_tail: bool = Fals
     if path.is_dir():
         raise UserError(f"{path} is a folder; give the path of a JSONL file of conversations.")
     with open(path, "rb") as f:  # a record at a time: resuming a run of any size holds one line, not the file
-        number, held = 0, None
-        for raw in f:
-            number += 1
+        held = None
+        for number, raw in enumerate(f, start=1):
             if held is not None:
                 record = _record(path, *held, last=False, tolerate=tolerate_truncated_tail)
                 if record is not None:

@@ -26,8 +26,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
-from typing import Literal
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 #: Rejection reasons, as recorded in the conversation record.
 #: why a guardrail refused a draft (``Rejection.reason`` in the records)

@@ -95,13 +95,12 @@ def chat_template_of(tokenizer: PreTrainedTokenizerBase) -> str:
     return tokenizer.chat_template or USERLM_CHAT_TEMPLATE
 
 
-def _apply_template(tokenizer: PreTrainedTokenizerBase, chat: Chat, *, tokenize: bool = True) -> list[int] | str:
-    if not chat:  # no intent, no history: the first turn of the no-intent variant
-        if chat_template_of(tokenizer) != USERLM_CHAT_TEMPLATE:
-            raise ValueError("the tokenizer's chat template cannot render an empty conversation; give an intent")
-        text = render_userlm([])
-        return tokenizer.encode(text, add_special_tokens=False) if tokenize else text
-    return template_ids(tokenizer, chat) if tokenize else template_text(tokenizer, chat)
+def _opening_only(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The prompt of a conversation with no intent and no history (the first turn of the
+    no-intent variant): only the opened user turn, which only the UserLM template renders."""
+    if chat_template_of(tokenizer) != USERLM_CHAT_TEMPLATE:
+        raise ValueError("the tokenizer's chat template cannot render an empty conversation; give an intent")
+    return render_userlm([])
 
 
 def template_text(tokenizer: PreTrainedTokenizerBase, chat: Sequence[Mapping[str, str]], *, template: str | None = None,
@@ -173,12 +172,14 @@ def chat_prompt_string(tokenizer: PreTrainedTokenizerBase, messages: Iterable[An
 
 def user_prompt_ids(tokenizer: PreTrainedTokenizerBase, intent: str | None, messages: Iterable[Any]) -> list[int]:
     """Token ids of the user-model prompt: the chat template applied to :func:`user_view`."""
-    return _apply_template(tokenizer, user_view(intent, messages))
+    chat = user_view(intent, messages)
+    return template_ids(tokenizer, chat) if chat else tokenizer.encode(_opening_only(tokenizer), add_special_tokens=False)
 
 
 def user_prompt_string(tokenizer: PreTrainedTokenizerBase, intent: str | None, messages: Iterable[Any]) -> str:
     """The text that :func:`user_prompt_ids` tokenizes."""
-    return _apply_template(tokenizer, user_view(intent, messages), tokenize=False)
+    chat = user_view(intent, messages)
+    return template_text(tokenizer, chat) if chat else _opening_only(tokenizer)
 
 
 def prompt_ends_with_whitespace(tokenizer: PreTrainedTokenizerBase) -> bool:

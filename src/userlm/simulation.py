@@ -33,7 +33,6 @@ from .render import assistant_view
 from .runs import OutputLock, determinants, fingerprint, mismatch
 from .user import SimulatedUser, derive_seed
 
-
 #: failures that say the server is gone or too slow, not that the conversation went wrong
 UNREACHABLE = (ConnectionLost, RequestTimeout)
 
@@ -228,7 +227,7 @@ async def simulate_async(
             await close(model)
     if keep:
         order = [conversation_id(i.id, s) for i in intents for s in range(settings.samples)]
-        previous = {c.id: c for c in iter_conversations(path, tolerate_truncated_tail=True) if c.id in done} if done else {}
+        previous = {c.id: c for c in iter_conversations(path, tolerate_truncated_tail=True) if c.id in done} if done and path else {}
         summary.conversations = [c for c in (finished.get(k) or previous.get(k) for k in order) if c is not None]
     return summary
 
@@ -313,5 +312,5 @@ def simulate(
     append each finished conversation to a JSONL file and resume from it; ``settings`` is a
     :class:`RunSettings`. Returns a :class:`RunSummary` whose ``conversations`` hold every record.
     """
-    items = [i if isinstance(i, Intent) else Intent(id=str(n), text=i) for n, i in enumerate(intents)]
+    items = [i if isinstance(i, Intent) else Intent(id=str(n), text=str(i)) for n, i in enumerate(intents)]
     return asyncio.run(simulate_async(items, user, assistant, **kwargs))

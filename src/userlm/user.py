@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from dataclasses import dataclass, field
+from typing import Literal
 
 from .conversation import Message, Rejection, Usage
 from .guardrails import GuardrailConfig, check_draft
@@ -41,7 +42,7 @@ class UserTurn:
     usage: Usage = field(default_factory=Usage)
 
     @property
-    def end_reason(self) -> str | None:
+    def end_reason(self) -> Literal["user_ended", "guardrail_exhausted"] | None:
         """How the conversation ended at this turn (a record's ``end_reason``), or None when it goes on."""
         if self.ended:
             return "user_ended"

@@ -106,8 +106,8 @@ def run(args: argparse.Namespace) -> int:
     from ..reports.data import build
     from ..reports.html import write
 
-    report = write(build([run_file], [], prepared / "test.jsonl"), out / "report.html", "userlm demo")
-    print(f"{report}: open it in a browser", file=sys.stderr)
+    page = write(build([run_file], [], prepared / "test.jsonl"), out / "report.html", "userlm demo")
+    print(f"{page}: open it in a browser", file=sys.stderr)
 
 
     from ..evaluation.scenarios import load_questions

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         dedup_threshold=args.dedup_threshold or None, dedup_on=args.dedup_on, split=split, seed=args.seed,
     )
     stats = IngestStats()
-    convs = []
+    convs: list = []
     for source in args.sources:
         convs.extend(conversations_from(source, fmt=args.format, split=args.hub_split, oasst_languages=languages, stats=stats))
     splits, report = filter_and_split(convs, config)

@@ -11,7 +11,6 @@ import argparse
 import sys
 from dataclasses import fields
 
-
 #: what the trainer picks when a setting is left open
 _DEFAULTS = {"learning_rate": "2e-5, or 1e-3 from scratch", "effective_batch_size": "the training conversations / 32, at most 1024",
              "eval_steps": "about 10 evaluations a run", "save_steps": "as --eval-steps", "max_steps": "-1: as many as --epochs make"}

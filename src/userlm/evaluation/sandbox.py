@@ -241,7 +241,7 @@ class _Sandbox:
             with open(os.path.join(self.files_dir, name), "w", encoding="utf-8") as f:
                 f.write(text)
         self.out_path = os.path.join(self.dir.name, "output.txt")
-        fds = list(fds)
+        passed = list(fds)
         seccomp = _seccomp_filter() if self.kind == BUBBLEWRAP else None
         seccomp_fd = None
         if seccomp is not None:
@@ -249,7 +249,7 @@ class _Sandbox:
             with open(seccomp_path, "wb") as f:
                 f.write(seccomp)
             seccomp_fd = os.open(seccomp_path, os.O_RDONLY)
-            fds.append(seccomp_fd)
+            passed.append(seccomp_fd)
         if self.kind == BUBBLEWRAP:
             command = _bwrap_command(self.files_dir, role, *args, limits=limits, seccomp_fd=seccomp_fd)
             cwd = None
@@ -265,7 +265,7 @@ class _Sandbox:
                 self.process = subprocess.Popen(
                     command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                     preexec_fn=functools.partial(_limit_child, limits, self.kind != BUBBLEWRAP),
-                    start_new_session=self.kind == BUBBLEWRAP, close_fds=True, pass_fds=tuple(fds),
+                    start_new_session=self.kind == BUBBLEWRAP, close_fds=True, pass_fds=tuple(passed),
                 )
         except BaseException:
             self.dir.cleanup()

@@ -20,6 +20,7 @@ import json
 import os
 import struct
 import sys
+from typing import Any
 
 MAX_MESSAGE = 16 * 1024 * 1024
 MAX_DEPTH = 64
@@ -175,7 +176,7 @@ def run_worker(guard: bool, entry_point: str, fds: str) -> None:
     source = open("program.py", encoding="utf-8").read()
     if guard:
         _install_guard()
-    namespace = {"__name__": "__candidate__", "__builtins__": builtins}
+    namespace: dict[str, Any] = {"__name__": "__candidate__", "__builtins__": builtins}
     try:
         exec(compile(source, "program.py", "exec"), namespace)
         function = namespace[entry_point]
@@ -215,7 +216,7 @@ def run_harness(guard: bool, fds: str) -> None:
             raise kind(f"(in the candidate) {message}")
         raise RuntimeError(f"(in the candidate) {name}: {message}")
 
-    namespace = {"__name__": "__tests__", "__builtins__": builtins}
+    namespace: dict[str, Any] = {"__name__": "__tests__", "__builtins__": builtins}
     try:
         exec(compile(spec["prelude"], "prompt.py", "exec"), namespace)
         namespace[spec["entry_point"]] = candidate  # tests that name the function mean the candidate's

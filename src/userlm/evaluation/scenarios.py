@@ -46,7 +46,7 @@ class Question:
 
 
 def package_lines(name: str) -> list[str]:
-    text = files("userlm.evaluation").joinpath("data", name).read_text(encoding="utf-8")
+    text = files("userlm.evaluation").joinpath("data").joinpath(name).read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 

@@ -16,7 +16,7 @@ def published_rows(path: str | Path | None = None, *, kind: str = "intrinsic") -
     """The UserLM paper's published figures (package data unless a file is given): ``intrinsic`` is
     Tables 1-2 (user-simulator metrics), ``extrinsic`` Table 3 (simulated users talking to GPT-4o)."""
     if path is None:
-        return json.loads(files("userlm.evaluation").joinpath("data", _PACKAGED[kind]).read_text(encoding="utf-8"))
+        return json.loads(files("userlm.evaluation").joinpath("data").joinpath(_PACKAGED[kind]).read_text(encoding="utf-8"))
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

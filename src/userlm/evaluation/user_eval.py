@@ -213,11 +213,10 @@ async def alignment_part(sim: Simulator, data: list[Conversation], settings: Use
     from .perplexity import held_out_scores
 
     found = scorable(sim.model)
-    remote = found is None and isinstance(sim.model, MapsShards) and sim.model.can_map()
-    if found is None and not remote:
+    replicas = sim.model if found is None and isinstance(sim.model, MapsShards) and sim.model.can_map() else None
+    if found is None and replicas is None:
         return {"skipped": "perplexity needs a local model (hf: or prompted:hf:), or replicas of one"}
-    loaded, fmt = found if found is not None else (None, None)
-    out: dict = {"format": fmt}
+    out: dict = {"format": found[1] if found is not None else None}
     with_intent = [c for c in data if c.intent]
     for key, convs, use_intent in (("ppl_intent", with_intent, True), ("ppl_no_intent", data, False)):
         if not convs:
@@ -228,13 +227,15 @@ async def alignment_part(sim: Simulator, data: list[Conversation], settings: Use
             from tqdm import tqdm
 
             bar = tqdm(desc=f"scoring ({'intent' if use_intent else 'no intent'})", unit="seq", leave=False)
-        if remote:  # replicas score their share of the conversations each
-            parts = await sim.model.map_shards(score_on_replica, convs, use_intent=use_intent,
+        if replicas is not None:  # replicas score their share of the conversations each
+            parts = await replicas.map_shards(score_on_replica, convs, use_intent=use_intent,
                                                max_batch_tokens=settings.max_batch_tokens, chunk_tokens=settings.chunk_tokens)
             if any(part is None for part in parts):
                 return {"skipped": "perplexity needs a local model (hf: or prompted:hf:), or replicas of one"}
             out["format"], scores = parts[0][0], merge_scores([part[1] for part in parts], convs)
         else:
+            assert found is not None
+            loaded, fmt = found
             scores = await asyncio.to_thread(held_out_scores, loaded.model, loaded.tokenizer, convs, fmt=fmt, use_intent=use_intent,
                                              max_batch_tokens=settings.max_batch_tokens, chunk_tokens=settings.chunk_tokens,
                                              progress=None if bar is None else (lambda done: bar.update(done - bar.n)))
@@ -270,7 +271,7 @@ async def termination_part(sim: Simulator, data: list[Conversation], alignment: 
         chat = [m.chat() for m in conv.messages[:upto]]
         intent = conv.intent if use_intent else None
         point = {"conversation": conv.id, "after_reply": reply, "ended": ended}
-        if mode["logprobs"]:
+        if mode["logprobs"] and probe is not None:
             try:
                 async with limit:
                     return point | {"prob": await probe(user_prompt_text(intent, chat), derive_seed(settings.seed, conv.id, reply))}
@@ -335,15 +336,15 @@ def conversation_figures(convs: list[Conversation], settings: UserEvalSettings) 
             # a ratio over the pooled turns: resampling with replacement would count repeats as
             # duplicates, so no bootstrap interval is given
             out[f"distinct_{n}"] = figure(distinct_n(texts, n), None, len(texts))
-    with_intent = [c for c in convs if c.intent and c.user_turns()]
+    with_intent = [(c, c.intent) for c in convs if c.intent and c.user_turns()]
     if with_intent:
-        out["intent_overlap_first"] = mean_figure([intent_overlap(c.user_turns()[0].content, c.intent) for c in with_intent], settings)
-        per_turn = [intent_overlap(m.content, c.intent) for c in with_intent for m in c.user_turns()]
+        out["intent_overlap_first"] = mean_figure([intent_overlap(c.user_turns()[0].content, intent) for c, intent in with_intent], settings)
+        per_turn = [intent_overlap(m.content, intent) for c, intent in with_intent for m in c.user_turns()]
         out["intent_overlap_turn"] = mean_figure(per_turn, settings)
         by_position: dict[int, list[float]] = {}
-        for c in with_intent:
+        for c, intent in with_intent:
             for k, m in enumerate(c.user_turns(), 1):
-                by_position.setdefault(k, []).append(intent_overlap(m.content, c.intent))
+                by_position.setdefault(k, []).append(intent_overlap(m.content, intent))
         out["intent_overlap_by_turn"] = {str(k): _mean(v) for k, v in sorted(by_position.items())}
     return out
 
@@ -481,7 +482,7 @@ def _load(path: Path) -> dict:
 async def evaluate_users(
     simulators: list[Simulator], data: list[Conversation], intents: list[Intent], out: str | Path, *,
     assistant: ChatModel | None = None, judge: CachedJudge | None = None, detector: Detector | None = None,
-    questions: list[Question] = (), scenario_assistant: ChatModel | None = None, settings: UserEvalSettings = UserEvalSettings(),
+    questions: Sequence[Question] = (), scenario_assistant: ChatModel | None = None, settings: UserEvalSettings = UserEvalSettings(),
     published: dict | None = None, progress: bool = True, log=print,
 ) -> dict:
     """Run every part for every simulator (resuming finished parts) and write the report."""

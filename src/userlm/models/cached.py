@@ -54,15 +54,19 @@ class CachedChat:
         answer = reply.text.strip()
         if check is not None:
             check(answer)
+        line = json.dumps({"key": key, "model": self.name, "prompt": prompt, "answer": answer}, ensure_ascii=False) + "\n"
         async with self._lock:
             self.answers[key] = answer
             self.calls += 1
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"key": key, "model": self.name, "prompt": prompt, "answer": answer}, ensure_ascii=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            await asyncio.to_thread(self._append, line)  # the disk write and its fsync, off the event loop
         return answer
+
+    def _append(self, line: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
 
     async def aclose(self) -> None:
         await close(self.model)

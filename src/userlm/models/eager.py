@@ -17,6 +17,12 @@ from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 
+def _task(coro: Coroutine, loop: asyncio.AbstractEventLoop, context: Any) -> asyncio.Task:
+    """A task as the loop would make it (a context only where one was given: Python 3.10's Task takes none)."""
+    extra: dict[str, Any] = {"context": context} if context is not None else {}
+    return asyncio.Task(coro, loop=loop, **extra)
+
+
 def start_eagerly(loop: asyncio.AbstractEventLoop, functions: list[Callable[..., Coroutine]]) -> bool:
     """Install on ``loop`` a task factory that runs tasks of ``functions`` up to their first
     suspension at once. Only on Python before 3.12 (later ones have eager tasks) and on a loop
@@ -27,7 +33,7 @@ def start_eagerly(loop: asyncio.AbstractEventLoop, functions: list[Callable[...,
 
     def factory(loop: asyncio.AbstractEventLoop, coro: Coroutine, context: Any = None) -> asyncio.Future:
         if getattr(coro, "cr_code", None) not in codes:
-            return asyncio.Task(coro, loop=loop, context=context)
+            return _task(coro, loop, context)
         future = loop.create_future()
         try:
             pending = coro.send(None)
@@ -40,9 +46,9 @@ def start_eagerly(loop: asyncio.AbstractEventLoop, functions: list[Callable[...,
         except Exception as exc:
             future.set_exception(exc)
             return future
-        return asyncio.Task(_resume(coro, pending), loop=loop, context=context)
+        return _task(_resume(coro, pending), loop, context)
 
-    loop.set_task_factory(factory)
+    loop.set_task_factory(factory)  # type: ignore[arg-type]  # typeshed's factory type is narrower than asyncio's call
     return True
 
 

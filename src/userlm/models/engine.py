@@ -246,7 +246,7 @@ class _Guard:
             self.banned = _banned_mask(rows, logits.shape[-1], logits.device)
         awaiting = [self.wants_end_prob[b] and not done[b] and not self.started[b] and results[b].end_prob is None
                     for b in range(len(rows))]
-        end_probs = torch.softmax(logits, dim=-1)[:, end_id].tolist() if any(awaiting) else None
+        end_probs: list[float] = torch.softmax(logits, dim=-1)[:, end_id].tolist() if any(awaiting) else []
         forced = {}  # rows given a token whatever was sampled
         for b, row in enumerate(rows):
             if awaiting[b] and step >= row.content_offset:

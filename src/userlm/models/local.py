@@ -470,7 +470,7 @@ class LocalChatModel:
             key = messages[0]["content"] if messages else None
 
             text = chat_prompt_string(tok, messages) if self.sampled is not None else ""
-            canonical = lambda messages=messages: chat_prompt_ids(tok, messages)  # noqa: E731
+            canonical = lambda messages=messages: chat_prompt_ids(tok, messages)
             prompt = self.sampled.prompt(key, text, canonical, messages) if self.sampled is not None else canonical()
             rows.append(Row(prompt=prompt, seed=seed, key=key))
             texts.append(text)

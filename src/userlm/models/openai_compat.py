@@ -94,7 +94,7 @@ def _retry_after(headers: Any) -> float | None:
         return None
 
 
-def _refused(exc: BaseException) -> bool:
+def _refused(exc: BaseException | None) -> bool:
     """Whether a connection error was a refused connection (some transports report it as a timeout)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -164,6 +164,8 @@ class _OpenAIModel:
         headers = self._headers
         if state.session is None:
             import httpx
+
+            assert self._http is not None  # no aiohttp session: the client given at construction
 
             try:
                 response = await self._http.post(url, json=body, headers=headers, timeout=self.endpoint.timeout_s)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,9 +38,9 @@ class Router:
         self.homes: OrderedDict[str, int] = OrderedDict()  #: conversation -> replica that holds its prefix
         self.max_homes = max_homes
 
-    def pick(self, key: str | None, avoid: set[int] = frozenset()) -> int:
+    def pick(self, key: str | None, avoid: Set[int] = frozenset()) -> int:
         home = self.homes.get(key) if key is not None else None
-        if home is not None and home not in avoid:
+        if key is not None and home is not None and home not in avoid:
             self.homes.move_to_end(key)
             return home
         choices = [i for i in range(len(self.load)) if i not in avoid] or list(range(len(self.load)))
@@ -80,7 +80,7 @@ class Replicated:
         self.router = Router(len(self.backends))
         self.reasked = 0
         self.retries = retries if retries is not None else 2 * len(self.backends)
-        self._lost = (ConnectionLost, RequestTimeout, *_ray_errors())
+        self._lost: tuple[type[BaseException], ...] = (ConnectionLost, RequestTimeout, *_ray_errors())
 
     async def _ask(self, key: str | None, call) -> Any:
         avoid: set[int] = set()
@@ -201,7 +201,7 @@ class _Actor:
     def __init__(self, side: str, spec: str, options: Any):
         from .registry import chat_model, user_model
 
-        self.model = user_model(spec, options) if side == "user" else chat_model(spec, options)
+        self.model: Any = user_model(spec, options) if side == "user" else chat_model(spec, options)
 
     def ready(self) -> int:
         import os

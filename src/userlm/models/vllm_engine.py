@@ -26,6 +26,7 @@ import math
 import os
 import threading
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from ..errors import ConfigurationError, UserError
 from ..render import (
@@ -156,7 +157,7 @@ class Engine:
     async def _generate(self, prompt: list[int], params):
         from vllm.inputs import TokensPrompt
 
-        final = None
+        final: Any = None
         async for output in self.llm.generate(TokensPrompt(prompt_token_ids=prompt), params, f"userlm-{next(self._ids)}"):
             final = output
         completion = final.outputs[0]
@@ -312,7 +313,8 @@ class VLLMUserModel:
         """The turn's tokens, whether it ended the conversation, P(end) at its first content
         position, and whether a stop token closed it: the rules of the ``hf:`` engine, read off
         the sampled tokens and the end token's raw log-probability at each position."""
-        end, kept, started, end_prob = self.end_id, [], False, None
+        end, started, end_prob = self.end_id, False, None
+        kept: list[int] = []
         for step, token in enumerate(tokens):
             if end is not None and end_prob is None and not started and (step >= self.content_offset or token == end or not self.whitespace[token]):
                 end_prob = _probability(logprobs, step, end)
@@ -361,7 +363,7 @@ class VLLMChatModel:
         text = chat_prompt_string(tok, messages)
         prompt = self.sampled.prompt(key, text, lambda: chat_prompt_ids(tok, messages), messages)
         params = _sampling(self.sampling, seed or 0, stop_token_ids=sorted(self.engine.eos))
-        tokens, _, reason = await self.engine.generate(prompt, params)
+        tokens, _, _ = await self.engine.generate(prompt, params)
         kept = [t for t in tokens if t not in self.engine.eos]
         self.sampled.remember(key, text, prompt, kept)
         return ChatReply(

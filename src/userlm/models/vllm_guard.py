@@ -111,12 +111,12 @@ class Guardrails(LogitsProcessor):
             request.advance(whitespace, wordless)
             row = logits[index]
             end = request.end_id
-            if end is not None and request.threshold is not None and request.spaced and len(request.output) == request.offset:
-                # the first content position: the turn ends here if P(end) reaches the threshold
-                if torch.softmax(row.float(), dim=-1)[end].item() >= request.threshold:
-                    row.fill_(float("-inf"))
-                    row[end] = 0.0
-                    continue
+            # at the first content position the turn ends if P(end) reaches the threshold
+            if (end is not None and request.threshold is not None and request.spaced and len(request.output) == request.offset
+                    and torch.softmax(row.float(), dim=-1)[end].item() >= request.threshold):
+                row.fill_(float("-inf"))
+                row[end] = 0.0
+                continue
             if end is not None and request.suppress_end:
                 row[end] = float("-inf")
             if request.banned is not None and not request.worded:

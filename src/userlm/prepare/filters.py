@@ -103,10 +103,12 @@ def filter_and_split(conversations: Iterable[Conversation], config: FilterConfig
         convs = _step(report, "redacted", convs, lambda c: not c.metadata.get("redacted"))
     convs = _step(report, "empty turn", convs, lambda c: bool(c.messages) and all(m.content.strip() for m in c.messages))
     if config.max_turn_chars is not None:
-        convs = _step(report, "overlong turn", convs, lambda c: all(len(m.content) <= config.max_turn_chars for m in c.messages))
+        most_chars = config.max_turn_chars
+        convs = _step(report, "overlong turn", convs, lambda c: all(len(m.content) <= most_chars for m in c.messages))
     convs = _step(report, f"fewer than {config.min_user_turns} user turns", convs, lambda c: len(c.user_turns()) >= config.min_user_turns)
     if config.max_user_turns is not None:
-        convs = _step(report, f"more than {config.max_user_turns} user turns", convs, lambda c: len(c.user_turns()) <= config.max_user_turns)
+        most_turns = config.max_user_turns
+        convs = _step(report, f"more than {most_turns} user turns", convs, lambda c: len(c.user_turns()) <= most_turns)
     if config.dedup_threshold is not None:
         report.dedup_method = (
             f"MinHash LSH (datasketch), {config.dedup_num_perm} permutations, word 3-gram shingles of "

@@ -148,7 +148,7 @@ def _normalise(turns: list[tuple[str, str]]) -> list[Message]:
         merged.pop(0)
     while merged and merged[-1][0] != "assistant":
         merged.pop()
-    return [Message(role=r, content=t) for r, t in merged]
+    return [Message.model_validate({"role": r, "content": t}) for r, t in merged]
 
 
 def _record(cid: str, turns: list[tuple[str, str]], metadata: dict[str, Any], intent: str | None = None) -> Conversation:
@@ -157,7 +157,7 @@ def _record(cid: str, turns: list[tuple[str, str]], metadata: dict[str, Any], in
 
 def _wildchat(row: dict[str, Any], where: str) -> Conversation:
     turns = [(t["role"], _text(t["content"])) for t in row["conversation"] if t["role"] in ("user", "assistant")]
-    meta = {k: row[k] for k in ("language", "toxic", "redacted", "country", "model") if k in row}
+    meta: dict[str, Any] = {k: row[k] for k in ("language", "toxic", "redacted", "country", "model") if k in row}
     if row.get("hashed_ip") is not None:
         meta["group"] = f"{row['hashed_ip']}|{row.get('country')}"
     meta["source"] = "wildchat"
@@ -166,7 +166,7 @@ def _wildchat(row: dict[str, Any], where: str) -> Conversation:
 
 def _sharegpt(row: dict[str, Any], where: str) -> Conversation:
     turns = [(_SHAREGPT_ROLES[t["from"].lower()], _text(t["value"])) for t in row["conversations"] if t["from"].lower() != "system"]
-    meta = {k: row[k] for k in ("language", "lang", "user", "user_id") if k in row}
+    meta: dict[str, Any] = {k: row[k] for k in ("language", "lang", "user", "user_id") if k in row}
     meta["source"] = "sharegpt"
     return _record(str(row.get("id") or where), turns, meta, row.get("intent"))
 

@@ -61,7 +61,7 @@ def run_summary(path: Path, convs: list[Conversation]) -> dict[str, Any]:
     }
 
 
-def _end_probability_by_turn(convs: list[Conversation]) -> list[dict[str, float]]:
+def _end_probability_by_turn(convs: list[Conversation]) -> list[dict[str, float | None]]:
     """Per user-turn index: the mean P(end) the model gave, and the share of conversations
     that ended there (among those that reached it)."""
     probs: dict[int, list[float]] = defaultdict(list)
@@ -126,7 +126,8 @@ def _user_evaluation(path: Path, data: dict[str, Any]) -> dict[str, Any]:
 
 def build(runs: list[Path], evaluations: list[Path], reference: Path | None = None) -> dict[str, Any]:
     """Everything the page shows, as one JSON-ready object."""
-    summaries, conversations = [], []
+    summaries: list[dict[str, Any]] = []
+    conversations: list[dict[str, Any]] = []
     for index, path in enumerate(runs):
         convs = list(iter_conversations(path))
         if not convs:

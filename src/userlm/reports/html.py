@@ -12,7 +12,7 @@ from ..files import write_text
 
 
 def _asset(name: str) -> str:
-    return files(__package__).joinpath("assets", name).read_text(encoding="utf-8")
+    return files(__package__).joinpath("assets").joinpath(name).read_text(encoding="utf-8")
 
 
 def _script_json(data: Any) -> str:

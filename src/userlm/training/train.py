@@ -104,6 +104,7 @@ def _scratch_model(config: TrainConfig, train_convs):
 
     texts = [m.content for c in train_convs for m in c.messages] + [c.intent for c in train_convs if c.intent]
     tokenizer = train_tokenizer(texts, vocab_size=config.vocab_size)
+    assert config.from_scratch is not None  # only called when training from scratch
     size = ModelSize(**SCRATCH_SIZES[config.from_scratch], max_positions=config.max_length)
     return init_model(tokenizer, size, seed=config.seed), tokenizer
 
@@ -128,6 +129,7 @@ def train(config: TrainConfig) -> dict:
     if config.from_scratch:
         model, tokenizer = _scratch_model(config, train_convs)
     else:
+        assert config.base is not None  # validate() requires a base model when not training from scratch
         model, tokenizer = load_base(config.base, trust_remote_code=config.trust_remote_code)
     train_rows, train_stats = pack_all(tokenizer, train_convs, use_intent=config.use_intent, max_length=config.max_length)
     valid_rows, _ = pack_all(tokenizer, valid_convs, use_intent=config.use_intent, max_length=config.max_length)
