@@ -39,29 +39,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-class RetrievalAssistant:
-    """Answers with the real assistant reply whose user turn shares the most words with the
-    latest user message (a stand-in assistant that needs no model)."""
-
-    name = "retrieval:oasst"
-
-    def __init__(self, conversations):
-        from ..guardrails import normalise
-
-        self._normalise = normalise
-        self.pairs = []
-        for conv in conversations:
-            for user, reply in zip(conv.messages[::2], conv.messages[1::2]):
-                self.pairs.append((set(normalise(user.content).split()), reply.content))
-
-    async def reply(self, messages, *, seed=None):
-        from ..models.base import ChatReply
-
-        words = set(self._normalise(messages[-1]["content"]).split())
-        best = max(self.pairs, key=lambda p: (len(words & p[0]) / (1 + len(p[0])), -len(p[1])))
-        return ChatReply(text=best[1])
-
-
 def run(args: argparse.Namespace) -> int:
     from ..conversation import read_conversations
     from ..errors import UserError
@@ -69,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from ..intents import Intent
     from ..models.base import SamplingSettings
     from ..models.local import LocalUserModel
+    from ..models.retrieval import RetrievalAssistant
     from ..prepare.filters import filter_and_split, save_prepared
     from ..prepare.ingest import IngestStats, conversations_from
     from ..simulation import RunSettings, simulate
@@ -111,15 +89,14 @@ def run(args: argparse.Namespace) -> int:
 
 
     from ..evaluation.scenarios import load_questions
-    from ..evaluation.user_eval import Simulator, UserEvalSettings, evaluate_users
+    from ..evaluation.user_eval import Simulator, UserEvalSettings, evaluate_users, intents_to_simulate
     from ..evaluation.user_table import markdown
-    from .eval_user import choose_intents
 
     print("[4/4] evaluating the user model as a simulator", file=sys.stderr)
     held_out = read_conversations(prepared / "test.jsonl")
     settings = UserEvalSettings(max_turns=2, scenario_limit=6, guardrails=GuardrailConfig(), resamples=500)
     evaluation = run_async(evaluate_users(
-        [Simulator(f"hf:{model_dir}", user.model)], held_out, choose_intents(None, held_out, 12), out / "eval",
+        [Simulator(f"hf:{model_dir}", user.model)], held_out, intents_to_simulate(None, held_out, 12), out / "eval",
         assistant=assistant, questions=load_questions("fixture:mcq", limit=6), settings=settings, progress=False,
         log=lambda m: print(m, file=sys.stderr),
     ))

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.detectors import detector as make_detector
     from ..evaluation.judge import CachedJudge
     from ..evaluation.tables import published_rows
-    from ..evaluation.user_eval import PARTS, Simulator, UserEvalSettings, evaluate_users
+    from ..evaluation.user_eval import PARTS, Simulator, UserEvalSettings, evaluate_users, held_out_conversations, intents_to_simulate
     from ..evaluation.user_table import markdown
     from ..models.base import SamplingSettings
     from ..models.registry import chat_model, user_model
@@ -70,10 +70,10 @@ def run(args: argparse.Namespace) -> int:
     parts = tuple(x.strip() for x in args.parts.split(",") if x.strip())
     if not parts or any(x not in PARTS for x in parts):
         raise UserError(f"unknown part(s) in --parts {args.parts!r}; use some of {', '.join(PARTS)}.")
-    data = load_held_out(HUB_DATA.get(args.data, args.data), args.data_split, args.limit)
+    data = held_out_conversations(HUB_DATA.get(args.data, args.data), args.data_split, args.limit)
     if not data:
         raise UserError(f"{args.data}: no conversations with an assistant reply; give held-out chat logs.")
-    intents = choose_intents(args.intents, data, args.first_turns)
+    intents = intents_to_simulate(args.intents, data, args.first_turns)
     questions = []
     from ..evaluation.scenarios import load_questions
 
@@ -97,28 +97,3 @@ def run(args: argparse.Namespace) -> int:
     print(markdown(report))
     print(f"wrote {args.out}/user_eval.json and user_eval.md", file=sys.stderr)
     return 0
-
-
-def load_held_out(source: str, split: str, limit: int | None):
-    from itertools import islice
-
-    from ..prepare.ingest import conversations_from
-
-    convs = (c for c in conversations_from(source, split=split) if any(m.role == "assistant" for m in c.messages))
-    return list(islice(convs, limit))
-
-
-def choose_intents(path: str | None, data, n: int):
-    """The intents to simulate: a file, else the held-out conversations' own, else the built-in set."""
-    import json
-
-    from ..evaluation.scenarios import package_lines
-    from ..intents import Intent, load_intents
-
-    if path:
-        return load_intents(path)[:n]
-    own = [Intent(id=c.intent_id, text=c.intent) for c in data if c.intent]
-    if own:
-        return list({i.id: i for i in own}.values())[:n]
-    rows = [json.loads(line) for line in package_lines("intents.jsonl")]
-    return [Intent(id=r["id"], text=r["intent"]) for r in rows][:n]

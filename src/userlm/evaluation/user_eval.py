@@ -581,3 +581,29 @@ async def _real_users(data: list[Conversation], intents: list[Intent], detector:
             _save(cache, saved)
         metrics["naturalness"] = saved["naturalness"]
     return {"conversations": len(matched), "metrics": metrics}
+
+
+def held_out_conversations(source: str, split: str, limit: int | None) -> list[Conversation]:
+    """Up to ``limit`` conversations of ``source`` (a file or a hub dataset) that have an assistant reply."""
+    from itertools import islice
+
+    from ..prepare.ingest import conversations_from
+
+    convs = (c for c in conversations_from(source, split=split) if any(m.role == "assistant" for m in c.messages))
+    return list(islice(convs, limit))
+
+
+def intents_to_simulate(path: str | None, data: list[Conversation], n: int) -> list[Intent]:
+    """The intents to simulate: a file, else the held-out conversations' own, else the built-in set."""
+    import json
+
+    from ..intents import load_intents
+    from .scenarios import package_lines
+
+    if path:
+        return load_intents(path)[:n]
+    own = [Intent(id=c.intent_id, text=c.intent) for c in data if c.intent]
+    if own:
+        return list({i.id: i for i in own}.values())[:n]
+    rows = [json.loads(line) for line in package_lines("intents.jsonl")]
+    return [Intent(id=r["id"], text=r["intent"]) for r in rows][:n]
