@@ -248,3 +248,38 @@ def test_the_page_shows_rates_drops_and_published_figures_as_labelled(page, repo
     assert "drop vs full (full − mode)" in evaluations and "positive means this mode did worse" in evaluations
     assert "Published: simulated users talking to GPT-4o" in evaluations and "57.4" in evaluations
     assert tab.locator("#evaluations-body sup.fn").count() > 0 and tab.locator("#evaluations-body ol.footnotes li").count() > 0
+
+
+def test_plots_with_nothing_to_show_say_so_and_titles_clear_the_mode_bar(browser, tmp_path):
+    """A run whose drafts all passed and whose user model gives no P(end): the rejections plot says
+    no draft was refused (no empty axes), the ending plot says P(end) was not recorded; every
+    conversation has the same length, so the turns plot spans a few values around that one bar;
+    each plot's title stays clear of Plotly's mode bar."""
+    intents = [userlm.Intent(id=f"p{k}", text=f"You want help with plain task {k}.") for k in range(6)]
+
+    class Plain:
+        name = "plain-users"
+
+        async def draft(self, request):
+            return userlm.UserDraft(text=f"tell me more about plain task number {len(request.messages)}")
+
+    run = tmp_path / "plain.jsonl"
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:  # Playwright's own event loop runs in this thread
+        pool.submit(userlm.simulate, intents, userlm.SimulatedUser(Plain(), GuardrailConfig()), ScriptedAssistant(["Sure."]),
+                    out=run, settings=userlm.RunSettings(max_turns=3), progress=False).result()
+    tab, errors = open_report(browser, write(build([run], []), tmp_path / "plain.html"))
+    assert errors == []
+    assert tab.locator("#plot-rejections .main-svg").count() == 0
+    assert "No draft was refused" in tab.locator("#plot-rejections").inner_text()
+    assert "no P(end) recorded" in tab.locator("#plot-end").inner_text()
+    low, high = tab.evaluate("document.getElementById('plot-turns').layout.xaxis.range")
+    assert (low, high) == (2, 4)  # every conversation has 3 user turns: one bar, not a box across the axis
+    for plot in ("plot-turns", "plot-words", "plot-end"):
+        tab.hover(f"#{plot} .main-svg")
+        title = tab.locator(f"#{plot} .gtitle").bounding_box()
+        bar = tab.locator(f"#{plot} .modebar").bounding_box()
+        assert title and bar, plot
+        apart = title["x"] + title["width"] <= bar["x"] or title["y"] + title["height"] <= bar["y"] or bar["y"] + bar["height"] <= title["y"]
+        assert apart, (plot, title, bar)

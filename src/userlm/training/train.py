@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -187,7 +188,11 @@ def train(config: TrainConfig) -> dict:
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
     )
     checkpoint = config.resume and any((out / "checkpoints").glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if checkpoint else None)
+    with warnings.catch_warnings():
+        # transformers asks peft's models whether they checkpoint through a name it has deprecated,
+        # whether or not --gradient-checkpointing was given: not the user's to act on
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        trainer.train(resume_from_checkpoint=True if checkpoint else None)
 
     if config.lora:
         model = trainer.model.merge_and_unload()

@@ -29,33 +29,70 @@
   }
 
   // ---------------------------------------------------------------- plots
-  const layout = (title, x, y) => ({title: {text: title, font: {size: 14}}, xaxis: {title: {text: x}}, yaxis: {title: {text: y}},
-    barmode: "overlay", margin: {t: 40, r: 10, b: 50, l: 55}, legend: {orientation: "h", y: -0.25}});
+  // titles sit at the left and the plot starts below the mode bar, which Plotly puts at the top right
+  const layout = (title, x, y) => ({title: {text: title, font: {size: 14}, x: 0.01, xanchor: "left", y: 0.98, yanchor: "top"},
+    xaxis: {title: {text: x}}, yaxis: {title: {text: y}},
+    barmode: "overlay", margin: {t: 64, r: 10, b: 50, l: 55}, legend: {orientation: "h", y: -0.25}});
   const config = {displaylogo: false, responsive: true};
+  // a plot with nothing to show says so, instead of drawing empty axes
+  const nothing = (id, title, why) => {
+    document.getElementById(id).innerHTML = `<div class="empty-plot"><b>${esc(title)}</b><p class="hint">${esc(why)}</p></div>`;
+  };
+  // integer counts: one bar per value, and an axis that shows a lone value as one bar, not a filled box
+  const countAxis = (values) => {
+    if (!values.length) return {};
+    const low = Math.min(...values), high = Math.max(...values);
+    return {range: [low - 1, high + 1], dtick: high - low > 20 ? undefined : 1};
+  };
 
   function plots() {
     const runs = DATA.runs;
-    Plotly.newPlot("plot-turns", runs.map((r) => ({type: "histogram", x: r.turns_per_conversation, name: r.name, opacity: 0.6,
-      histnorm: "probability", xbins: {size: 1}})), layout("User turns per conversation", "user turns", "share"), config);
+    const turns = runs.flatMap((r) => r.turns_per_conversation);
+    if (!turns.length) {
+      nothing("plot-turns", "User turns per conversation", "No conversation in these runs.");
+    } else {
+      const turnsLayout = layout("User turns per conversation", "user turns", "share");
+      Object.assign(turnsLayout.xaxis, countAxis(turns));
+      Plotly.newPlot("plot-turns", runs.map((r) => ({type: "histogram", x: r.turns_per_conversation, name: r.name, opacity: 0.6,
+        histnorm: "probability", xbins: {start: Math.min(...turns) - 0.5, size: 1}})), turnsLayout, config);
+    }
     const words = runs.map((r) => ({type: "histogram", x: r.words_per_user_turn, name: r.name, opacity: 0.6, histnorm: "probability", xbins: {size: 2}}));
     if (DATA.reference_words) {
       words.push({type: "histogram", x: DATA.reference_words, name: `real users (${DATA.reference_name})`, opacity: 0.5, histnorm: "probability", xbins: {size: 2}});
     }
     const all = words.flatMap((w) => w.x).sort((a, b) => a - b);
-    const p99 = all.length ? all[Math.floor(0.99 * (all.length - 1))] : 10;
-    const wordsLayout = layout("Words per user turn (up to the 99th percentile)", "words", "share");
-    wordsLayout.xaxis.range = [0, p99 + 2];
-    Plotly.newPlot("plot-words", words, wordsLayout, config);
+    if (!all.length) {
+      nothing("plot-words", "Words per user turn", "No user turn in these runs.");
+    } else {
+      const p99 = all[Math.floor(0.99 * (all.length - 1))];
+      const wordsLayout = layout("Words per user turn (up to the 99th percentile)", "words", "share");
+      wordsLayout.xaxis.range = all[0] === p99 ? [p99 - 5, p99 + 5] : [0, p99 + 2];
+      words.forEach((w) => { w.xbins = {start: -1, size: 2}; });
+      Plotly.newPlot("plot-words", words, wordsLayout, config);
+    }
     const ends = [];
+    const recorded = runs.some((r) => r.end_probability_by_turn.some((e) => e.mean_end_prob != null));
     runs.forEach((r) => {
       const t = r.end_probability_by_turn;
-      ends.push({type: "scatter", mode: "lines+markers", x: t.map((e) => e.turn), y: t.map((e) => e.mean_end_prob), name: `${r.name}: mean P(end)`});
+      if (t.some((e) => e.mean_end_prob != null)) {
+        ends.push({type: "scatter", mode: "lines+markers", x: t.map((e) => e.turn), y: t.map((e) => e.mean_end_prob), name: `${r.name}: mean P(end)`});
+      }
       ends.push({type: "scatter", mode: "lines", line: {dash: "dot"}, x: t.map((e) => e.turn), y: t.map((e) => e.ended_share), name: `${r.name}: share ended`});
     });
-    Plotly.newPlot("plot-end", ends, layout("Probability of ending, by user turn", "user turn", "probability"), config);
+    if (!ends.length || !runs.some((r) => r.end_probability_by_turn.length)) {
+      nothing("plot-end", "Probability of ending, by user turn", "No user turn in these runs.");
+    } else {
+      const endTitle = recorded ? "Probability of ending, by user turn"
+        : "Share of conversations ending, by user turn<br><sub>no P(end) recorded: these user models give none</sub>";
+      Plotly.newPlot("plot-end", ends, layout(endTitle, "user turn", recorded ? "probability" : "share ended"), config);
+    }
     const reasons = [...new Set(runs.flatMap((r) => Object.keys(r.rejections)))];
-    Plotly.newPlot("plot-rejections", runs.map((r) => ({type: "bar", x: reasons, y: reasons.map((k) => (r.rejections[k] || 0) / Math.max(r.drafts, 1)), name: r.name})),
-      Object.assign(layout("Guardrail rejections, share of drafts", "reason", "share of drafts"), {barmode: "group"}), config);
+    if (!reasons.length) {
+      nothing("plot-rejections", "Guardrail rejections", "No draft was refused in these runs: every draft the user models wrote passed the guardrails.");
+    } else {
+      Plotly.newPlot("plot-rejections", runs.map((r) => ({type: "bar", x: reasons, y: reasons.map((k) => (r.rejections[k] || 0) / Math.max(r.drafts, 1)), name: r.name})),
+        Object.assign(layout("Guardrail rejections, share of drafts", "reason", "share of drafts"), {barmode: "group"}), config);
+    }
   }
 
   // ---------------------------------------------------------------- evaluations
