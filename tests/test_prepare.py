@@ -13,7 +13,7 @@ from userlm.conversation import Conversation, Message, read_conversations
 from userlm.errors import UserError
 from userlm.prepare.filters import FilterConfig, filter_and_split, user_key
 from userlm.prepare.ingest import IngestStats, conversations_from
-from userlm.prepare.intents import PREFIX, write_intents
+from userlm.prepare.intent_writer import PREFIX, write_intents
 
 
 def write_jsonl(path, rows):

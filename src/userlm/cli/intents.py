@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models.base import SamplingSettings
     from ..models.openai_compat import Endpoint
     from ..models.registry import ProviderOptions, chat_model
-    from ..prepare.intents import write_intents
+    from ..prepare.intent_writer import write_intents
 
     if args.input == args.out:
         raise UserError("--out must differ from the input file.")
