@@ -115,7 +115,14 @@ def train(config: TrainConfig) -> dict:
     import torch
     import yaml
     from datasets import Dataset
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import DataCollatorForSeq2Seq, ProgressCallback, Trainer, TrainingArguments
+    from transformers.utils import logging as hf_logging
+
+    class _StepsBar(ProgressCallback):
+        """Transformers' training bar without the bar it opens for every evaluation."""
+
+        def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+            return None
 
     from ..evaluation.perplexity import target_perplexity
     from .model_prep import load_base, save_together
@@ -187,12 +194,21 @@ def train(config: TrainConfig) -> dict:
         eval_dataset=Dataset.from_list(valid_rows) if valid_rows else None,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
     )
+    if not args.disable_tqdm:  # one progress bar for training: its steps, with no bar per evaluation inside it
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(_StepsBar)
     checkpoint = config.resume and any((out / "checkpoints").glob("checkpoint-*"))
-    with warnings.catch_warnings():
-        # transformers asks peft's models whether they checkpoint through a name it has deprecated,
-        # whether or not --gradient-checkpointing was given: not the user's to act on
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        trainer.train(resume_from_checkpoint=True if checkpoint else None)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # nor one per checkpoint written
+    try:
+        with warnings.catch_warnings():
+            # transformers asks peft's models whether they checkpoint through a name it has deprecated,
+            # whether or not --gradient-checkpointing was given: not the user's to act on
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            trainer.train(resume_from_checkpoint=True if checkpoint else None)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
     if config.lora:
         model = trainer.model.merge_and_unload()
