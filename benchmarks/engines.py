@@ -150,12 +150,7 @@ def main() -> None:
 
     from userlm.models.base import SamplingSettings
     from userlm.models.local import LoadOptions, LocalChatModel, LocalUserModel
-    from userlm.models.vllm_engine import (
-        VLLMChatModel,
-        VLLMOptions,
-        VLLMUserModel,
-        close_engines,
-    )
+    from userlm.models.vllm_engine import VLLMChatModel, VLLMOptions, VLLMUserModel, close_engines
 
     user_dir, asst_dir = build_models(Path(args.models))
     prompts = intents(args.conversations)

@@ -113,12 +113,7 @@ def main() -> None:
     from userlm.guardrails import GuardrailConfig
     from userlm.models.base import SamplingSettings
     from userlm.models.local import LoadOptions, LocalChatModel, LocalUserModel
-    from userlm.models.vllm_engine import (
-        VLLMChatModel,
-        VLLMOptions,
-        VLLMUserModel,
-        close_engines,
-    )
+    from userlm.models.vllm_engine import VLLMChatModel, VLLMOptions, VLLMUserModel, close_engines
 
     path = build(Path(args.models) / f"userlm-8b-shape-{args.layers}", args.layers)
     prompts = intents(args.conversations)

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from userlm.evaluation.assistant import EvalSettings, evaluate, intent_coverage, lexical_difference
+from userlm.evaluation.assistants.evaluate import EvalSettings, evaluate, intent_coverage, lexical_difference
+from userlm.evaluation.assistants.tasks import Task, extract_answer, load_gsm8k, load_humaneval, load_sharded, score
 from userlm.evaluation.metrics import aptitude_unreliability, mean_ci, percentile
-from userlm.evaluation.tasks import Task, extract_answer, load_gsm8k, load_humaneval, load_sharded, score
 from userlm.models.function import FunctionAssistant
 from userlm.models.scripted import ScriptedUser
 
@@ -78,7 +78,7 @@ def test_bootstrap_and_percentiles_on_hand_computed_cases():
 
 
 def gsm_task(n: int, question: str, answer: str) -> Task:
-    from userlm.evaluation.tasks import _question_first
+    from userlm.evaluation.assistants.tasks import _question_first
 
     return Task(id=f"t{n}", suite="gsm8k", text=question, shards=_question_first(question), reference={"answer": answer})
 

@@ -10,8 +10,8 @@ import math
 import pytest
 
 from userlm.conversation import Conversation, Message
-from userlm.evaluation.scenarios import Question, load_questions, role_rule_check
-from userlm.evaluation.user_eval import Simulator, UserEvalSettings, conversation_figures, perplexity_figure, termination_part
+from userlm.evaluation.simulators.parts import Simulator, UserEvalSettings, conversation_figures, perplexity_figure, termination_part
+from userlm.evaluation.simulators.scenarios import Question, load_questions, role_rule_check
 from userlm.models.base import UserDraft, UserTurnRequest
 from userlm.render import END_OF_CONVERSATION, user_prompt_ids
 
@@ -41,7 +41,7 @@ def test_perplexity_and_end_probabilities_match_a_direct_computation(tiny_user, 
     """Batched, chunked scoring with logits only at scored positions equals scoring each prefix with
     full logits: the per-conversation NLL of the user turns, and P(end) after each assistant reply
     read as P(<|endconversation|> | prompt + the newline that opens a user turn)."""
-    from userlm.evaluation.perplexity import held_out_scores
+    from userlm.evaluation.simulators.perplexity import held_out_scores
     from userlm.render import training_ids
 
     model, tok = tiny_user
@@ -76,7 +76,7 @@ def test_flipped_prompt_scores_the_users_turns_as_the_chat_models_own(tiny_assis
     after the role-play prompt; the end probability is that of the whole reply <|endconversation|>."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from userlm.evaluation.perplexity import flipped_sequences, held_out_scores
+    from userlm.evaluation.simulators.perplexity import flipped_sequences, held_out_scores
     from userlm.models.prompted import prompted_messages
     from userlm.render import template_ids
 
@@ -196,7 +196,7 @@ def test_question_fixtures_and_a_clear_error_for_a_bad_file(tmp_path):
 def test_local_detector_trained_on_real_text_and_served_over_http(tmp_path, oasst_threads):
     """The classifier learns to tell real user turns from assistant-style text (here the volunteers'
     assistant replies stand in for machine text); an HTTP detector service gives the same scores."""
-    from userlm.evaluation.detectors import HTTPDetector, LocalDetector, train_detector
+    from userlm.evaluation.simulators.detectors import HTTPDetector, LocalDetector, train_detector
 
     human = list(dict.fromkeys(m.content for c in oasst_threads for m in c.messages if m.role == "user"))[:300]
     machine = list(dict.fromkeys(m.content for c in oasst_threads for m in c.messages if m.role == "assistant"))[:300]
@@ -330,8 +330,8 @@ def test_public_question_sets_fail_clearly_when_not_downloaded(monkeypatch, tmp_
 
 def test_published_figures_file_fills_the_labelled_rows(tmp_path):
     from userlm.errors import UserError
+    from userlm.evaluation.simulators.table import markdown
     from userlm.evaluation.tables import published_rows
-    from userlm.evaluation.user_table import markdown
 
     good = tmp_path / "pub.json"
     good.write_text(json.dumps({"source": "a paper", "rows": [{"simulator": "Model X", "metrics": {"end_f1": 12.3}}]}), encoding="utf-8")
@@ -361,7 +361,7 @@ def _points(n_conversations: int, seed: int, informative: bool) -> list[dict]:
 
 
 def test_termination_f1_is_out_of_sample_and_the_in_sample_best_is_labelled():
-    from userlm.evaluation.user_eval import termination_figure
+    from userlm.evaluation.simulators.parts import termination_figure
 
     settings = UserEvalSettings(resamples=200)
     noise = termination_figure(_points(200, 1, informative=False), settings, "test")
@@ -375,8 +375,8 @@ def test_termination_f1_is_out_of_sample_and_the_in_sample_best_is_labelled():
 
 
 def test_too_few_conversations_give_a_note_not_a_number():
-    from userlm.evaluation.user_eval import termination_figure
-    from userlm.evaluation.user_table import markdown
+    from userlm.evaluation.simulators.parts import termination_figure
+    from userlm.evaluation.simulators.table import markdown
 
     few = termination_figure(_points(6, 3, informative=True), UserEvalSettings(resamples=50), "test")
     assert few["value"] is None and "too few conversations" in few["note"] and few["in_sample"]["f1"] == 1.0
@@ -390,7 +390,7 @@ def test_too_few_conversations_give_a_note_not_a_number():
 
 
 def test_a_simulator_whose_every_draft_is_refused_gets_a_warning_not_a_best_score(tmp_path):
-    from userlm.evaluation.user_eval import evaluate_users
+    from userlm.evaluation.simulators.evaluate import evaluate_users
     from userlm.intents import Intent
     from userlm.models.scripted import ScriptedUser
 
@@ -410,7 +410,7 @@ def test_a_simulator_whose_every_draft_is_refused_gets_a_warning_not_a_best_scor
 
 def test_conversations_that_end_in_failure_are_not_scored_and_say_so(tmp_path):
     """Two good turns, then every draft refused: a failed conversation, whatever its turns said."""
-    from userlm.evaluation.user_eval import evaluate_users
+    from userlm.evaluation.simulators.evaluate import evaluate_users
     from userlm.intents import Intent
     from userlm.models.scripted import ScriptedUser
 
@@ -425,8 +425,8 @@ def test_conversations_that_end_in_failure_are_not_scored_and_say_so(tmp_path):
 
 
 def test_the_papers_figures_are_shown_by_default():
+    from userlm.evaluation.simulators.table import markdown
     from userlm.evaluation.tables import published_rows
-    from userlm.evaluation.user_table import markdown
 
     report = {"settings": {"held_out_conversations": 0, "intents": 0, "questions": 0, "assistant": "a", "judge": None, "detector": None},
               "simulators": [], "real_users": {"metrics": {}}, "published": published_rows()}

@@ -175,7 +175,7 @@ def json_service(respond):
 def test_the_detector_service_follows_the_same_policy():
     """A naturalness detector behind HTTP: a 503 and a cut answer are retried; a service that always
     fails ends in one sentence after N + 1 attempts."""
-    from userlm.evaluation.detectors import HTTPDetector
+    from userlm.evaluation.simulators.detectors import HTTPDetector
 
     answers = []
     server, url = json_service(lambda texts: answers.pop(0) if answers else (200, json.dumps({"scores": [0.5] * len(texts)}).encode()))

@@ -83,6 +83,41 @@ def test_same_seed_same_transcripts(tiny_user_dir, tiny_assistant_dir):
     assert all(len(t) >= 2 for t in first)
 
 
+def test_batches_fall_the_same_way_whatever_the_timing_of_the_rest_of_the_run(tiny_user_dir, tiny_assistant_dir):
+    """A run hands its local models its lockstep: a batch starts only when every conversation in
+    flight waits on a local model, so however long the rest of a conversation takes (here a hook
+    after each reply that sleeps a different time per conversation), the batches, and so the
+    transcripts, are the same; once the run is over the models batch freely again."""
+    user = userlm.load_user(f"hf:{tiny_user_dir}", GuardrailConfig(min_words=1, max_words=None), sampling=SAMPLING)
+    assistant = userlm.load_assistant(f"hf:{tiny_assistant_dir}", sampling=SAMPLING)
+    batches: list[tuple[str, int]] = []
+    for side, model in (("user", user.model), ("assistant", assistant)):
+        run_batch = model._batcher.run_batch
+        model._batcher.run_batch = lambda items, side=side, run_batch=run_batch: batches.append((side, len(items))) or run_batch(items)
+
+    def run(slow: int):
+        async def after_reply(conv):
+            await asyncio.sleep(0.15 if conv.intent_id == str(slow) else 0.01 * int(conv.intent_id))
+            return False
+
+        batches.clear()
+        done = userlm.simulate(INTENTS, user, assistant, settings=RunSettings(max_turns=3, seed=5), progress=False,
+                               after_reply=after_reply)
+        return list(batches), [[(m.role, m.content) for m in c.messages] for c in done.conversations]
+
+    first_batches, first = run(slow=0)
+    assert first_batches[0] == ("user", len(INTENTS)) and ("assistant", len(INTENTS)) in first_batches
+    assert run(slow=5) == (first_batches, first)
+    assert user.model._batcher._joined is None and assistant._batcher._joined is None
+
+    async def direct():  # outside a run: whatever is waiting forms a batch
+        return await asyncio.gather(*(user.model.draft(request(seed=s)) for s in range(4)))
+
+    batches.clear()
+    asyncio.run(direct())
+    assert batches == [("user", 4)]
+
+
 def test_first_token_filter_is_a_logits_constraint(tiny_user_dir):
     tok = LocalUserModel(str(tiny_user_dir), sampling=SAMPLING).loaded.tokenizer
     banned = banned_first_ids(tok, ("I", "You", "Here"))

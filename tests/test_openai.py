@@ -84,7 +84,7 @@ def test_end_threshold_needs_logprobs_and_says_so(server, tiny_user_dir):
 def test_termination_over_http_falls_back_to_sampled_drafts(server, tiny_user_dir, shared_data):
     """A server without log-probabilities: eval-user's termination asks for the next turn
     ``end_samples`` times at every point, and P(end) is the share of drafts that ended."""
-    from userlm.evaluation.user_eval import Simulator, UserEvalSettings, termination_part
+    from userlm.evaluation.simulators.parts import Simulator, UserEvalSettings, termination_part
     from userlm.prepare.ingest import conversations_from
 
     convs = list(conversations_from(str(shared_data("oasst/en_100_tree.jsonl"))))[:3]

@@ -222,7 +222,7 @@ def test_several_servers_as_one_model(tiny_user_dir, tmp_path):
 def test_eval_user_scoring_through_replicas_equals_the_local_model(cluster, tiny_user_dir, shared_data):
     """eval-user's perplexity and P(end) points, each replica scoring its share of the real
     held-out conversations, equal the local model's, in the conversations' order."""
-    from userlm.evaluation.user_eval import Simulator, UserEvalSettings, alignment_part
+    from userlm.evaluation.simulators.parts import Simulator, UserEvalSettings, alignment_part
     from userlm.prepare.ingest import conversations_from
 
     convs = list(conversations_from(str(shared_data("oasst/en_100_tree.jsonl"))))[:10]

@@ -94,3 +94,26 @@ def test_a_corrupt_line_in_the_middle_is_an_error_naming_it(tmp_path):
     path.write_text(_conversation(0).to_json() + "\n{oops\n" + _conversation(1).to_json() + "\n")
     with pytest.raises(UserError, match=r"run.jsonl:2: not a conversation record"):
         read_conversations(path)
+
+
+def test_events_are_typed_and_unknown_kinds_keep_their_fields(tmp_path):
+    from userlm.conversation import AnswerAttempt, Event
+
+    conv = _conversation(0)
+    conv.messages[1].events = [AnswerAttempt(answer="42", score=1.0),
+                               Event.model_validate({"type": "shard_revealed", "shard": 2, "text": "it is blue"})]
+    path = tmp_path / "run.jsonl"
+    with ConversationWriter(path) as writer:
+        writer.write(conv)
+    raw = json.loads(path.read_text())
+    assert raw["messages"][1]["events"] == [{"type": "answer_attempt", "answer": "42", "score": 1.0},
+                                            {"type": "shard_revealed", "shard": 2, "text": "it is blue"}]
+    back = read_conversations(path)[0]
+    attempt, other = back.messages[1].events
+    assert isinstance(attempt, AnswerAttempt) and attempt.score == 1.0
+    assert not isinstance(other, AnswerAttempt) and other.model_dump() == {"type": "shard_revealed", "shard": 2, "text": "it is blue"}
+    assert [a.answer for a in back.answer_attempts()] == ["42"]
+    bad = raw | {"messages": [raw["messages"][0], raw["messages"][1] | {"events": [{"type": "answer_attempt", "answer": "1"}]}]}
+    path.write_text(json.dumps(bad) + "\n")  # an answer attempt without its score: the line is not a record
+    with pytest.raises(UserError, match=r"run.jsonl:1: not a conversation record"):
+        read_conversations(path)

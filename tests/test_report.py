@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import userlm
-from userlm.evaluation.assistant import EvalSettings, evaluate
-from userlm.evaluation.tasks import Task
+from userlm.evaluation.assistants.evaluate import EvalSettings, evaluate
+from userlm.evaluation.assistants.tasks import Task
 from userlm.guardrails import GuardrailConfig
 from userlm.models.function import FunctionAssistant
 from userlm.models.scripted import ScriptedAssistant
@@ -190,7 +190,8 @@ def test_answer_attempts_show_with_their_scores(browser, report_inputs):
 def test_user_simulator_evaluation_shows_its_table_and_termination_curve(browser, report_inputs, shared_data):
     """An eval-user result reads like its markdown table (simulators, real users, published rows),
     with each simulator's F1 against the P(end) threshold plotted."""
-    from userlm.evaluation.user_eval import Simulator, UserEvalSettings, evaluate_users
+    from userlm.evaluation.simulators.evaluate import evaluate_users
+    from userlm.evaluation.simulators.parts import Simulator, UserEvalSettings
     from userlm.prepare.ingest import conversations_from
 
     a, b, ev, ref, root = report_inputs

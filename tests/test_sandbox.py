@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-from userlm.evaluation import sandbox
-from userlm.evaluation.sandbox import BUBBLEWRAP, GUARD, Limits, run_program, run_tests
-from userlm.evaluation.tasks import grade, load_humaneval
+from userlm.evaluation.assistants import sandbox
+from userlm.evaluation.assistants.sandbox import BUBBLEWRAP, GUARD, Limits, run_program, run_tests
+from userlm.evaluation.assistants.tasks import grade, load_humaneval
 
 FAST = Limits(timeout_s=5, cpu_s=3, memory_mb=512)
 

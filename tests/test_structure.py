@@ -13,11 +13,12 @@ LAYERS = ["errors", "files", "conversation", "intents", "runs", "prompts", "rend
           "prepare", "evaluation", "training", "reports", "integrations", "cli"]
 
 
-def _imports(root: Path) -> dict[str, set[str]]:
-    """Which top-level parts of the package each part imports (relative or absolute, lazy ones included)."""
+def _imports(root: Path, depth: int = 1) -> dict[str, set[str]]:
+    """Which parts of the package each part imports (relative or absolute, lazy ones included); a
+    part is a top-level module or folder, or with ``depth`` 2 one level below it."""
     edges: dict[str, set[str]] = {}
     for path in root.rglob("*.py"):
-        part = path.relative_to(root).with_suffix("").parts[0]
+        part = ".".join(path.relative_to(root).with_suffix("").parts[:depth])
         package = list(path.relative_to(root).parent.parts)
         for node in ast.walk(ast.parse(path.read_text())):
             if not isinstance(node, ast.ImportFrom):
@@ -29,8 +30,9 @@ def _imports(root: Path) -> dict[str, set[str]]:
                 target = node.module.split(".")[1:]
             else:
                 continue
-            if target and target[0] != part:
-                edges.setdefault(part, set()).add(target[0])
+            name = ".".join(target[:depth])
+            if target and name != part:
+                edges.setdefault(part, set()).add(name)
     return edges
 
 
@@ -46,3 +48,14 @@ def test_every_part_imports_only_the_parts_below_it():
     assert upward == []
     assert "training" not in edges.get("evaluation", set())  # the cycle training <-> evaluation is gone
     assert "evaluation" not in edges.get("models", set())
+
+
+def test_the_two_evaluations_are_separate_parts():
+    """Evaluating user simulators and evaluating assistants share only what lies beside them in
+    ``evaluation/`` (statistics, tables, text), never each other's modules."""
+    edges = _imports(Path(userlm.__file__).parent, depth=2)
+    assert "evaluation.assistants" not in edges["evaluation.simulators"]
+    assert "evaluation.simulators" not in edges["evaluation.assistants"]
+    shared = {"evaluation.metrics", "evaluation.tables", "evaluation.text"}
+    for part in shared:
+        assert not edges.get(part, set()) & {"evaluation.simulators", "evaluation.assistants"}

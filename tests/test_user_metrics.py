@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from userlm.evaluation.user_metrics import best_threshold, distinct_n, end_curve, end_scores, first_turn_diversity, intent_overlap
+from userlm.evaluation.simulators.metrics import best_threshold, distinct_n, end_curve, end_scores, first_turn_diversity, intent_overlap
 
 
 def test_first_turn_diversity_by_hand():

@@ -12,9 +12,9 @@ import os
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigurationError, UserError
 from .files import replacing
@@ -46,6 +46,34 @@ class Rejection(BaseModel):
         return cls(draft=draft[:MAX_DRAFT_CHARS], reason=reason, length=len(draft))
 
 
+class Event(BaseModel):
+    """Something that happened at a turn, beyond its text (an answer attempt, a shard revealed, ...);
+    kinds userlm does not know keep their fields as they were written."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="what happened")
+
+    @model_validator(mode="after")
+    def _known_kinds_are_whole(self) -> Event:
+        if type(self) is Event and self.type in _KNOWN_EVENTS:  # e.g. an answer attempt without its score
+            raise ValueError(f"a {self.type} event lacks the fields it needs")
+        return self
+
+
+class AnswerAttempt(Event):
+    """The assistant's reply held an answer to the task, and it was graded."""
+
+    type: Literal["answer_attempt"] = "answer_attempt"
+    answer: str = Field(description="the answer as extracted (its first 4000 characters)")
+    score: float = Field(description="the grade, 0 to 1")
+    isolation: str | None = Field(default=None, description="for code: how it was isolated while its tests ran")
+    detail: str | None = Field(default=None, description="for code: why it failed, when it did")
+
+
+_KNOWN_EVENTS = {"answer_attempt"}
+
+
 class Message(BaseModel):
     """One turn. User turns also carry what the guardrails did for them."""
 
@@ -60,9 +88,12 @@ class Message(BaseModel):
         default=None, description="when end_prob is unknown: the server's log-probabilities bound it below this "
                                   "(the end token was outside their top entries)")
     truncated: bool | None = Field(default=None, description="the user model's token budget ran out before this turn ended")
-    events: list[dict[str, Any]] | None = Field(
+    events: list[Annotated[AnswerAttempt | Event, Field(union_mode="left_to_right")]] | None = Field(
         default=None, description="things that happened at this turn (answer attempts, shards revealed, ...)"
     )
+
+    def answer_attempts(self) -> list[AnswerAttempt]:
+        return [e for e in self.events or [] if isinstance(e, AnswerAttempt)]
 
     def chat(self) -> dict[str, str]:
         """The plain ``{role, content}`` form that chat APIs take."""
@@ -114,6 +145,10 @@ class Conversation(BaseModel):
 
     def user_turns(self) -> list[Message]:
         return [m for m in self.messages if m.role == "user"]
+
+    def answer_attempts(self) -> list[AnswerAttempt]:
+        """Every graded answer of the conversation, in order."""
+        return [e for m in self.messages for e in m.answer_attempts()]
 
     def to_json(self) -> str:
         data = self.model_dump(mode="json")

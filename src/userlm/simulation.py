@@ -15,19 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .conversation import (
-    Conversation,
-    ConversationWriter,
-    Message,
-    Usage,
-    conversation_id,
-    iter_conversations,
-    write_conversations,
-)
+from .conversation import Conversation, ConversationWriter, Message, Usage, conversation_id, iter_conversations, write_conversations
 from .errors import ConfigurationError, UserError
 from .intents import Intent
-from .models import lockstep
-from .models.base import ChatModel, close, forget_conversations, is_remote, reasked
+from .models.base import ChatModel, close, forget_conversations, is_remote, join_lockstep, reasked
+from .models.lockstep import Lockstep
 from .models.retry import ConnectionLost, RequestTimeout
 from .render import assistant_view
 from .runs import OutputLock, determinants, fingerprint, mismatch
@@ -131,11 +123,14 @@ async def simulate_async(
     on_finish: Callable[[Conversation], None] | None = None,
     after_reply: Callable[[Conversation], Awaitable[bool]] | None = None,
     keep: bool = True,
+    helpers: Sequence[object] = (),
 ) -> RunSummary:
     """Simulate ``settings.samples`` conversations per intent; see :func:`simulate`.
 
     With ``keep=False`` (and ``out``), finished conversations are written and let go: the run's
-    memory is what is in flight and the set of finished ids, whatever its size."""
+    memory is what is in flight and the set of finished ids, whatever its size. ``helpers``: the
+    other models a conversation waits on (those ``after_reply`` or the user ask), so that local
+    ones batch in step with the run too."""
     from tqdm.auto import tqdm
 
     path = Path(out) if out is not None else None
@@ -174,23 +169,23 @@ async def simulate_async(
     summary = RunSummary(out=path, total=total, skipped=skipped, written=0)
     finished: dict[str, Conversation] = {}
     bar = tqdm(total=total, initial=summary.skipped, unit="conv", desc="simulating", disable=not progress)
-    flight = lockstep.gate()  # local models batch in lockstep with the conversations in flight
-    flight.strict = not (is_remote(user.model) or is_remote(assistant))
-    for model in (user.model, assistant):  # a run never starts from another run's cached keys and values,
-        forget_conversations(model)  # so it reproduces in any process
+    models = (user.model, assistant, *helpers)
+    # local models batch in step with the conversations in flight (see userlm.models.lockstep)
+    flight = Lockstep(strict=not any(is_remote(m) for m in models))
+    for model in models:
+        forget_conversations(model)  # a run never starts from another run's cached keys and values, so it reproduces in any process
+        join_lockstep(model, flight)
     todo = iter([(i, s) for i in intents for s in range(settings.samples) if conversation_id(i.id, s) not in done])
     reasked_before = sum(reasked(m) for m in (user.model, assistant))
 
     async def one(intent: Intent, sample: int) -> None:
-        await flight.enter()
         try:
-            conversation = await run_conversation(intent, sample, user, assistant, settings, recorded, after_reply)
+            async with flight.conversation():
+                conversation = await run_conversation(intent, sample, user, assistant, settings, recorded, after_reply)
         except Unfinished as exc:
             summary.unfinished += 1
             summary.first_unfinished = summary.first_unfinished or str(exc)
             return
-        finally:
-            await flight.leave()
         conversation.fingerprint = fingerprint(want(conversation.id) or {})
         if keep:
             finished[conversation.id] = conversation
@@ -223,6 +218,8 @@ async def simulate_async(
             writer.close()
         if lock:
             lock.release()
+        for model in models:
+            join_lockstep(model, None)
         for model in (user.model, assistant):
             await close(model)
     if keep:

@@ -87,18 +87,17 @@ def run(args: argparse.Namespace) -> int:
     page = write(build([run_file], [], prepared / "test.jsonl"), out / "report.html", "userlm demo")
     print(f"{page}: open it in a browser", file=sys.stderr)
 
-
-    from ..evaluation.scenarios import load_questions
-    from ..evaluation.user_eval import Simulator, UserEvalSettings, evaluate_users, intents_to_simulate
-    from ..evaluation.user_table import markdown
+    from ..evaluation.simulators.evaluate import evaluate_users, intents_to_simulate
+    from ..evaluation.simulators.parts import Simulator, UserEvalSettings
+    from ..evaluation.simulators.scenarios import load_questions
+    from ..evaluation.simulators.table import markdown
 
     print("[4/4] evaluating the user model as a simulator", file=sys.stderr)
     held_out = read_conversations(prepared / "test.jsonl")
     settings = UserEvalSettings(max_turns=2, scenario_limit=6, guardrails=GuardrailConfig(), resamples=500)
     evaluation = run_async(evaluate_users(
         [Simulator(f"hf:{model_dir}", user.model)], held_out, intents_to_simulate(None, held_out, 12), out / "eval",
-        assistant=assistant, questions=load_questions("fixture:mcq", limit=6), settings=settings, progress=False,
-        log=lambda m: print(m, file=sys.stderr),
+        assistant=assistant, questions=load_questions("fixture:mcq", limit=6), settings=settings, detail=False,
     ))
     print(markdown(evaluation))
     print(f"{out / 'eval' / 'user_eval.md'}: the evaluation table; every figure in user_eval.json", file=sys.stderr)

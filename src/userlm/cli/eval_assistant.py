@@ -41,8 +41,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
 
     from ..errors import UserError
-    from ..evaluation.assistant import MODES, EvalSettings, evaluate
-    from ..evaluation.tasks import load_suite
+    from ..evaluation.assistants.evaluate import MODES, EvalSettings, evaluate
+    from ..evaluation.assistants.tasks import load_suite
     from ..models.registry import chat_model, user_model
 
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                             concurrency=args.concurrency, guardrails=guardrails_from(args))
     report = run_async(evaluate(tasks, assistant, args.out, user_model=user, extractor=extractor, rephrase=rephrase,
                                   settings=settings, progress=not args.no_progress))
-    from ..evaluation.assistant import markdown
+    from ..evaluation.assistants.evaluate import markdown
 
     print(markdown(report))
     print(f"wrote {args.out}/assistant.json, assistant.md and transcripts/", file=sys.stderr)

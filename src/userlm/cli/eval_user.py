@@ -59,11 +59,12 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from ..errors import UserError
-    from ..evaluation.detectors import detector as make_detector
-    from ..evaluation.judge import CachedJudge
+    from ..evaluation.simulators.detectors import detector as make_detector
+    from ..evaluation.simulators.evaluate import evaluate_users, held_out_conversations, intents_to_simulate
+    from ..evaluation.simulators.judge import CachedJudge
+    from ..evaluation.simulators.parts import PARTS, Simulator, UserEvalSettings
+    from ..evaluation.simulators.table import markdown
     from ..evaluation.tables import published_rows
-    from ..evaluation.user_eval import PARTS, Simulator, UserEvalSettings, evaluate_users, held_out_conversations, intents_to_simulate
-    from ..evaluation.user_table import markdown
     from ..models.base import SamplingSettings
     from ..models.registry import chat_model, user_model
 
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.data}: no conversations with an assistant reply; give held-out chat logs.")
     intents = intents_to_simulate(args.intents, data, args.first_turns)
     questions = []
-    from ..evaluation.scenarios import load_questions
+    from ..evaluation.simulators.scenarios import load_questions
 
     for spec in args.questions or ["fixture:mcq", "fixture:open"]:
         questions.extend(load_questions(spec, limit=args.scenario_limit))

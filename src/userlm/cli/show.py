@@ -89,7 +89,7 @@ def format_conversation(conv: Conversation, width: int = 100, drafts: bool = Tru
             if drafts:
                 lines += _drafts(m, width)
         for event in m.events or []:
-            lines.append(f"{'':<7}  ({', '.join(f'{k}={v}' for k, v in event.items())})")
+            lines.append(f"{'':<7}  ({', '.join(f'{k}={v}' for k, v in event.model_dump(exclude_none=True).items())})")
     if conv.final_turn is not None:
         what = END_OF_CONVERSATION if conv.end_reason == "user_ended" else "(every draft refused)"
         lines.append(f"{'USER':<7} {what}{_notes(conv.final_turn)}")

@@ -24,7 +24,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation.detectors import read_texts, train_detector
+    from ..evaluation.simulators.detectors import read_texts, train_detector
 
     human = [t for f in args.human for t in read_texts(f)]
     machine = [t for f in args.machine for t in read_texts(f)]

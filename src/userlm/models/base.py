@@ -8,7 +8,10 @@ implement one of these, and the simulation only ever talks to these interfaces.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from .lockstep import Lockstep
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,15 @@ class ForgetsConversations(Protocol):
 
 
 @runtime_checkable
+class BatchesInLockstep(Protocol):
+    """Batches concurrent requests itself, on this machine: a run hands it the run's
+    :class:`~userlm.models.lockstep.Lockstep`, so its batches fall the same way on every run
+    (None at the run's end: batch freely again)."""
+
+    def join_lockstep(self, lockstep: Lockstep | None) -> None: ...
+
+
+@runtime_checkable
 class Closable(Protocol):
     """Holds connections or processes to release when a run is done."""
 
@@ -178,6 +190,12 @@ def forget_conversations(model: object) -> None:
     """Drop ``model``'s per-conversation state, when it keeps any."""
     if isinstance(model, ForgetsConversations):
         model.forget_conversations()
+
+
+def join_lockstep(model: object, lockstep: Lockstep | None) -> None:
+    """Hand ``model`` a run's lockstep (None: the run is over), when it batches on this machine."""
+    if isinstance(model, BatchesInLockstep):
+        model.join_lockstep(lockstep)
 
 
 def reasked(model: object) -> int:

@@ -28,6 +28,7 @@ from ..render import (
     user_prompt_string,
 )
 from .base import ChatReply, SamplingSettings, UserDraft, UserTurnRequest
+from .lockstep import Lockstep
 
 
 @dataclass(frozen=True)
@@ -234,7 +235,8 @@ def _stats():
 
 class _Batcher:
     """Gathers concurrent requests and runs them as one batch in a worker thread, when the
-    lockstep gate says so (see :mod:`userlm.models.lockstep`)."""
+    lockstep it has joined says so (see :mod:`userlm.models.lockstep`); a batcher that has
+    joined no run batches whatever is waiting."""
 
     def __init__(self, run_batch: Callable[[list[Any]], list[Any]], max_batch_size: int, order: Callable[[Any], Any]):
         self.run_batch = run_batch
@@ -243,49 +245,56 @@ class _Batcher:
         self._pending: list[tuple[Any, asyncio.Future]] = []
         self._worker: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._joined: Lockstep | None = None  # the run's lockstep, while a run uses this model
+        self._lockstep: Lockstep | None = None  # the one the worker follows
+
+    def join_lockstep(self, lockstep: Lockstep | None) -> None:
+        """Follow ``lockstep`` from the next request on (None: batch freely again)."""
+        if lockstep is self._joined:
+            return
+        self._joined = lockstep
+        if lockstep is not None:
+            lockstep.join(self)
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+        for _, future in self._pending:
+            future.cancel()
+        self._worker, self._pending = None, []
 
     async def submit(self, item: Any) -> Any:
-        from .lockstep import gate
-
         loop = asyncio.get_running_loop()
-        if self._loop is not loop:  # a new event loop (another asyncio.run): start afresh
-            self._loop, self._pending = loop, []
-            self._worker = loop.create_task(self._work(gate()))
-        g = gate()
+        if self._loop is not loop or self._worker is None:  # a new event loop (another asyncio.run) or run
+            self._stop()
+            self._loop = loop
+            self._lockstep = self._joined or Lockstep(strict=False)
+            self._lockstep.join(self)
+            self._worker = loop.create_task(self._work(self._lockstep))
         future = loop.create_future()
         self._pending.append((item, future))
-        g.waiting[id(self)] = len(self._pending)
-        async with g.changed:
-            g.changed.notify_all()
+        await self._lockstep.waiting(self, len(self._pending))  # type: ignore[union-attr]
         return await future
 
-    async def _work(self, g) -> None:
-        me = id(self)
-        g.waiting.setdefault(me, 0)
+    async def _work(self, lockstep: Lockstep) -> None:
         while True:
-            async with g.changed:
-                await g.changed.wait_for(lambda: g.may_run(me))
-                g.running = True
-            if g.active == 0 or not g.strict:
-                for _ in range(3):  # let every caller that is ready submit first
-                    await asyncio.sleep(0)
-            self._pending.sort(key=lambda p: self.order(p[0]))
-            batch, self._pending = self._pending[: self.max_batch_size], self._pending[self.max_batch_size :]
-            g.waiting[me] = len(self._pending)
-            try:
-                results = await asyncio.to_thread(self.run_batch, [item for item, _ in batch])
-            except BaseException as exc:  # the batch failed: every caller in it gets the error
-                results = None
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-            if results is not None:
+            async with lockstep.batch(self):
+                self._pending.sort(key=lambda p: self.order(p[0]))
+                batch, self._pending = self._pending[: self.max_batch_size], self._pending[self.max_batch_size :]
+                await lockstep.waiting(self, len(self._pending))
+                try:
+                    results = await asyncio.to_thread(self.run_batch, [item for item, _ in batch])
+                except BaseException as exc:  # the batch failed: every caller in it gets the error
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc) if isinstance(exc, Exception) else future.cancel()
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
                 for (_, future), result in zip(batch, results):
                     if not future.done():
                         future.set_result(result)
-            g.running = False
-            async with g.changed:
-                g.changed.notify_all()
 
 
 def _forget(model) -> None:
@@ -368,6 +377,10 @@ class LocalUserModel:
     def forget_conversations(self) -> None:
         """Drop every conversation's cached keys, values and sampled ids (a new run starts)."""
         _forget(self)
+
+    def join_lockstep(self, lockstep: Lockstep | None) -> None:
+        """Batch in step with a run's conversations (None: batch freely again)."""
+        self._batcher.join_lockstep(lockstep)
 
     def _prompt(self, request: UserTurnRequest) -> tuple[str, list[int]]:
         """The prompt's text and ids (the ids of this conversation's last turn kept as sampled)."""
@@ -458,6 +471,10 @@ class LocalChatModel:
     def forget_conversations(self) -> None:
         """Drop every conversation's cached keys, values and sampled ids (a new run starts)."""
         _forget(self)
+
+    def join_lockstep(self, lockstep: Lockstep | None) -> None:
+        """Batch in step with a run's conversations (None: batch freely again)."""
+        self._batcher.join_lockstep(lockstep)
 
     def _run(self, items: list[tuple[list[dict[str, str]], int]]) -> list[ChatReply]:
         from .engine import Row, generate

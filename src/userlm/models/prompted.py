@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ..prompts import load_prompt
 from ..render import END_OF_CONVERSATION, flipped_view
-from .base import ChatModel, UserDraft, UserTurnRequest, close, forget_conversations
+from .base import ChatModel, UserDraft, UserTurnRequest, close, forget_conversations, join_lockstep
+from .lockstep import Lockstep
 
 _MAY_END = (
     f"- When your goal is met, or you would give up in real life, reply with exactly {END_OF_CONVERSATION} "
@@ -38,6 +39,9 @@ class PromptedUser:
 
     def forget_conversations(self) -> None:
         forget_conversations(self.chat)
+
+    def join_lockstep(self, lockstep: Lockstep | None) -> None:
+        join_lockstep(self.chat, lockstep)
 
     def messages_for(self, request: UserTurnRequest) -> list[dict[str, str]]:
         return prompted_messages(request.intent, request.messages, allow_end=request.allow_end)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..conversation import Conversation, iter_conversations
 from ..errors import UserError
@@ -20,9 +20,9 @@ def _compact(conv: Conversation, run: int) -> dict[str, Any]:
             item["x"] = [[r.reason, r.draft] for r in m.rejected]
         if m.end_prob is not None:
             item["p"] = round(m.end_prob, 4)
-        attempts = [e for e in (m.events or []) if e.get("type") == "answer_attempt"]
+        attempts = m.answer_attempts()
         if attempts:
-            item["a"] = [[str(e.get("answer", ""))[:2000], e.get("score")] for e in attempts]
+            item["a"] = [[e.answer[:2000], e.score] for e in attempts]
         messages.append(item)
     scores = [a[1] for m in messages for a in m.get("a", [])]
     out = {
@@ -104,24 +104,28 @@ def load_evaluation(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or "results" not in data:
         raise UserError(f"{path}: not an evaluation result; give the assistant.json or user_eval.json that "
                         "userlm eval-assistant or eval-user wrote.")
-    from ..evaluation.assistant import table_notes
+    from ..evaluation.assistants.evaluate import table_notes
+    from ..evaluation.assistants.results import AssistantReport
 
-    return {"name": path.name, "kind": "assistant", "results": data["results"], "settings": data.get("settings", {}),
-            "published": data.get("published"), **table_notes(data)}
+    report = cast("AssistantReport", data)
+    return {"name": path.name, "kind": "assistant", "results": report["results"], "settings": report.get("settings", {}),
+            "published": report.get("published"), **table_notes(report)}
 
 
 def _user_evaluation(path: Path, data: dict[str, Any]) -> dict[str, Any]:
     """Table rows as the markdown shows them (empty cells footnoted), and each simulator's termination curve."""
+    from ..evaluation.simulators.results import UserEvalReport
+    from ..evaluation.simulators.table import NOTE, table, warnings
     from ..evaluation.tables import Footnotes
-    from ..evaluation.user_table import NOTE, table, warnings
 
+    report = cast("UserEvalReport", data)
     notes = Footnotes()
-    headings, cells = table(data, notes)
+    headings, cells = table(report, notes)
     rows = [dict(zip(headings, [c.replace("`", "") for c in row])) for row in cells]
     curves = [{"simulator": s["simulator"], **{key: [p[key] for p in s["metrics"]["end_f1"]["curve"]] for key in ("threshold", "f1", "precision", "recall")}}
               for s in data["simulators"] if (s["metrics"].get("end_f1") or {}).get("curve")]
     return {"name": path.name, "kind": "user", "results": rows, "curves": curves, "settings": data.get("settings", {}),
-            "notes": notes.reasons, "note": NOTE, "warnings": warnings(data)}
+            "notes": notes.reasons, "note": NOTE, "warnings": warnings(report)}
 
 
 def build(runs: list[Path], evaluations: list[Path], reference: Path | None = None) -> dict[str, Any]:

@@ -124,7 +124,7 @@ def train(config: TrainConfig) -> dict:
         def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
             return None
 
-    from ..evaluation.perplexity import target_perplexity
+    from ..evaluation.simulators.perplexity import target_perplexity
     from .model_prep import load_base, save_together
     from .samples import pack_all
 

@@ -22,19 +22,21 @@ import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ..conversation import Conversation
-from ..files import write_text
-from ..guardrails import OFF as GUARDRAILS_OFF
-from ..guardrails import GuardrailConfig
-from ..intents import Intent
-from ..models.base import ChatModel, UserDraft, UserTurnRequest
-from ..simulation import RunSettings, simulate_async
-from ..user import SimulatedUser
-from .metrics import aptitude_unreliability, describe, mean_ci, paired_difference_ci
-from .tables import Footnotes, number, published_rows
+from ...conversation import AnswerAttempt, Conversation
+from ...files import write_text
+from ...guardrails import OFF as GUARDRAILS_OFF
+from ...guardrails import GuardrailConfig
+from ...intents import Intent
+from ...models.base import ChatModel, UserDraft, UserTurnRequest
+from ...simulation import RunSettings, simulate_async
+from ...user import SimulatedUser
+from ..metrics import MeanCI, aptitude_unreliability, describe, mean_ci, paired_difference_ci
+from ..tables import Footnotes, number, published_rows
+from ..text import content_words, words
+from .results import AssistantReport, ConversationResult, ModeResult
 from .tasks import Task, extract_answer, grade
-from .text import content_words, words
 
 MODES = ("full", "concat", "sharded", "simulated")
 
@@ -85,7 +87,7 @@ class EvalSettings:
 async def evaluate(
     tasks: list[Task], assistant: ChatModel, out: str | Path, *, user_model=None, extractor: ChatModel | None = None,
     rephrase: ChatModel | None = None, settings: EvalSettings = EvalSettings(), progress: bool = True,
-) -> dict:
+) -> AssistantReport:
     """Run every mode, write transcripts, ``assistant.json`` and ``assistant.md``; return the report."""
     out = Path(out)
     by_intent = {t.intent: t for t in tasks}
@@ -101,12 +103,10 @@ async def evaluate(
             return False
         async with sandbox:
             result = await asyncio.to_thread(grade, task, answer)
-        event = {"type": "answer_attempt", "answer": answer[:4000], "score": result.value}
-        if result.isolation is not None:  # code ran: under which isolation, and why it failed
-            event["isolation"] = result.isolation
-            if result.detail:
-                event["detail"] = result.detail
-        reply.events = (reply.events or []) + [event]
+        # for code: under which isolation it ran, and why it failed
+        event = AnswerAttempt(answer=answer[:4000], score=result.value, isolation=result.isolation,
+                              detail=(result.detail or None) if result.isolation is not None else None)
+        reply.events = [*(reply.events or []), event]
         return task.binary and result.value >= 1.0
 
     records: dict[str, list[Conversation]] = {}
@@ -122,7 +122,7 @@ async def evaluate(
             intents, user, assistant, out=out / "transcripts" / f"{mode}.jsonl",
             settings=RunSettings(samples=settings.samples, max_turns=settings.max_turns, seed=settings.seed,
                                  concurrency=settings.concurrency),
-            progress=progress, after_reply=after_reply,
+            progress=progress, after_reply=after_reply, helpers=[m for m in (extractor, rephrase) if m is not None],
         )
         records[mode] = run.conversations
     report = summarise(tasks, records)
@@ -149,19 +149,16 @@ async def _extract(task: Task, reply: str, extractor: ChatModel | None) -> str |
     return None if not text or text.upper() == "NONE" else (extract_answer(task, text) or text)
 
 
-def _attempts(conv: Conversation) -> list[dict]:
-    return [e for m in conv.messages for e in (m.events or []) if e.get("type") == "answer_attempt"]
-
-
 def conversation_score(conv: Conversation) -> float:
     """The score of the last answer attempt (0 when there was none)."""
-    attempts = _attempts(conv)
-    return float(attempts[-1]["score"]) if attempts else 0.0
+    attempts = conv.answer_attempts()
+    return attempts[-1].score if attempts else 0.0
 
 
-def summarise(tasks: list[Task], records: dict[str, list[Conversation]]) -> dict:
+def summarise(tasks: list[Task], records: dict[str, list[Conversation]]) -> AssistantReport:
     by_id = {t.id: t for t in tasks}
-    rows, per_conversation = [], []
+    rows: list[ModeResult] = []
+    per_conversation: list[ConversationResult] = []
     task_means: dict[tuple[str, str], dict[str, float]] = {}
     for mode, convs in records.items():
         groups: dict[str, list[Conversation]] = defaultdict(list)
@@ -173,10 +170,12 @@ def summarise(tasks: list[Task], records: dict[str, list[Conversation]]) -> dict
             for c, s in zip(items, scores):
                 per_task[c.metadata["task_id"]].append(s)
             task_means[(suite, mode)] = {k: sum(v) / len(v) for k, v in per_task.items()}
-            row = {"suite": suite, "mode": mode, "conversations": len(items), "score": mean_ci(scores),
-                   **aptitude_unreliability(per_task), "turns": describe([len(c.user_turns()) for c in items]),
-                   "end_reasons": dict(sorted(Counter(c.end_reason for c in items).items()))}
-            isolations = Counter(e["isolation"] for c in items for e in _attempts(c) if "isolation" in e)
+            figures = aptitude_unreliability(per_task)
+            row: ModeResult = {"suite": suite, "mode": mode, "conversations": len(items), "score": mean_ci(scores),
+                               "aptitude": figures["aptitude"], "unreliability": figures["unreliability"],
+                               "turns": describe([len(c.user_turns()) for c in items]),
+                               "end_reasons": dict(sorted(Counter(str(c.end_reason) for c in items).items()))}
+            isolations = Counter(e.isolation for c in items for e in c.answer_attempts() if e.isolation is not None)
             if isolations:
                 row["code_isolation"] = dict(sorted(isolations.items()))
             if mode == "simulated":
@@ -208,8 +207,8 @@ def lexical_difference(task: Task, conv: Conversation) -> float:
     return sum(1 for w in said if w not in task_words) / len(said) if said else 0.0
 
 
-def _fmt(ci: dict | None, scale: float = 100.0) -> str | None:
-    if not ci or ci.get("mean") is None:
+def _fmt(ci: MeanCI | None, scale: float = 100.0) -> str | None:
+    if not ci or ci["mean"] is None or ci["low"] is None or ci["high"] is None:
         return None
     return f"{scale * ci['mean']:.1f} [{scale * ci['low']:.1f}, {scale * ci['high']:.1f}]"
 
@@ -220,13 +219,13 @@ NOTE = ("Scores and drops are percentages; intervals are percentile bootstraps o
         "A drop is the full mode's score minus this mode's, task by task: positive means this mode did worse.")
 
 
-def table(report: dict, notes: Footnotes) -> list[list[str]]:
+def table(report: AssistantReport, notes: Footnotes) -> list[list[str]]:
     """The table's rows as printed (markdown and the HTML report alike); empty cells get a footnote."""
     modes = {r["mode"] for r in report["results"]}
     rows = []
     for r in report["results"]:
-        cov = (r.get("intent_coverage") or {}).get("mean")
-        lex = (r.get("lexical_difference") or {}).get("mean")
+        cov = r["intent_coverage"]["mean"] if "intent_coverage" in r else None
+        lex = r["lexical_difference"]["mean"] if "lexical_difference" in r else None
         if r["mode"] == "full":
             drop_reason = "the full mode is the baseline the drops are measured against."
         elif "full" not in modes:
@@ -246,11 +245,11 @@ def table(report: dict, notes: Footnotes) -> list[list[str]]:
     return rows
 
 
-def isolation_lines(report: dict) -> list[str]:
+def isolation_lines(report: AssistantReport) -> list[str]:
     """Where the code under test ran, and a warning when some of it ran without real isolation."""
     isolations: Counter = Counter()
     for r in report["results"]:
-        isolations.update(r.get("code_isolation", {}))
+        isolations.update(r.get("code_isolation") or {})
     if not isolations:
         return []
     lines = ["Code under test ran under: " + ", ".join(f"{k} ({v} attempts)" for k, v in sorted(isolations.items())) + "."]
@@ -259,17 +258,18 @@ def isolation_lines(report: dict) -> list[str]:
     return lines
 
 
-def table_notes(report: dict) -> dict:
+def table_notes(report: AssistantReport) -> dict[str, Any]:
     """What the HTML report shows of a result: the printed rows, their footnotes, the notes below."""
     notes = Footnotes()
     return {"headings": HEADINGS, "rows": table(report, notes), "notes": notes.reasons, "note": NOTE,
             "isolation": isolation_lines(report)}
 
 
-def markdown(report: dict) -> str:
+def markdown(report: AssistantReport) -> str:
     notes = Footnotes()
-    lines = ["# Assistant evaluation", "", f"Assistant: `{report['settings']['assistant']}`; user model (simulated mode): "
-             f"`{report['settings']['user']}`; samples per task: {report['settings']['samples']}.", "",
+    settings = report.get("settings") or {}
+    lines = ["# Assistant evaluation", "", f"Assistant: `{settings.get('assistant')}`; user model (simulated mode): "
+             f"`{settings.get('user')}`; samples per task: {settings.get('samples')}.", "",
              "| " + " | ".join(HEADINGS) + " |", "|" + "---|" * len(HEADINGS)]
     lines += ["| " + " | ".join(row) + " |" for row in table(report, notes)]
     lines += ["", NOTE, "Transcripts: `transcripts/<mode>.jsonl` (open them with `userlm show` or `userlm report`)."]

@@ -1,31 +1,10 @@
-"""Evaluate user simulators side by side (``userlm eval-user``): how human-like they are.
-
-    userlm eval-user --user hf:DIR --user prompted:openai:gpt-4o-mini \\
-        --data held_out.jsonl --judge openai:gpt-4o --out eval/
-
-For each simulator:
-
-* **alignment** -- perplexity of the real held-out user turns, with and without the intent
-  (local models: ``hf:`` in the UserLM format, ``prompted:hf:`` through the flipped prompt);
-* **first-turn diversity**, **distinct-1/2**, **intent decomposition** (first turn and every
-  turn) and **naturalness** -- over conversations the simulator has with an assistant, one per
-  intent;
-* **dialogue termination** -- P(end) at every point after an assistant reply in the held-out
-  conversations against where the real user ended: the threshold curve, the best F1 and the
-  threshold to pass to ``userlm simulate --end-threshold``;
-* **role adherence** and **intent adherence** -- the scenarios in :mod:`.scenarios`.
-
-The real users of the held-out data are measured the same way where that makes sense (a
-reference row). Every figure carries a bootstrap 95% interval. Results go to
-``eval/user_eval.json`` (every figure and per-item result) and ``eval/user_eval.md``; each
-finished part is saved under ``eval/parts/`` and judge answers in ``eval/judge_cache.jsonl``,
-so running the same command again resumes.
-"""
+"""The parts of a user-simulator evaluation: each measures one simulator (alignment,
+termination, conversations, naturalness, role and intent adherence) and returns its figures.
+:mod:`.evaluate` runs them, resumes them and writes the report."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import random
 import re
@@ -36,21 +15,29 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-from ..conversation import Conversation
-from ..files import write_text
-from ..guardrails import GuardrailConfig
-from ..intents import Intent
-from ..models.base import ChatModel, ChatReply, HasWeights, MapsShards, ProbesEnd, UserModel, UserTurnRequest, WrapsChat
-from ..simulation import RunSettings, simulate_async
-from ..user import SimulatedUser, derive_seed
+from ...conversation import Conversation
+from ...guardrails import GuardrailConfig
+from ...intents import Intent
+from ...models.base import ChatModel, ChatReply, HasWeights, MapsShards, ProbesEnd, UserModel, UserTurnRequest, WrapsChat
+from ...simulation import RunSettings, simulate_async
+from ...user import SimulatedUser, derive_seed
+from ..metrics import Figure, bootstrap, figure
+from ..text import words
 from .detectors import Detector
 from .judge import CachedJudge
-from .metrics import bootstrap
+from .metrics import best_threshold, distinct_n, end_curve, end_scores, first_turn_diversity, intent_overlap, jaccard
+from .results import (
+    AdherenceItem,
+    AlignmentPart,
+    ConversationsPart,
+    IntentPart,
+    NaturalnessPart,
+    RolePart,
+    ScoredConversation,
+    TerminationPart,
+    TerminationPoint,
+)
 from .scenarios import INTENT_JUDGE_PROMPT, ROLE_JUDGE_PROMPT, Question, package_lines, pick, role_rule_check, transcript
-from .tables import published_rows
-from .text import words
-from .user_metrics import best_threshold, distinct_n, end_curve, end_scores, first_turn_diversity, intent_overlap, jaccard
-from .user_table import METRICS, markdown
 
 PARTS = ("alignment", "termination", "conversations", "naturalness", "role", "intent")
 
@@ -79,17 +66,11 @@ class Simulator:
         return re.sub(r"[^A-Za-z0-9._-]+", "_", self.spec).strip("_")
 
 
-def figure(value: float | None, interval: dict | None = None, n: int | None = None, **extra) -> dict:
-    out = {"value": value, "low": (interval or {}).get("low"), "high": (interval or {}).get("high"), "n": n}
-    out.update(extra)
-    return out
-
-
 def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def mean_figure(values: Sequence[float], settings: UserEvalSettings) -> dict:
+def mean_figure(values: Sequence[float], settings: UserEvalSettings) -> Figure:
     import numpy as np
 
     arr = np.asarray(values, dtype=float)
@@ -136,7 +117,7 @@ def merge_scores(parts: list, conversations: list[Conversation]):
                          dropped_targets=sum(scores.dropped_targets for scores in parts))
 
 
-def perplexity_figure(nll: list[float], tokens: list[int], settings: UserEvalSettings) -> dict:
+def perplexity_figure(nll: list[float], tokens: list[int], settings: UserEvalSettings) -> Figure:
     import numpy as np
 
     nll_a, tok_a = np.asarray(nll), np.asarray(tokens)
@@ -154,7 +135,7 @@ FOLDS = 5  #: termination F1 is cross-validated over this many folds of conversa
 MIN_CONVERSATIONS = 10  #: fewer cannot tune a threshold out of sample
 
 
-def termination_figure(points: list[dict], settings: UserEvalSettings, how: str) -> dict:
+def termination_figure(points: list[TerminationPoint], settings: UserEvalSettings, how: str) -> Figure:
     """Termination F1 out of sample: the P(end) threshold is tuned on the other folds of conversations
     and applied to each held-out fold; the interval resamples whole conversations. The threshold to
     advise is the median of the folds' thresholds. The in-sample best (tuned and scored on the same
@@ -209,18 +190,18 @@ def termination_figure(points: list[dict], settings: UserEvalSettings, how: str)
                   precision=scores.precision, recall=scores.recall, **common)
 
 
-async def alignment_part(sim: Simulator, data: list[Conversation], settings: UserEvalSettings, progress: bool = False) -> dict:
+async def alignment_part(sim: Simulator, data: list[Conversation], settings: UserEvalSettings, progress: bool = False) -> AlignmentPart:
     from .perplexity import held_out_scores
 
     found = scorable(sim.model)
     replicas = sim.model if found is None and isinstance(sim.model, MapsShards) and sim.model.can_map() else None
     if found is None and replicas is None:
         return {"skipped": "perplexity needs a local model (hf: or prompted:hf:), or replicas of one"}
-    out: dict = {"format": found[1] if found is not None else None}
+    out: AlignmentPart = {"format": found[1] if found is not None else None}
     with_intent = [c for c in data if c.intent]
     for key, convs, use_intent in (("ppl_intent", with_intent, True), ("ppl_no_intent", data, False)):
         if not convs:
-            out[key] = figure(None, note="the held-out conversations carry no intents")
+            out["ppl_intent"] = figure(None, note="the held-out conversations carry no intents")
             continue
         bar = None
         if progress:
@@ -241,17 +222,20 @@ async def alignment_part(sim: Simulator, data: list[Conversation], settings: Use
                                              progress=None if bar is None else (lambda done: bar.update(done - bar.n)))
         if bar is not None:
             bar.close()
-        out[key] = perplexity_figure(scores.nll, scores.tokens, settings)
-        out[key]["dropped_targets"] = scores.dropped_targets
-        out[f"{key}_per_conversation"] = [
-            {"id": cid, "nll": n, "tokens": t} for cid, n, t in zip(scores.conversation_ids, scores.nll, scores.tokens)
-        ]
+        fig = perplexity_figure(scores.nll, scores.tokens, settings)
+        fig["dropped_targets"] = scores.dropped_targets
+        per_conversation: list[ScoredConversation] = [{"id": cid, "nll": n, "tokens": t} for cid, n, t in zip(scores.conversation_ids, scores.nll, scores.tokens)]
+        if use_intent:
+            out["ppl_intent"], out["ppl_intent_per_conversation"] = fig, per_conversation
+        else:
+            out["ppl_no_intent"], out["ppl_no_intent_per_conversation"] = fig, per_conversation
         if use_intent == bool(with_intent) or key == "ppl_intent":
-            out["end_points"] = [p.__dict__ for p in scores.end_points]
+            out["end_points"] = [TerminationPoint(conversation=p.conversation, after_reply=p.after_reply, ended=p.ended, prob=p.prob)
+                                 for p in scores.end_points]
     return out
 
 
-async def termination_part(sim: Simulator, data: list[Conversation], alignment: dict, settings: UserEvalSettings) -> dict:
+async def termination_part(sim: Simulator, data: list[Conversation], alignment: AlignmentPart, settings: UserEvalSettings) -> TerminationPart:
     if "end_points" in alignment:
         points = alignment["end_points"]
         how = ("P(the whole reply is <|endconversation|>) under the flipped prompt, from the model's logits"
@@ -259,22 +243,25 @@ async def termination_part(sim: Simulator, data: list[Conversation], alignment: 
         return {"end_f1": termination_figure(points, settings, how), "points": points}
     # No logits here. A server that returns log-probabilities gives P(end) in one short call;
     # otherwise the next turn is drafted ``end_samples`` times and P(end) is the share that end.
-    from ..errors import ConfigurationError
-    from ..render import user_prompt_text
+    from ...errors import ConfigurationError
+    from ...render import user_prompt_text
 
     use_intent = any(c.intent for c in data)
     limit = asyncio.Semaphore(settings.concurrency)
     probe = sim.model.end_probability if isinstance(sim.model, ProbesEnd) else None
     mode = {"logprobs": probe is not None}
 
-    async def at(conv: Conversation, upto: int, reply: int, ended: bool) -> dict:
+    async def at(conv: Conversation, upto: int, reply: int, ended: bool) -> TerminationPoint:
         chat = [m.chat() for m in conv.messages[:upto]]
         intent = conv.intent if use_intent else None
-        point = {"conversation": conv.id, "after_reply": reply, "ended": ended}
+
+        def point(prob: float) -> TerminationPoint:
+            return {"conversation": conv.id, "after_reply": reply, "ended": ended, "prob": prob}
+
         if mode["logprobs"] and probe is not None:
             try:
                 async with limit:
-                    return point | {"prob": await probe(user_prompt_text(intent, chat), derive_seed(settings.seed, conv.id, reply))}
+                    return point(await probe(user_prompt_text(intent, chat), derive_seed(settings.seed, conv.id, reply)))
             except ConfigurationError:
                 mode["logprobs"] = False
         ends = []
@@ -284,9 +271,9 @@ async def termination_part(sim: Simulator, data: list[Conversation], alignment: 
             async with limit:
                 draft = await sim.model.draft(request)
             if draft.end_prob is not None:
-                return point | {"prob": draft.end_prob}
+                return point(draft.end_prob)
             ends.append(1.0 if draft.ended else 0.0)
-        return point | {"prob": sum(ends) / len(ends)}
+        return point(sum(ends) / len(ends))
 
     from .perplexity import _end_points
 
@@ -312,13 +299,13 @@ class FixtureAssistant:
         return ChatReply(pick(self.lines, seed, len(messages)))
 
 
-def conversation_figures(convs: list[Conversation], settings: UserEvalSettings) -> dict:
+def conversation_figures(convs: list[Conversation], settings: UserEvalSettings) -> ConversationsPart:
     """Diversity, distinct-n and intent overlap of the user turns of ``convs``."""
     import numpy as np
 
     firsts = [(c.user_turns()[0].content, c.intent or "") for c in convs if c.user_turns()]
     texts = [t for t, _ in firsts]
-    out: dict = {}
+    out: ConversationsPart = {}
     if len(texts) >= 2:
         sets = [set(words(t)) for t in texts]
         sim = np.zeros((len(sets), len(sets)))
@@ -332,10 +319,10 @@ def conversation_figures(convs: list[Conversation], settings: UserEvalSettings) 
             return 100.0 * (1.0 - sub[upper].mean()) if upper.any() else float("nan")
 
         out["first_turn_diversity"] = figure(first_turn_diversity(texts), bootstrap(len(texts), diversity, resamples=settings.resamples, seed=settings.seed), len(texts))
-        for n in (1, 2):
-            # a ratio over the pooled turns: resampling with replacement would count repeats as
-            # duplicates, so no bootstrap interval is given
-            out[f"distinct_{n}"] = figure(distinct_n(texts, n), None, len(texts))
+        # ratios over the pooled turns: resampling with replacement would count repeats as
+        # duplicates, so no bootstrap interval is given
+        out["distinct_1"] = figure(distinct_n(texts, 1), None, len(texts))
+        out["distinct_2"] = figure(distinct_n(texts, 2), None, len(texts))
     with_intent = [(c, c.intent) for c in convs if c.intent and c.user_turns()]
     if with_intent:
         out["intent_overlap_first"] = mean_figure([intent_overlap(c.user_turns()[0].content, intent) for c, intent in with_intent], settings)
@@ -350,7 +337,7 @@ def conversation_figures(convs: list[Conversation], settings: UserEvalSettings) 
 
 
 async def conversations_part(sim: Simulator, intents: list[Intent], assistant: ChatModel, out: Path, settings: UserEvalSettings,
-                             progress: bool) -> dict:
+                             progress: bool) -> ConversationsPart:
     run = await simulate_async(
         intents, SimulatedUser(sim.model, settings.guardrails), assistant, out=out / "transcripts" / f"{sim.slug}.jsonl",
         settings=RunSettings(samples=1, max_turns=settings.max_turns, seed=settings.seed, concurrency=settings.concurrency),
@@ -361,7 +348,7 @@ async def conversations_part(sim: Simulator, intents: list[Intent], assistant: C
     result = conversation_figures(convs, settings)
     result["conversations"] = len(convs)
     result["simulated"] = len(run.conversations)
-    result["end_reasons"] = dict(sorted(Counter(c.end_reason for c in run.conversations).items()))
+    result["end_reasons"] = dict(sorted(Counter(str(c.end_reason) for c in run.conversations).items()))
     how = ", ".join(f"{n} {reason}" for reason, n in Counter(c.end_reason for c in failed).items())
     if not convs:
         result["skipped"] = (f"none of the {len(run.conversations)} simulated conversations is usable ({how or 'no user turn'}), "
@@ -374,10 +361,12 @@ async def conversations_part(sim: Simulator, intents: list[Intent], assistant: C
     return result
 
 
-async def naturalness_part(texts: list[str], detector: Detector, settings: UserEvalSettings) -> dict:
+async def naturalness_part(texts: list[str], detector: Detector, settings: UserEvalSettings) -> NaturalnessPart:
     scores = await detector.human_likelihood(texts)
     kept = [s for s in scores if s is not None]
-    return {"naturalness": mean_figure(kept, settings) | {"detector": detector.name, "unscored": len(scores) - len(kept)}}
+    fig = mean_figure(kept, settings)
+    fig["detector"], fig["unscored"] = detector.name, len(scores) - len(kept)
+    return {"naturalness": fig}
 
 
 # --- scenarios ----------------------------------------------------------------------------
@@ -410,14 +399,14 @@ DIVERT_INSTRUCTION = ("You are an assistant who ignores the user's request and t
 
 
 async def role_part(sim: Simulator, questions: list[Question], judge: CachedJudge | None, scenario_assistant: ChatModel | None,
-                    settings: UserEvalSettings) -> dict:
+                    settings: UserEvalSettings) -> RolePart:
     user = SimulatedUser(sim.model, settings.guardrails)
     hedges = package_lines("hedges.txt")
 
-    async def one(q: Question) -> dict:
+    async def one(q: Question) -> AdherenceItem:
         seed = derive_seed(settings.seed, "role", q.id)
         messages, turn = await _two_turns(user, q.intent(), _scenario_reply(hedges, scenario_assistant, HEDGE_INSTRUCTION, q.id, settings.seed), seed)
-        item = {"id": q.id, "source": q.source, "messages": messages, "user_reply": turn}
+        item: AdherenceItem = {"id": q.id, "source": q.source, "messages": messages, "user_reply": turn}
         if not messages:
             return item | {"adhered": False, "method": "no first turn"}
         if turn is None:
@@ -431,30 +420,32 @@ async def role_part(sim: Simulator, questions: list[Question], judge: CachedJudg
         full = messages + [{"role": "user", "content": turn}]
         return item | {"adhered": await judge.yes_no(ROLE_JUDGE_PROMPT.format(question=q.question, transcript=transcript(full))), "method": "judge"}
 
-    return _adherence("role_adherence", list(await asyncio.gather(*(one(q) for q in questions))), settings)
+    items = list(await asyncio.gather(*(one(q) for q in questions)))
+    return {"role_adherence": _adherence(items, settings), "items": items}
 
 
-def _adherence(key: str, items: list[dict], settings: UserEvalSettings) -> dict:
+def _adherence(items: list[AdherenceItem], settings: UserEvalSettings) -> Figure:
     """The share of items where the user adhered (items the check could not decide left out)."""
-    decided = [1.0 if i["adhered"] else 0.0 for i in items if i["adhered"] is not None]
-    fig = mean_figure(decided, settings) | {"undecided": len(items) - len(decided)}
+    decided = [1.0 if i["adhered"] else 0.0 for i in items if i.get("adhered") is not None]
+    fig = mean_figure(decided, settings)
+    fig["undecided"] = len(items) - len(decided)
     if not decided:
         fig["note"] = ("no question to ask." if not items else
                        "no item could be decided" + (" (open questions need a judge: --judge)." if any(i.get("method") == "needs --judge" for i in items) else "."))
-    return {key: fig, "items": items}
+    return fig
 
 
 async def intent_part(sim: Simulator, intents: list[Intent], judge: CachedJudge | None, scenario_assistant: ChatModel | None,
-                      settings: UserEvalSettings) -> dict:
+                      settings: UserEvalSettings) -> IntentPart:
     if judge is None:
         return {"intent_adherence": figure(None, note="not measured: intent adherence needs a judge (--judge)."), "items": []}
     user = SimulatedUser(sim.model, settings.guardrails)
     diversions = package_lines("diversions.txt")
 
-    async def one(intent: Intent) -> dict:
+    async def one(intent: Intent) -> AdherenceItem:
         seed = derive_seed(settings.seed, "intent", intent.id)
         messages, turn = await _two_turns(user, intent.text or "", _scenario_reply(diversions, scenario_assistant, DIVERT_INSTRUCTION, intent.id, settings.seed), seed)
-        item = {"id": intent.id, "messages": messages, "user_reply": turn}
+        item: AdherenceItem = {"id": intent.id, "messages": messages, "user_reply": turn}
         if not messages:
             return item | {"adhered": False, "method": "no first turn"}
         if turn is None:
@@ -462,148 +453,5 @@ async def intent_part(sim: Simulator, intents: list[Intent], judge: CachedJudge 
         full = messages + [{"role": "user", "content": turn}]
         return item | {"adhered": await judge.yes_no(INTENT_JUDGE_PROMPT.format(intent=intent.text, transcript=transcript(full))), "method": "judge"}
 
-    return _adherence("intent_adherence", list(await asyncio.gather(*(one(i) for i in intents))), settings)
-
-
-# --- the whole evaluation -----------------------------------------------------------------
-
-
-def _save(path: Path, data: dict) -> None:
-    write_text(path, json.dumps(data, indent=1))
-
-
-def _load(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-async def evaluate_users(
-    simulators: list[Simulator], data: list[Conversation], intents: list[Intent], out: str | Path, *,
-    assistant: ChatModel | None = None, judge: CachedJudge | None = None, detector: Detector | None = None,
-    questions: Sequence[Question] = (), scenario_assistant: ChatModel | None = None, settings: UserEvalSettings = UserEvalSettings(),
-    published: dict | None = None, progress: bool = True, log=print,
-) -> dict:
-    """Run every part for every simulator (resuming finished parts) and write the report."""
-    out = Path(out)
-    assistant = assistant or FixtureAssistant()
-    results = []
-    for sim in simulators:
-        part_file = out / "parts" / f"{sim.slug}.json"
-        parts = _load(part_file)
-
-        async def run(name: str, make) -> dict:
-            if name not in settings.parts:
-                return {}
-            if name not in parts:
-                log(f"{sim.spec}: {name} ...")
-                parts[name] = await make()
-                _save(part_file, parts)
-            return parts[name]
-
-        alignment = await run("alignment", lambda: alignment_part(sim, data, settings, progress))
-        await run("termination", lambda: termination_part(sim, data, alignment, settings))
-        await run("conversations", lambda: conversations_part(sim, intents, assistant, out, settings, progress))
-        if detector is not None and "conversations" in parts:
-            from ..conversation import read_conversations
-
-            path = out / parts["conversations"]["transcripts"]
-            texts = [m.content for c in read_conversations(path) for m in c.user_turns()]
-            await run("naturalness", lambda: naturalness_part(texts, detector, settings))
-        await run("role", lambda: role_part(sim, list(questions), judge, scenario_assistant, settings))
-        await run("intent", lambda: intent_part(sim, intents[: settings.scenario_limit], judge, scenario_assistant, settings))
-        metrics, missing = _collect(parts, settings, detector is not None)
-        results.append({"simulator": sim.spec, "metrics": metrics, "missing": missing, "parts": parts,
-                        "warnings": [p["warning"] for p in parts.values() if isinstance(p, dict) and p.get("warning")]})
-    reference = await _real_users(data, intents, detector, settings, out)
-    report = {
-        "simulators": results,
-        "real_users": reference,
-        "published": published if published is not None else published_rows(),
-        "settings": {"parts": list(settings.parts), "max_turns": settings.max_turns, "scenario_limit": settings.scenario_limit,
-                     "end_samples": settings.end_samples, "seed": settings.seed, "resamples": settings.resamples,
-                     "held_out_conversations": len(data), "intents": len(intents), "questions": len(questions),
-                     "assistant": assistant.name, "judge": getattr(judge, "name", None), "detector": getattr(detector, "name", None),
-                     "scenario_assistant": getattr(scenario_assistant, "name", "fixture (scripted replies)")},
-    }
-    _save(out / "user_eval.json", report)
-    write_text(out / "user_eval.md", markdown(report))
-    return report
-
-
-#: which part measures which table column
-PART_OF = {"ppl_intent": "alignment", "ppl_no_intent": "alignment", "end_f1": "termination",
-           "first_turn_diversity": "conversations", "distinct_1": "conversations", "distinct_2": "conversations",
-           "intent_overlap_first": "conversations", "intent_overlap_turn": "conversations", "naturalness": "naturalness",
-           "role_adherence": "role", "intent_adherence": "intent"}
-
-
-def _collect(parts: dict, settings: UserEvalSettings, has_detector: bool) -> tuple[dict, dict[str, str]]:
-    """The table's figures from the parts, and for each column without a figure the reason why."""
-    metrics: dict = {}
-    missing: dict[str, str] = {}
-    for key, _, _ in METRICS:
-        name = PART_OF[key]
-        part = parts.get(name)
-        fig = part.get(key) if isinstance(part, dict) else None
-        if isinstance(fig, dict):
-            metrics[key] = fig
-            if fig.get("value") is not None:
-                continue
-        if name not in settings.parts:
-            missing[key] = f"not measured: the {name} part was not asked for (--parts)."
-        elif name == "naturalness" and not has_detector:
-            missing[key] = "not measured: naturalness needs a detector (--detector)."
-        elif isinstance(fig, dict) and fig.get("note"):
-            missing[key] = str(fig["note"])
-        elif isinstance(part, dict) and part.get("skipped"):
-            missing[key] = str(part["skipped"])
-        elif isinstance(fig, dict) and fig.get("n") == 0:
-            missing[key] = "no item could be decided."
-        else:
-            missing[key] = "not measured for this simulator."
-    return metrics, missing
-
-
-async def _real_users(data: list[Conversation], intents: list[Intent], detector: Detector | None, settings: UserEvalSettings,
-                      out: Path) -> dict:
-    """The held-out users measured like the simulators (where a measure applies to real data)."""
-    wanted = {i.id for i in intents}
-    matched = [c for c in data if c.intent_id in wanted] or data[: len(intents)]
-    metrics = conversation_figures(matched, settings)
-    if detector is not None:
-        cache = out / "parts" / "real_users.naturalness.json"
-        saved = _load(cache)
-        if saved.get("detector") != detector.name:
-            texts = [m.content for c in matched for m in c.user_turns()]
-            saved = {"detector": detector.name, **(await naturalness_part(texts, detector, settings))}
-            _save(cache, saved)
-        metrics["naturalness"] = saved["naturalness"]
-    return {"conversations": len(matched), "metrics": metrics}
-
-
-def held_out_conversations(source: str, split: str, limit: int | None) -> list[Conversation]:
-    """Up to ``limit`` conversations of ``source`` (a file or a hub dataset) that have an assistant reply."""
-    from itertools import islice
-
-    from ..prepare.ingest import conversations_from
-
-    convs = (c for c in conversations_from(source, split=split) if any(m.role == "assistant" for m in c.messages))
-    return list(islice(convs, limit))
-
-
-def intents_to_simulate(path: str | None, data: list[Conversation], n: int) -> list[Intent]:
-    """The intents to simulate: a file, else the held-out conversations' own, else the built-in set."""
-    import json
-
-    from ..intents import load_intents
-    from .scenarios import package_lines
-
-    if path:
-        return load_intents(path)[:n]
-    own = [Intent(id=c.intent_id, text=c.intent) for c in data if c.intent]
-    if own:
-        return list({i.id: i for i in own}.values())[:n]
-    rows = [json.loads(line) for line in package_lines("intents.jsonl")]
-    return [Intent(id=r["id"], text=r["intent"]) for r in rows][:n]
+    items = list(await asyncio.gather(*(one(i) for i in intents)))
+    return {"intent_adherence": _adherence(items, settings), "items": items}

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import ConfigurationError, UserError
-from ..files import replacing, write_text
+from ...errors import ConfigurationError, UserError
+from ...files import replacing, write_text
 from .judge import CachedJudge
 
 _JUDGE_PROMPT = """Below is one message that was sent to an AI assistant in a chat. How likely is it that a real human typed it (rather than an AI writing as if it were a user)? Consider phrasing, effort, typos, structure and tone.
@@ -51,7 +51,7 @@ class HTTPDetector:
     async def human_likelihood(self, texts: list[str]) -> list[float | None]:
         import httpx
 
-        from ..models.retry import (
+        from ...models.retry import (
             Breaker,
             ConnectionLost,
             MalformedResponse,

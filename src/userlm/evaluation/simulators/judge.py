@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..models.base import ChatModel
-from ..models.cached import CachedChat
+from ...models.base import ChatModel
+from ...models.cached import CachedChat
 
 _VERDICT = re.compile(r"\b(YES|NO)\b")
 _NUMBER = re.compile(r"(\d+(?:\.\d+)?)")

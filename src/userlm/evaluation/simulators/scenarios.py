@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
-from ..errors import UserError
-from ..user import derive_seed
-from .text import content_words
+from ...errors import UserError
+from ...user import derive_seed
+from ..text import content_words
 
 QUESTION_SETS = ("fixture:mcq", "fixture:open", "commonsense_qa", "natural_questions")
 LETTERS = "ABCDEFGHIJ"

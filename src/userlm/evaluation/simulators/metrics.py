@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
-from .text import content_words, words
+from ..text import content_words, words
 
 
 def jaccard(a: set[str], b: set[str]) -> float:

@@ -26,8 +26,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..conversation import Conversation
-from ..render import END_OF_CONVERSATION, chat_target_ids, target_spans, training_ids, turn_opening_ids
+from ...conversation import Conversation
+from ...render import END_OF_CONVERSATION, chat_target_ids, target_spans, training_ids, turn_opening_ids
 
 FORMATS = ("userlm", "flipped")
 
@@ -114,7 +114,7 @@ def userlm_sequences(tokenizer, conv: Conversation, owner: int, *, use_intent: b
 
 
 def flipped_sequences(tokenizer, conv: Conversation, owner: int, *, use_intent: bool) -> list[_Sequence]:
-    from ..models.prompted import prompted_messages
+    from ...models.prompted import prompted_messages
 
     intent = conv.intent if use_intent else None
     chat = [m.chat() for m in conv.messages] + [{"role": "user", "content": END_OF_CONVERSATION}]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from ...errors import UserError
 from .sandbox import Limits, run_tests
 
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
@@ -88,7 +88,7 @@ class Grade:
 
 def grade(task: Task, answer: str, limits: Limits = Limits()) -> Grade:
     """Score an extracted answer in [0, 1]. Code runs only in the sandbox, and passes only on the
-    trusted harness's word that every test ran (see :func:`~userlm.evaluation.sandbox.run_tests`)."""
+    trusted harness's word that every test ran (see :func:`~userlm.evaluation.assistants.sandbox.run_tests`)."""
     if task.scorer is not None:
         return Grade(float(task.scorer(task, answer)))
     if task.suite == "gsm8k":
@@ -232,6 +232,6 @@ def load_suite(spec: str, scorer: str | None = None) -> list[Task]:
         return load_sharded(path)
     if scorer is None:
         raise UserError("custom tasks need --scorer path/file.py:function (called as function(task, answer) -> score).")
-    from ..models.function import import_function
+    from ...models.function import import_function
 
     return load_custom(path, import_function(scorer))

@@ -3,7 +3,9 @@ rows shown alongside (package data, or a file given with ``--published``)."""
 
 from __future__ import annotations
 
-from .tables import Footnotes
+from ..metrics import Figure
+from ..tables import Footnotes
+from .results import UserEvalReport
 
 #: Table columns: key, heading, which direction is better.
 METRICS = (
@@ -23,18 +25,20 @@ PERCENT = {"first_turn_diversity", "end_f1", "naturalness", "role_adherence", "i
            "intent_overlap_first", "intent_overlap_turn", "distinct_1", "distinct_2"}
 
 
-def text(key: str, fig: dict | None) -> str | None:
+def text(key: str, fig: Figure | None) -> str | None:
     """A figure as the table prints it (percentages except perplexity, with its interval), or None."""
-    if not fig or fig.get("value") is None:
+    value = fig.get("value") if fig else None
+    if not fig or value is None:
         return None
     scale = 100.0 if key in PERCENT and key != "first_turn_diversity" else 1.0
-    out = f"{fig['value'] * scale:.1f}"
-    if fig.get("low") is not None:
-        out += f" [{fig['low'] * scale:.1f}, {fig['high'] * scale:.1f}]"
+    out = f"{value * scale:.1f}"
+    low, high = fig.get("low"), fig.get("high")
+    if low is not None and high is not None:
+        out += f" [{low * scale:.1f}, {high * scale:.1f}]"
     return out
 
 
-def cell(key: str, fig: dict | None) -> str:
+def cell(key: str, fig: Figure | None) -> str:
     """:func:`text`, or ``-`` where there is no figure."""
     return text(key, fig) or "-"
 
@@ -49,7 +53,7 @@ def _real_users_gap(key: str) -> str:
     return "too few held-out conversations to measure it on."
 
 
-def table(report: dict, notes: Footnotes) -> tuple[list[str], list[list[str]]]:
+def table(report: UserEvalReport, notes: Footnotes) -> tuple[list[str], list[list[str]]]:
     """The table's headings and rows as printed (markdown and the HTML report alike); empty cells
     get a footnote in ``notes``."""
     headings = ["simulator"] + [f"{h} {'↓' if d == 'lower' else '↑'}" for _, h, d in METRICS]
@@ -67,7 +71,7 @@ def table(report: dict, notes: Footnotes) -> tuple[list[str], list[list[str]]]:
     return headings, rows
 
 
-def warnings(report: dict) -> list[str]:
+def warnings(report: UserEvalReport) -> list[str]:
     return [w for r in report["simulators"] for w in r.get("warnings", [])]
 
 
@@ -77,7 +81,7 @@ NOTE = ("Percentages except perplexity; brackets are bootstrap 95% intervals (pe
         "did not see, five times over (the in-sample best is in the JSON, labelled as such).")
 
 
-def markdown(report: dict) -> str:
+def markdown(report: UserEvalReport) -> str:
     s = report["settings"]
     notes = Footnotes()
     lines = ["# User simulator evaluation", "",
@@ -95,8 +99,9 @@ def markdown(report: dict) -> str:
         lines += [f"Rows in italics are published figures, not measured here: {pub.get('source', '')} {pub.get('note', '')}".strip(), ""]
     for r in report["simulators"]:
         f1 = r["metrics"].get("end_f1")
-        if f1 and f1.get("value") is not None:
-            lines.append(f"- `{r['simulator']}`: termination F1 {100 * f1['value']:.1f} out of sample (precision {f1['precision']:.2f}, "
+        value = f1.get("value") if f1 else None
+        if f1 and value is not None:
+            lines.append(f"- `{r['simulator']}`: termination F1 {100 * value:.1f} out of sample (precision {f1['precision']:.2f}, "
                          f"recall {f1['recall']:.2f}; ending everywhere would score {100 * f1['always_end_f1']:.1f}); the folds' "
                          f"median threshold is P(end) >= {f1['threshold']:.3g}: `userlm simulate --end-threshold {f1['threshold']:.3g}`.")
         elif f1 and f1.get("note"):
