@@ -51,6 +51,13 @@ def make_run(path: Path, n: int, reply: str, phrase_at: int = 7) -> Path:
 @pytest.fixture(scope="module")
 def report_inputs(tmp_path_factory, shared_data):
     root = tmp_path_factory.mktemp("report")
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:  # in a thread of its own: Playwright's event loop may already run in this one
+        return pool.submit(_report_inputs, root, shared_data).result()
+
+
+def _report_inputs(root, shared_data):
     a = make_run(root / "a.jsonl", 64, "Answer from the first assistant.")
     b = make_run(root / "b.jsonl", 64, "Answer from the second assistant.", phrase_at=8)
     tasks = [Task(id="t1", suite="gsm8k", text="Tom has 3 apples. He buys 4 more. How many now?", shards=["How many now?", "Tom has 3 apples.", "He buys 4 more."], reference={"answer": "7"})]
@@ -253,7 +260,8 @@ def test_the_page_shows_rates_drops_and_published_figures_as_labelled(page, repo
 
 def test_plots_with_nothing_to_show_say_so_and_titles_clear_the_mode_bar(browser, tmp_path):
     """A run whose drafts all passed and whose user model gives no P(end): the rejections plot says
-    no draft was refused (no empty axes), the ending plot says P(end) was not recorded; every
+    no draft was refused (no empty axes), the ending plot says P(end) was not recorded and no user
+    ended (no flat line at zero); every
     conversation has the same length, so the turns plot spans a few values around that one bar;
     each plot's title stays clear of Plotly's mode bar."""
     intents = [userlm.Intent(id=f"p{k}", text=f"You want help with plain task {k}.") for k in range(6)]
@@ -275,12 +283,17 @@ def test_plots_with_nothing_to_show_say_so_and_titles_clear_the_mode_bar(browser
     assert tab.locator("#plot-rejections .main-svg").count() == 0
     assert "No draft was refused" in tab.locator("#plot-rejections").inner_text()
     assert "no P(end) recorded" in tab.locator("#plot-end").inner_text()
+    assert "no user ended a conversation" in tab.locator("#plot-end").inner_text()  # no flat line at zero
+    assert tab.locator("#plot-end .main-svg").count() == 0
     low, high = tab.evaluate("document.getElementById('plot-turns').layout.xaxis.range")
     assert (low, high) == (2, 4)  # every conversation has 3 user turns: one bar, not a box across the axis
-    for plot in ("plot-turns", "plot-words", "plot-end"):
-        tab.hover(f"#{plot} .main-svg")
-        title = tab.locator(f"#{plot} .gtitle").bounding_box()
-        bar = tab.locator(f"#{plot} .modebar").bounding_box()
-        assert title and bar, plot
-        apart = title["x"] + title["width"] <= bar["x"] or title["y"] + title["height"] <= bar["y"] or bar["y"] + bar["height"] <= title["y"]
-        assert apart, (plot, title, bar)
+    for width in (1280, 1400, 900):  # plots narrow and widen with the window; a long title must still clear the bar
+        tab.set_viewport_size({"width": width, "height": 1000})
+        tab.wait_for_timeout(400)  # Plotly relayouts a responsive plot after a resize
+        for plot in ("plot-turns", "plot-words"):
+            tab.hover(f"#{plot} .main-svg")
+            title = tab.locator(f"#{plot} .gtitle").bounding_box()
+            bar = tab.locator(f"#{plot} .modebar").bounding_box()
+            assert title and bar, plot
+            apart = title["x"] + title["width"] <= bar["x"] or title["y"] + title["height"] <= bar["y"] or bar["y"] + bar["height"] <= title["y"]
+            assert apart, (width, plot, title, bar)

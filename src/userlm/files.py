@@ -1,16 +1,21 @@
-"""Writing a file so that a reader never sees it half-written: the one way every output is written.
+"""Files: the one way every output is written, and the one way JSON lines are read.
 
-The content goes to a temporary file beside the target, is flushed to disk, and then replaces
-the target in one step; if writing fails (or is interrupted), the target keeps what it had and
-the temporary file is removed.
+Writing: the content goes to a temporary file beside the target, is flushed to disk, and then
+replaces the target in one step; if writing fails (or is interrupted), the target keeps what it
+had and the temporary file is removed. Reading: each line of a JSONL file is parsed with its line
+number, and a line that is not JSON is one error naming the file and the line.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from .errors import UserError
 
 
 @contextmanager
@@ -33,3 +38,14 @@ def write_text(path: str | Path, text: str) -> Path:
     with replacing(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def json_lines(path: str | Path, lines: Iterable[str]) -> Iterator[tuple[int, Any]]:
+    """Each non-blank line of ``path`` (its ``lines``, as read) parsed, with its line number."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{number}: not valid JSON ({exc.msg}); write one JSON object per line.") from None

@@ -7,12 +7,12 @@ carried into the conversation record as metadata; a plain text file holds one in
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .files import json_lines
 
 
 @dataclass(frozen=True)
@@ -45,13 +45,7 @@ def load_intents(path: str | Path) -> list[Intent]:
 def _parse_jsonl(path: Path, text: str) -> list[Intent]:
     intents: list[Intent] = []
     seen: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{number}: not valid JSON ({exc.msg}); write one JSON object per line.") from None
+    for number, row in json_lines(path, text.splitlines()):
         if not isinstance(row, dict):
             raise UserError(f'{path}:{number}: expected a JSON object like {{"id": "a", "intent": "..."}}.')
         if "intent" not in row:

@@ -17,6 +17,7 @@ prompted with.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -237,6 +238,24 @@ def turn_opening_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     ids, mask = training_ids(tokenizer, "x", [], end=True)
     target = [t for t, m in zip(ids, mask) if m]
     return target[: target.index(end)] if end in target else []
+
+
+@dataclass(frozen=True)
+class TurnOpening:
+    """How a user model's prompt opens the turn it writes. Every user turn starts with what the
+    template writes after its header (the newline): that is put in the prompt rather than
+    sampled, so P(end) is read where the content starts."""
+
+    ids: list[int]  #: appended to every prompt (empty when the prompt already ends with whitespace)
+    text: str  #: those ids as text
+    content_offset: int  #: sampled tokens before the content starts (1: the opening is sampled after all)
+
+
+def turn_opening(tokenizer: PreTrainedTokenizerBase) -> TurnOpening:
+    """The opening a user model's prompts end with (see :class:`TurnOpening`)."""
+    opened_with_whitespace = prompt_ends_with_whitespace(tokenizer)
+    ids = [] if opened_with_whitespace else turn_opening_ids(tokenizer)
+    return TurnOpening(ids, tokenizer.decode(ids, skip_special_tokens=False), 0 if ids or opened_with_whitespace else 1)
 
 
 def _opened_user_turn(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> int:

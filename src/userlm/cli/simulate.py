@@ -72,6 +72,6 @@ def report_run(out: str, summary) -> int:
         print(f"{summary.unfinished} conversations were stopped because a server could not be reached or kept timing out "
               f"(first: {summary.first_unfinished}); they are not recorded: run the same command again to finish them.",
               file=sys.stderr)
-    if getattr(summary, "reasked", 0):
+    if summary.reasked:
         print(f"{summary.reasked} turns were asked again of another replica after theirs failed.", file=sys.stderr)
     return 1 if summary.unfinished or (summary.written and failed == summary.written) else 0

@@ -21,9 +21,8 @@ from ..render import (
     END_OF_TURN,
     chat_prompt_ids,
     chat_prompt_string,
-    prompt_ends_with_whitespace,
     spells_control_token,
-    turn_opening_ids,
+    turn_opening,
     user_prompt_ids,
     user_prompt_string,
 )
@@ -360,12 +359,8 @@ class LocalUserModel:
         self.end_id = self.loaded.token_id(END_OF_CONVERSATION)
         eot = self.loaded.token_id(END_OF_TURN)
         self.stop_ids = self.loaded.eos_ids() | ({eot} if eot is not None else set())
-        # every user turn starts with what the template writes after its header (the newline):
-        # it is put in the prompt rather than sampled, so P(end) is read where the content starts
-        opened_with_whitespace = prompt_ends_with_whitespace(tok)
-        self.opening = [] if opened_with_whitespace else turn_opening_ids(tok)
-        self.opening_text = tok.decode(self.opening, skip_special_tokens=False)
-        self.content_offset = 0 if self.opening or opened_with_whitespace else 1
+        opening = turn_opening(tok)
+        self.opening, self.opening_text, self.content_offset = opening.ids, opening.text, opening.content_offset
         self._batcher = _Batcher(self._run, options.max_batch_size, order=lambda r: (r.conversation_key or "", r.seed))
         self.prefix_cache = _prefix_cache(options)
         self.sampled = _SampledTurns(tok, 8 * options.max_batch_size) if options.reuse_cache else None

@@ -71,20 +71,27 @@ def _split(spec: str, valid: tuple[str, ...], side: str) -> tuple[str, str]:
     return kind, name
 
 
+def _engine_model(kind: str, name: str, options: ProviderOptions, side: str):
+    """A model in this process: transformers (``hf:``) or vLLM's engine (``vllm:``), as the user or the assistant."""
+    if kind == "hf":
+        from .local import LocalChatModel, LocalUserModel
+
+        local = LocalUserModel if side == "user" else LocalChatModel
+        return local(name, sampling=options.sampling, options=options.load)
+    from .vllm_engine import VLLMChatModel, VLLMUserModel
+
+    engine = VLLMUserModel if side == "user" else VLLMChatModel
+    return engine(name, sampling=options.sampling, options=options.vllm)
+
+
 def user_model(spec: str, options: ProviderOptions = ProviderOptions()) -> UserModel:
     """Resolve a user-model spec such as ``hf:microsoft/UserLM-8b`` or ``prompted:openai:gpt-4o``."""
     kind, name = _split(spec, USER_PROVIDERS, "user")
     pool = _replicated(kind, spec, replace(options, side="user"))
     if pool is not None:
         return pool
-    if kind == "hf":
-        from .local import LocalUserModel
-
-        return LocalUserModel(name, sampling=options.sampling, options=options.load)
-    if kind == "vllm":
-        from .vllm_engine import VLLMUserModel
-
-        return VLLMUserModel(name, sampling=options.sampling, options=options.vllm)
+    if kind in ("hf", "vllm"):
+        return _engine_model(kind, name, options, "user")
     if kind == "openai":
         from .openai_compat import OpenAIUserModel
 
@@ -108,14 +115,8 @@ def chat_model(spec: str, options: ProviderOptions = ProviderOptions()) -> ChatM
     pool = _replicated(kind, spec, replace(options, side="assistant") if options.side == "user" else options)
     if pool is not None:
         return pool
-    if kind == "hf":
-        from .local import LocalChatModel
-
-        return LocalChatModel(name, sampling=options.sampling, options=options.load)
-    if kind == "vllm":
-        from .vllm_engine import VLLMChatModel
-
-        return VLLMChatModel(name, sampling=options.sampling, options=options.vllm)
+    if kind in ("hf", "vllm"):
+        return _engine_model(kind, name, options, "assistant")
     if kind == "openai":
         from .openai_compat import OpenAIChatModel
 

@@ -137,9 +137,8 @@ class Replicated:
     def shutdown(self) -> None:
         """Stop the replicas for good (Ray actors end with the driver anyway)."""
         for backend in self.backends:
-            stop = getattr(backend, "shutdown", None)
-            if stop is not None:
-                stop()
+            if isinstance(backend, RayReplica):
+                backend.shutdown()
 
 
 # --- Ray -------------------------------------------------------------------------------------

@@ -34,8 +34,7 @@ from ..render import (
     END_OF_TURN,
     chat_prompt_ids,
     chat_prompt_string,
-    prompt_ends_with_whitespace,
-    turn_opening_ids,
+    turn_opening,
     user_prompt_ids,
     user_prompt_string,
 )
@@ -243,7 +242,7 @@ def _sampling(settings: SamplingSettings, seed: int, **extra):
 class VLLMUserModel:
     """A UserLM-format user model in vLLM's engine; guardrails exact inside the sampler."""
 
-    remote = True  #: vLLM's scheduler batches its requests, not userlm's lockstep gate
+    remote = True  #: vLLM's scheduler batches its requests, not userlm's lockstep
 
     def __init__(self, path: str, *, sampling: SamplingSettings, options: VLLMOptions = VLLMOptions()):
         from .local import _SampledTurns
@@ -256,10 +255,8 @@ class VLLMUserModel:
         self.end_id = _token_id(tok, END_OF_CONVERSATION)
         eot = _token_id(tok, END_OF_TURN)
         self.stop_ids = self.engine.eos | ({eot} if eot is not None else set())
-        opened_with_whitespace = prompt_ends_with_whitespace(tok)
-        self.opening = [] if opened_with_whitespace else turn_opening_ids(tok)
-        self.opening_text = tok.decode(self.opening, skip_special_tokens=False)
-        self.content_offset = 0 if self.opening or opened_with_whitespace else 1
+        opening = turn_opening(tok)
+        self.opening, self.opening_text, self.content_offset = opening.ids, opening.text, opening.content_offset
         self.whitespace = vocab_tables(tok).whitespace.tolist()
         self.sampled = _SampledTurns(tok, 4096)
 
@@ -341,7 +338,7 @@ def _probability(logprobs: list, step: int, token: int) -> float | None:
 class VLLMChatModel:
     """An instruction-tuned model in vLLM's engine as the assistant, prompted with its own chat template."""
 
-    remote = True  #: vLLM's scheduler batches its requests, not userlm's lockstep gate
+    remote = True  #: vLLM's scheduler batches its requests, not userlm's lockstep
 
     def __init__(self, path: str, *, sampling: SamplingSettings, options: VLLMOptions = VLLMOptions()):
         from .local import _SampledTurns

@@ -29,7 +29,7 @@ from ...files import write_text
 from ...guardrails import OFF as GUARDRAILS_OFF
 from ...guardrails import GuardrailConfig
 from ...intents import Intent
-from ...models.base import ChatModel, UserDraft, UserTurnRequest
+from ...models.base import ChatModel, UserDraft, UserModel, UserTurnRequest
 from ...simulation import RunSettings, simulate_async
 from ...user import SimulatedUser
 from ..metrics import MeanCI, aptitude_unreliability, describe, mean_ci, paired_difference_ci
@@ -85,7 +85,7 @@ class EvalSettings:
 
 
 async def evaluate(
-    tasks: list[Task], assistant: ChatModel, out: str | Path, *, user_model=None, extractor: ChatModel | None = None,
+    tasks: list[Task], assistant: ChatModel, out: str | Path, *, user_model: UserModel | None = None, extractor: ChatModel | None = None,
     rephrase: ChatModel | None = None, settings: EvalSettings = EvalSettings(), progress: bool = True,
 ) -> AssistantReport:
     """Run every mode, write transcripts, ``assistant.json`` and ``assistant.md``; return the report."""
@@ -128,8 +128,8 @@ async def evaluate(
     report = summarise(tasks, records)
     report["settings"] = {"modes": list(settings.modes), "samples": settings.samples, "max_turns": settings.max_turns,
                           "seed": settings.seed, "assistant": assistant.name,
-                          "user": getattr(user_model, "name", None), "extractor": getattr(extractor, "name", None),
-                          "rephrase": getattr(rephrase, "name", None)}
+                          "user": user_model.name if user_model else None, "extractor": extractor.name if extractor else None,
+                          "rephrase": rephrase.name if rephrase else None}
     report["published"] = published_rows(kind="extrinsic")
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "assistant.json", json.dumps(report, indent=2))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import UserError
+from ...files import json_lines
 from .sandbox import Limits, run_tests
 
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
@@ -195,13 +196,7 @@ def _jsonl(path: str | Path, needs: tuple[str, ...] = (), suite: str = "") -> li
     n = 0
     try:
         with opener(path, "rt", encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"{path}:{n}: not valid JSON ({exc.msg}).") from None
+            for n, row in json_lines(path, f):
                 missing = [k for k in needs if not isinstance(row, dict) or k not in row]
                 if missing:
                     raise UserError(f"{path}:{n}: a {suite} task needs {', '.join(missing)}; is this a {suite} file?")

@@ -127,8 +127,8 @@ async def evaluate_users(
         "settings": {"parts": list(settings.parts), "max_turns": settings.max_turns, "scenario_limit": settings.scenario_limit,
                      "end_samples": settings.end_samples, "seed": settings.seed, "resamples": settings.resamples,
                      "held_out_conversations": len(data), "intents": len(intents), "questions": len(questions),
-                     "assistant": assistant.name, "judge": getattr(judge, "name", None), "detector": getattr(detector, "name", None),
-                     "scenario_assistant": getattr(scenario_assistant, "name", "fixture (scripted replies)")},
+                     "assistant": assistant.name, "judge": judge.name if judge else None, "detector": detector.name if detector else None,
+                     "scenario_assistant": scenario_assistant.name if scenario_assistant else "fixture (scripted replies)"},
     }
     _save(out / "user_eval.json", report)
     write_text(out / "user_eval.md", markdown(report))

@@ -29,10 +29,12 @@
   }
 
   // ---------------------------------------------------------------- plots
-  // titles sit at the left and the plot starts below the mode bar, which Plotly puts at the top right
-  const layout = (title, x, y) => ({title: {text: title, font: {size: 14}, x: 0.01, xanchor: "left", y: 0.98, yanchor: "top"},
+  // Plotly puts its mode bar in the figure's top 30 pixels, at the right: titles sit at the left
+  // in the row below it, so that however narrow the plot and long the title, neither covers the other
+  const layout = (title, x, y) => ({
+    title: {text: title, font: {size: 14}, x: 0.01, xanchor: "left", yref: "container", y: 1, yanchor: "top", pad: {t: 34}},
     xaxis: {title: {text: x}}, yaxis: {title: {text: y}},
-    barmode: "overlay", margin: {t: 64, r: 10, b: 50, l: 55}, legend: {orientation: "h", y: -0.25}});
+    barmode: "overlay", margin: {t: 76, r: 10, b: 50, l: 55}, legend: {orientation: "h", y: -0.25}});
   const config = {displaylogo: false, responsive: true};
   // a plot with nothing to show says so, instead of drawing empty axes
   const nothing = (id, title, why) => {
@@ -79,8 +81,12 @@
       }
       ends.push({type: "scatter", mode: "lines", line: {dash: "dot"}, x: t.map((e) => e.turn), y: t.map((e) => e.ended_share), name: `${r.name}: share ended`});
     });
+    const userEnded = runs.some((r) => r.end_probability_by_turn.some((e) => e.ended_share > 0));
     if (!ends.length || !runs.some((r) => r.end_probability_by_turn.length)) {
       nothing("plot-end", "Probability of ending, by user turn", "No user turn in these runs.");
+    } else if (!recorded && !userEnded) {  // a flat line at zero would say nothing
+      nothing("plot-end", "Ending, by user turn", "Nothing to plot: no P(end) recorded (these user models give none), and no user " +
+        "ended a conversation (the summary's end reasons say how they ended).");
     } else {
       const endTitle = recorded ? "Probability of ending, by user turn"
         : "Share of conversations ending, by user turn<br><sub>no P(end) recorded: these user models give none</sub>";
