@@ -51,20 +51,13 @@ def add_model_options(parser: argparse.ArgumentParser, *, assistant: bool = True
     g = parser.add_argument_group("user model")
     g.add_argument("--user", required=user_required, metavar="SPEC", action="append" if many_users else "store",
                    help="hf:PATH_OR_ID, vllm:PATH_OR_ID, openai:MODEL, prompted:SPEC or scripted:FILE" + (" (repeatable)" if many_users else ""))
-    g.add_argument("--user-base-url", metavar="URL", help="OpenAI-compatible server of the user model (default: OPENAI_BASE_URL)")
-    g.add_argument("--user-temperature", type=NONNEGATIVE_FLOAT, default=1.0, metavar="T", help="(default: 1.0, as on the UserLM-8b card)")
-    g.add_argument("--user-top-p", type=probability, default=0.8, metavar="P", help="(default: 0.8, as on the UserLM-8b card)")
-    g.add_argument("--user-max-tokens", type=COUNT, default=64, metavar="N", help="new tokens per user turn (default: 64)")
+    _add_sampling_options(g, "user", "user model", temperature=1.0, top_p=0.8, max_tokens=64, per="user turn",
+                          source=", as on the UserLM-8b card")
     g.add_argument("--user-end-token-id", type=NONNEGATIVE, metavar="ID", help="id of <|endconversation|> on the user model's server")
-    g.add_argument("--user-replicas", type=COUNT, default=1, metavar="N", help="copies of an hf:/vllm: user model, as Ray actors (needs --ray; default: 1)")
     if assistant:
         g = parser.add_argument_group("assistant")
         g.add_argument("--assistant", required=assistant_required, metavar="SPEC", help="hf:PATH_OR_ID, vllm:PATH_OR_ID, openai:MODEL, python:MODULE:FN or scripted:FILE")
-        g.add_argument("--assistant-base-url", metavar="URL", help="OpenAI-compatible server of the assistant (default: OPENAI_BASE_URL)")
-        g.add_argument("--assistant-temperature", type=NONNEGATIVE_FLOAT, default=0.7, metavar="T", help="(default: 0.7)")
-        g.add_argument("--assistant-top-p", type=probability, default=1.0, metavar="P", help="(default: 1.0)")
-        g.add_argument("--assistant-max-tokens", type=COUNT, default=512, metavar="N", help="new tokens per reply (default: 512)")
-        g.add_argument("--assistant-replicas", type=COUNT, default=1, metavar="N", help="copies of an hf:/vllm: assistant, as Ray actors (needs --ray; default: 1)")
+        _add_sampling_options(g, "assistant", "assistant", temperature=0.7, top_p=1.0, max_tokens=512, per="reply")
     g = parser.add_argument_group("local models and servers")
     g.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:N, mps")
     g.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs and on CPUs with AMX or AVX-512 BF16, else fp32), float32, bfloat16, float16")
@@ -83,6 +76,19 @@ def add_model_options(parser: argparse.ArgumentParser, *, assistant: bool = True
     g.add_argument("--request-concurrency", type=COUNT, default=32, metavar="N", help="requests in flight per server (default: 32)")
     g.add_argument("--max-retries", type=NONNEGATIVE, default=5, metavar="N", help="retries of a failed request (5xx, 429, timeouts, cut or malformed answers): N + 1 attempts at most (default: 5)")
     g.add_argument("--timeout", type=above_zero, default=120.0, metavar="S", help="seconds per request (default: 120)")
+
+
+def _add_sampling_options(g: argparse._ArgumentGroup, side: str, what: str, *, temperature: float, top_p: float, max_tokens: int,
+                          per: str, source: str = "") -> None:
+    """Where one side's model is served, how it samples, and how many copies of it run."""
+    g.add_argument(f"--{side}-base-url", metavar="URL", help=f"OpenAI-compatible server of the {what} (default: OPENAI_BASE_URL)")
+    g.add_argument(f"--{side}-temperature", type=NONNEGATIVE_FLOAT, default=temperature, metavar="T",
+                   help=f"sampling temperature, 0 for greedy (default: {temperature}{source})")
+    g.add_argument(f"--{side}-top-p", type=probability, default=top_p, metavar="P",
+                   help=f"nucleus sampling: sample from the smallest set of tokens whose probability reaches P (default: {top_p}{source})")
+    g.add_argument(f"--{side}-max-tokens", type=COUNT, default=max_tokens, metavar="N", help=f"new tokens per {per} (default: {max_tokens})")
+    g.add_argument(f"--{side}-replicas", type=COUNT, default=1, metavar="N",
+                   help=f"copies of an hf:/vllm: {what}, as Ray actors (needs --ray; default: 1)")
 
 
 def add_guardrail_options(parser: argparse.ArgumentParser, *, min_turns: int | None = None) -> None:
