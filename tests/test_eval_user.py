@@ -77,8 +77,7 @@ def test_flipped_prompt_scores_the_users_turns_as_the_chat_models_own(tiny_assis
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from userlm.evaluation.simulators.perplexity import flipped_sequences, held_out_scores
-    from userlm.models.prompted import prompted_messages
-    from userlm.render import template_ids
+    from userlm.render import prompted_user_view, template_ids
 
     model, tok = AutoModelForCausalLM.from_pretrained(tiny_assistant_dir).eval(), AutoTokenizer.from_pretrained(tiny_assistant_dir)
     conv = next(c for c in oasst_threads if len(c.messages) >= 4)
@@ -90,7 +89,7 @@ def test_flipped_prompt_scores_the_users_turns_as_the_chat_models_own(tiny_assis
 
     scores = held_out_scores(model, tok, [conv], fmt="flipped", use_intent=False)
     assert len(scores.end_points) == len(conv.messages) // 2
-    chat = prompted_messages(None, [m.chat() for m in conv.messages[:2]], allow_end=True)
+    chat = prompted_user_view(None, [m.chat() for m in conv.messages[:2]], allow_end=True)
     # the marker is the text a prompted user writes (its drafts are read as text), so it is scored
     # as text, never as the tokenizer's special token of the same spelling
     prompt = template_ids(tok, chat, template=tok.chat_template)

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .prompts import load_prompt
+
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
 
@@ -73,6 +75,25 @@ def flipped_view(messages: Iterable[Any]) -> Chat:
     """Swap roles so a chat model prompted to play the user writes the user's turns as its own."""
     swap = {"user": "assistant", "assistant": "user"}
     return [{"role": swap[m["role"]], "content": m["content"]} for m in _as_chat(messages)]
+
+
+_MAY_END = (
+    f"- When your goal is met, or you would give up in real life, reply with exactly {END_OF_CONVERSATION} "
+    "and nothing else to end the conversation."
+)
+_MAY_NOT_END = "- Keep the conversation going: always write a message."
+
+
+def prompted_user_view(intent: str | None, messages: Iterable[Any], *, allow_end: bool) -> Chat:
+    """The chat a general chat model prompted to play the user sees: the role-play system prompt
+    with the intent, then the conversation with roles flipped (opened by a fixed first message
+    when the user speaks first)."""
+    system = load_prompt("prompted_user.txt").replace("{intent}", intent or "Chat about whatever you like.")
+    system = system.replace("{ending}", _MAY_END if allow_end else _MAY_NOT_END)
+    flipped = flipped_view(messages)
+    if not flipped or flipped[0]["role"] != "user":
+        flipped = [{"role": "user", "content": load_prompt("prompted_user_start.txt").strip()}] + flipped
+    return [{"role": "system", "content": system}] + flipped
 
 
 def render_userlm(chat: Sequence[Mapping[str, str]]) -> str:

@@ -9,7 +9,7 @@ last assistant reply, given the intent (or not) and everything before. Two ways 
   assistant reply is the probability of ``<|endconversation|>`` right after the newline that
   opens every user turn, read off the same forward pass.
 * **Flipped** (``prompted:hf:`` instruction-tuned chat models): the chat a prompted user sees
-  (:func:`userlm.models.prompted.prompted_messages`: role-play system prompt with the intent,
+  (:func:`userlm.render.prompted_user_view`: role-play system prompt with the intent,
   roles swapped), rendered with the model's own chat template; the targets are its
   ``assistant`` messages, i.e. the real user's turns and a last message ``<|endconversation|>``
   (what the prompt asks for when the goal is met). P(end) after an assistant reply is the
@@ -114,14 +114,14 @@ def userlm_sequences(tokenizer, conv: Conversation, owner: int, *, use_intent: b
 
 
 def flipped_sequences(tokenizer, conv: Conversation, owner: int, *, use_intent: bool) -> list[_Sequence]:
-    from ...models.prompted import prompted_messages
+    from ...render import prompted_user_view
 
     intent = conv.intent if use_intent else None
     chat = [m.chat() for m in conv.messages] + [{"role": "user", "content": END_OF_CONVERSATION}]
-    seqs = [_Sequence(ids, mask, owner=owner) for ids, mask in chat_target_ids(tokenizer, prompted_messages(intent, chat, allow_end=True))]
+    seqs = [_Sequence(ids, mask, owner=owner) for ids, mask in chat_target_ids(tokenizer, prompted_user_view(intent, chat, allow_end=True))]
     for message_index, reply, _ in _end_points(conv):
         so_far = [m.chat() for m in conv.messages[:message_index]] + [{"role": "user", "content": END_OF_CONVERSATION}]
-        ((ids, mask),) = chat_target_ids(tokenizer, prompted_messages(intent, so_far, allow_end=True), last_only=True)
+        ((ids, mask),) = chat_target_ids(tokenizer, prompted_user_view(intent, so_far, allow_end=True), last_only=True)
         seqs.append(_Sequence(ids, mask, owner=owner, role="end", position=reply))
     return seqs
 
