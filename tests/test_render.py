@@ -86,3 +86,14 @@ def test_message_text_that_spells_a_control_token_stays_text(tiny_tokenizer):
     # an ordinary conversation: the same ids as the tokenizer's own template
     assert user_prompt_ids(tok, INTENT, CONVERSATION) == list(
         tok.apply_chat_template(user_view(INTENT, CONVERSATION), tokenize=True, return_dict=False))
+
+
+def test_prompts_are_filled_in_one_pass_so_conversation_text_cannot_inject_a_placeholder():
+    from userlm.prompts import fill_prompt
+
+    judged = fill_prompt("role_judge.txt", question="What is {transcript}?", transcript="USER: hi")
+    assert "What is {transcript}?" in judged and judged.count("USER: hi") == 1
+    from userlm.render import prompted_user_view
+
+    view = prompted_user_view("Plan {ending} a trip", [], allow_end=False)
+    assert "Plan {ending} a trip" in view[0]["content"] and "{ending}" not in view[0]["content"].replace("Plan {ending} a trip", "")

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .prompts import load_prompt
+from .prompts import fill_prompt, load_prompt
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
@@ -88,8 +88,8 @@ def prompted_user_view(intent: str | None, messages: Iterable[Any], *, allow_end
     """The chat a general chat model prompted to play the user sees: the role-play system prompt
     with the intent, then the conversation with roles flipped (opened by a fixed first message
     when the user speaks first)."""
-    system = load_prompt("prompted_user.txt").replace("{intent}", intent or "Chat about whatever you like.")
-    system = system.replace("{ending}", _MAY_END if allow_end else _MAY_NOT_END)
+    system = fill_prompt("prompted_user.txt", intent=intent or "Chat about whatever you like.",
+                         ending=_MAY_END if allow_end else _MAY_NOT_END)
     flipped = flipped_view(messages)
     if not flipped or flipped[0]["role"] != "user":
         flipped = [{"role": "user", "content": load_prompt("prompted_user_start.txt").strip()}] + flipped

@@ -20,7 +20,7 @@ from ..errors import ConfigurationError
 from ..files import write_text
 from ..models.base import ChatModel
 from ..models.cached import CachedChat
-from ..prompts import load_prompt
+from ..prompts import fill_prompt
 
 PREFIX = "You are a user chatting with an assistant to"
 _MAX_TURN_CHARS = 600  #: turns are shortened in the prompt: the goal shows without the details
@@ -38,7 +38,7 @@ def intent_prompt(conv: Conversation) -> str:
         if len(text) > _MAX_TURN_CHARS:
             text = text[:_MAX_TURN_CHARS] + " ..."
         lines.append(f"{m.role.upper()}: {text}")
-    return load_prompt("intent.txt").replace("{conversation}", "\n".join(lines))
+    return fill_prompt("intent.txt", conversation="\n".join(lines))
 
 
 def parse_intent(reply: str) -> str:

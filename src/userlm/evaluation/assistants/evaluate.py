@@ -30,6 +30,7 @@ from ...guardrails import OFF as GUARDRAILS_OFF
 from ...guardrails import GuardrailConfig
 from ...intents import Intent
 from ...models.base import ChatModel, UserDraft, UserModel, UserTurnRequest
+from ...prompts import fill_prompt
 from ...simulation import RunSettings, simulate_async
 from ...user import SimulatedUser
 from ..metrics import MeanCI, aptitude_unreliability, describe, mean_ci, paired_difference_ci
@@ -63,12 +64,8 @@ class TaskUser:
             return UserDraft(text="", ended=True)
         text = turns[index]
         if self.rephrase is not None and self.mode == "sharded" and index > 0:
-            prompt = (
-                "Rewrite this piece of information as the short message a user would send next in the chat below. "
-                "Keep every fact; reply with the message only.\n\nChat so far:\n"
-                + "\n".join(f"{m['role'].upper()}: {m['content']}" for m in request.messages)
-                + f"\n\nInformation: {text}"
-            )
+            chat = "\n".join(f"{m['role'].upper()}: {m['content']}" for m in request.messages)
+            prompt = fill_prompt("rephrase_shard.txt", chat=chat, information=text)
             text = (await self.rephrase.reply([{"role": "user", "content": prompt}], seed=request.seed)).text.strip() or text
         return UserDraft(text=text)
 
@@ -140,11 +137,7 @@ async def evaluate(
 async def _extract(task: Task, reply: str, extractor: ChatModel | None) -> str | None:
     if extractor is None:
         return extract_answer(task, reply)
-    prompt = (
-        "Below is an assistant's reply to a task. If it gives a final answer, reply with that answer only "
-        "(for code: the complete code); if it gives none, reply with NONE.\n\n"
-        f"Task:\n{task.text}\n\nReply:\n{reply}"
-    )
+    prompt = fill_prompt("extract_answer.txt", task=task.text, reply=reply)
     text = (await extractor.reply([{"role": "user", "content": prompt}], seed=0)).text.strip()
     return None if not text or text.upper() == "NONE" else (extract_answer(task, text) or text)
 

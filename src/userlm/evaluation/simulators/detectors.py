@@ -24,16 +24,8 @@ from typing import Protocol
 
 from ...errors import ConfigurationError, UserError
 from ...files import replacing, write_text
+from ...prompts import fill_prompt
 from .judge import CachedJudge
-
-_JUDGE_PROMPT = """Below is one message that was sent to an AI assistant in a chat. How likely is it that a real human typed it (rather than an AI writing as if it were a user)? Consider phrasing, effort, typos, structure and tone.
-
-Message:
-<<<
-{text}
->>>
-
-Answer with a single number from 0 (certainly machine-written) to 100 (certainly human-written)."""
 
 
 class Detector(Protocol):
@@ -111,7 +103,7 @@ class JudgeDetector:
     async def human_likelihood(self, texts: list[str]) -> list[float | None]:
         import asyncio
 
-        return list(await asyncio.gather(*(self.judge.score(_JUDGE_PROMPT.format(text=t)) for t in texts)))
+        return list(await asyncio.gather(*(self.judge.score(fill_prompt("human_likelihood_judge.txt", text=t)) for t in texts)))
 
 
 class LocalDetector:

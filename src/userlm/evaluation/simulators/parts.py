@@ -19,6 +19,7 @@ from ...conversation import Conversation
 from ...guardrails import GuardrailConfig
 from ...intents import Intent
 from ...models.base import ChatModel, ChatReply, HasWeights, MapsShards, ProbesEnd, UserModel, UserTurnRequest, WrapsChat
+from ...prompts import fill_prompt, load_prompt
 from ...simulation import RunSettings, simulate_async
 from ...user import SimulatedUser, derive_seed
 from ..metrics import Figure, bootstrap, figure
@@ -37,7 +38,7 @@ from .results import (
     TerminationPart,
     TerminationPoint,
 )
-from .scenarios import INTENT_JUDGE_PROMPT, ROLE_JUDGE_PROMPT, Question, package_lines, pick, role_rule_check, transcript
+from .scenarios import Question, package_lines, pick, role_rule_check, transcript
 
 PARTS = ("alignment", "termination", "conversations", "naturalness", "role", "intent")
 
@@ -392,12 +393,6 @@ def _scenario_reply(lines: list[str], model: ChatModel | None, instruction: str,
     return reply_for
 
 
-HEDGE_INSTRUCTION = ("You are an assistant who, whatever the user asks, does not answer. Reply in one or two sentences that the "
-                     "question is tricky and ask the user what they think the answer is.")
-DIVERT_INSTRUCTION = ("You are an assistant who ignores the user's request and tries to get them interested in a completely "
-                      "different topic of your choice. Reply in one or two sentences.")
-
-
 async def role_part(sim: Simulator, questions: list[Question], judge: CachedJudge | None, scenario_assistant: ChatModel | None,
                     settings: UserEvalSettings) -> RolePart:
     user = SimulatedUser(sim.model, settings.guardrails)
@@ -405,7 +400,7 @@ async def role_part(sim: Simulator, questions: list[Question], judge: CachedJudg
 
     async def one(q: Question) -> AdherenceItem:
         seed = derive_seed(settings.seed, "role", q.id)
-        messages, turn = await _two_turns(user, q.intent(), _scenario_reply(hedges, scenario_assistant, HEDGE_INSTRUCTION, q.id, settings.seed), seed)
+        messages, turn = await _two_turns(user, q.intent(), _scenario_reply(hedges, scenario_assistant, load_prompt("hedging_assistant.txt"), q.id, settings.seed), seed)
         item: AdherenceItem = {"id": q.id, "source": q.source, "messages": messages, "user_reply": turn}
         if not messages:
             return item | {"adhered": False, "method": "no first turn"}
@@ -418,7 +413,7 @@ async def role_part(sim: Simulator, questions: list[Question], judge: CachedJudg
         if judge is None:
             return item | {"adhered": None, "method": "needs --judge"}
         full = messages + [{"role": "user", "content": turn}]
-        return item | {"adhered": await judge.yes_no(ROLE_JUDGE_PROMPT.format(question=q.question, transcript=transcript(full))), "method": "judge"}
+        return item | {"adhered": await judge.yes_no(fill_prompt("role_judge.txt", question=q.question, transcript=transcript(full))), "method": "judge"}
 
     items = list(await asyncio.gather(*(one(q) for q in questions)))
     return {"role_adherence": _adherence(items, settings), "items": items}
@@ -444,14 +439,14 @@ async def intent_part(sim: Simulator, intents: list[Intent], judge: CachedJudge 
 
     async def one(intent: Intent) -> AdherenceItem:
         seed = derive_seed(settings.seed, "intent", intent.id)
-        messages, turn = await _two_turns(user, intent.text or "", _scenario_reply(diversions, scenario_assistant, DIVERT_INSTRUCTION, intent.id, settings.seed), seed)
+        messages, turn = await _two_turns(user, intent.text or "", _scenario_reply(diversions, scenario_assistant, load_prompt("diverting_assistant.txt"), intent.id, settings.seed), seed)
         item: AdherenceItem = {"id": intent.id, "messages": messages, "user_reply": turn}
         if not messages:
             return item | {"adhered": False, "method": "no first turn"}
         if turn is None:
             return item | {"adhered": False, "method": "ended instead of steering back"}
         full = messages + [{"role": "user", "content": turn}]
-        return item | {"adhered": await judge.yes_no(INTENT_JUDGE_PROMPT.format(intent=intent.text, transcript=transcript(full))), "method": "judge"}
+        return item | {"adhered": await judge.yes_no(fill_prompt("intent_judge.txt", intent=intent.text or "", transcript=transcript(full))), "method": "judge"}
 
     items = list(await asyncio.gather(*(one(i) for i in intents)))
     return {"intent_adherence": _adherence(items, settings), "items": items}

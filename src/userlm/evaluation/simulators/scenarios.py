@@ -154,26 +154,5 @@ def role_rule_check(turn: str, question: Question) -> RoleCheck:
     return RoleCheck(answered_itself=answered, assistant_voice=bool(_ASSISTANT_VOICE.search(turn)), mentioned=mentioned)
 
 
-ROLE_JUDGE_PROMPT = """You are checking a simulated user in a chat with an AI assistant.
-The user wanted this question answered: {question}
-Instead of answering, the assistant asked the user what they think.
-
-Conversation:
-{transcript}
-
-Did the USER stay in the role of a user asking for help? Answer NO if, in its last message, the user answered its own question (stated an answer as if it knew it) or started acting like the assistant (explaining, offering help, answering as an AI). Answer YES otherwise.
-Reply with YES or NO."""
-
-INTENT_JUDGE_PROMPT = """You are checking a simulated user in a chat with an AI assistant.
-The user's goal: {intent}
-In its last reply the assistant tried to steer the conversation to an unrelated topic.
-
-Conversation:
-{transcript}
-
-In its last message, did the USER stay on its own goal (steering back to it, insisting, or asking about it again)? Answer NO if the user went along with the new topic. Answer YES if it stayed on its goal.
-Reply with YES or NO."""
-
-
 def transcript(messages: list[dict[str, str]]) -> str:
     return "\n".join(f"{m['role'].upper()}: {m['content']}" for m in messages)
