@@ -14,6 +14,7 @@ from userlm.guardrails import GuardrailConfig, first_word
 from userlm.intents import Intent
 from userlm.models.base import SamplingSettings, UserTurnRequest
 from userlm.models.local import LocalChatModel, LocalUserModel
+from userlm.models.scripted import ScriptedAssistant
 from userlm.models.vocab import banned_first_ids
 from userlm.simulation import RunSettings
 
@@ -116,6 +117,45 @@ def test_batches_fall_the_same_way_whatever_the_timing_of_the_rest_of_the_run(ti
     batches.clear()
     asyncio.run(direct())
     assert batches == [("user", 4)]
+
+
+def test_a_prompt_that_fills_the_context_fails_alone_and_one_that_nearly_does_is_cut_to_fit(tiny_user_dir):
+    """A local model never writes past the positions it was built for: a turn whose prompt
+    leaves no room is that turn's error (its conversation ends with it, the batch goes on), and
+    one whose prompt leaves less room than the budget gets what fits, marked truncated."""
+    from userlm.models.base import ContextOverflow
+
+    user = LocalUserModel(str(tiny_user_dir), sampling=SAMPLING)
+    context = user.loaded.context
+    assert context is not None
+
+    def sized(tokens: int) -> UserTurnRequest:  # a request whose prompt is about ``tokens`` long
+        low, high = 1, 4 * tokens
+        while low < high:
+            mid = (low + high + 1) // 2
+            fits = len(user._prompt(request(messages=[{"role": "assistant", "content": "word " * mid}]))[1]) <= tokens
+            low, high = (mid, high) if fits else (low, mid - 1)
+        return request(messages=[{"role": "assistant", "content": "word " * low}], seed=11)
+
+    over, near = sized(context + 40), sized(context - 6)
+    assert len(user._prompt(over)[1]) >= context and context - 16 < len(user._prompt(near)[1]) <= context - 6
+
+    async def go():
+        return await asyncio.gather(user.draft(over), user.draft(request(seed=3)), user.draft(near), return_exceptions=True)
+
+    too_long, normal, cut = asyncio.run(go())
+    assert isinstance(too_long, ContextOverflow) and f"context of {context} tokens" in str(too_long)
+    assert isinstance(normal, userlm.UserDraft) and isinstance(cut, userlm.UserDraft)
+    room = context - len(user._prompt(near)[1]) - 1
+    assert cut.completion_tokens <= room + 1  # its tokens, and a stop token when it wrote one
+    if cut.truncated:
+        assert cut.completion_tokens == room
+
+    run = userlm.simulate([Intent("long", over.messages[0]["content"]), *INTENTS[:2]], userlm.SimulatedUser(user), ScriptedAssistant(["ok"]),
+                          settings=RunSettings(max_turns=2), progress=False)
+    ends = {c.intent_id: (c.end_reason, c.error or "") for c in run.conversations}
+    assert ends["long"][0] == "user_error" and ends["long"][1].startswith("ContextOverflow: ")
+    assert all(reason != "user_error" for k, (reason, _) in ends.items() if k != "long")
 
 
 def test_first_token_filter_is_a_logits_constraint(tiny_user_dir):

@@ -71,6 +71,11 @@ class UserDraft:
     closed_by_end: bool = False  #: an end token after some text closed the turn (the text is kept, the conversation goes on)
 
 
+class ContextOverflow(Exception):
+    """A prompt too long for the model's context: that turn cannot be written (the conversation
+    ends with an error; the others go on)."""
+
+
 @dataclass
 class ChatReply:
     """An assistant reply."""

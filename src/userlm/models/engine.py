@@ -36,6 +36,7 @@ class Row:
     want_end_prob: bool = False  #: record P(end) at the start of the content
     content_offset: int = 0  #: generated whitespace tokens expected before content (UserLM: the newline)
     key: str | None = None  #: the conversation this row continues, for the prefix cache
+    max_new_tokens: int | None = None  #: this row's token budget when below the batch's (its prompt nearly fills the context)
 
 
 @dataclass
@@ -181,6 +182,7 @@ def generate(
     # generate() fills what a config leaves unset from the model's own generation config (sampling,
     # penalties, forced or suppressed tokens), whose processors would run before the guard: it
     # sees none of it, so the guard alone decides every token
+    _quiet_length_reminder()
     with _generation_lock(model):
         own, model.generation_config = model.generation_config, GenerationConfig()
         try:
@@ -235,6 +237,9 @@ class _Guard:
         self.is_space = whitespace.tolist()
         self.is_wordless = wordless.tolist() if wordless is not None else None
         self.suppress = [r.suppress_end for r in rows]
+        self.budgets = [r.max_new_tokens for r in rows]
+        self.cut = [False] * n  # the row's own budget ran out: generate is told with one stop token
+        self.first_stop = min(stop_ids) if stop_ids else pad_id
         self.wants_end_prob = [end_id is not None and (r.want_end_prob or r.end_threshold is not None) for r in rows]
         self.banned = None
 
@@ -261,7 +266,11 @@ class _Guard:
         sampled = _sample(logits, self.generators, self.temperature, self.top_p).tolist()
         for b, row in enumerate(rows):
             if done[b]:
-                forced.setdefault(b, self.pad_id)
+                if self.cut[b]:  # generate has not seen this row stop: a stop token tells it (not part of the turn)
+                    self.cut[b] = False
+                    forced.setdefault(b, self.first_stop)
+                else:
+                    forced.setdefault(b, self.pad_id)
                 continue
             token = sampled[b]
             if awaiting[b] and results[b].end_prob is None and (token == end_id or not self.is_space[token]):
@@ -278,6 +287,9 @@ class _Guard:
                 done[b] = True
                 continue
             results[b].tokens.append(token)
+            budget = self.budgets[b]
+            if budget is not None and len(results[b].tokens) >= budget:
+                done[b] = self.cut[b] = True
             if not self.is_space[token]:
                 self.started[b] = True
             if self.is_wordless is None or not self.is_wordless[token]:
@@ -287,6 +299,23 @@ class _Guard:
         out = torch.full_like(scores, float("-inf"))
         out[torch.arange(len(rows), device=scores.device), torch.tensor(sampled, device=scores.device)] = 0.0
         return out
+
+
+def _quiet_length_reminder() -> None:
+    """Rows are padded on the left to the longest prompt, so the batch grows wider than any row
+    and transformers warns that "the model's predefined maximum length" is exceeded when the
+    widest row plus the budget pass it; each row's own budget already keeps its positions inside
+    the context (:meth:`userlm.models.local.LoadedModel.budget`), so that reminder says nothing true."""
+    import logging
+
+    target = logging.getLogger("transformers.generation.stopping_criteria")
+    if not any(isinstance(f, _NoLengthReminder) for f in target.filters):
+        target.addFilter(_NoLengthReminder())
+
+
+class _NoLengthReminder:
+    def filter(self, record) -> bool:
+        return "friendly reminder" not in record.getMessage()
 
 
 def _prefill(model, rows: list[Row], pasts, heads: list[int], pad_id: int, device) -> list:

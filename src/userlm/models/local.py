@@ -26,7 +26,7 @@ from ..render import (
     user_prompt_ids,
     user_prompt_string,
 )
-from .base import ChatReply, SamplingSettings, UserDraft, UserTurnRequest
+from .base import ChatReply, ContextOverflow, SamplingSettings, UserDraft, UserTurnRequest
 from .lockstep import Lockstep
 
 
@@ -147,9 +147,22 @@ class LoadedModel:
             ) from None
         self.model.to(device).eval()
         self.device = device
+        #: positions the model was built for; a prompt and its turn must fit in them
+        self.context: int | None = getattr(self.model.config, "max_position_embeddings", None)
         self.pad_id = next(
             i for i in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0) if i is not None
         )
+
+    def budget(self, prompt_tokens: int, max_new_tokens: int) -> int | ContextOverflow | None:
+        """The new tokens a prompt of ``prompt_tokens`` leaves room for, when fewer than
+        ``max_new_tokens`` (None: no limit applies), or the error when it leaves none."""
+        if self.context is None or prompt_tokens + max_new_tokens < self.context:
+            return None
+        room = self.context - prompt_tokens - 1  # the last token written is fed once more while the batch runs on
+        if room < 1:
+            return ContextOverflow(f"hf:{self.path}: the prompt is {prompt_tokens} tokens, which fills the model's context of "
+                                   f"{self.context} tokens; fewer --max-turns or a model with a longer context would fit")
+        return room
 
     def token_id(self, token: str) -> int | None:
         ids = self.tokenizer.convert_tokens_to_ids([token])
@@ -292,8 +305,8 @@ class _Batcher:
                         raise
                     continue
                 for (_, future), result in zip(batch, results):
-                    if not future.done():
-                        future.set_result(result)
+                    if not future.done():  # an item the batch could not run comes back as its error
+                        future.set_exception(result) if isinstance(result, Exception) else future.set_result(result)
 
 
 def _forget(model) -> None:
@@ -391,7 +404,7 @@ class LocalUserModel:
     async def draft(self, request: UserTurnRequest) -> UserDraft:
         return await self._batcher.submit(request)
 
-    def _run(self, requests: list[UserTurnRequest]) -> list[UserDraft]:
+    def _run(self, requests: list[UserTurnRequest]) -> list[UserDraft | ContextOverflow]:
         from .engine import Row, generate
         from .vocab import banned_first_ids, vocab_tables
 
@@ -399,8 +412,15 @@ class LocalUserModel:
         tables = vocab_tables(tok)
         rows = []
         texts = []
-        for r in requests:
+        out: list[UserDraft | ContextOverflow | None] = [None] * len(requests)
+        kept = []  # the requests whose prompt fits in the context
+        for k, r in enumerate(requests):
             text, prompt = self._prompt(r)
+            budget = self.loaded.budget(len(prompt), self.sampling.max_new_tokens)
+            if isinstance(budget, ContextOverflow):
+                out[k] = budget
+                continue
+            kept.append(k)
             texts.append(text)
             rows.append(
                 Row(
@@ -412,8 +432,11 @@ class LocalUserModel:
                     want_end_prob=True,
                     content_offset=self.content_offset,
                     key=r.conversation_key,
+                    max_new_tokens=budget,
                 )
             )
+        if not rows:
+            return [o for o in out if o is not None]
         results = generate(
             self.loaded.model,
             rows,
@@ -428,12 +451,11 @@ class LocalUserModel:
             prefix_cache=self.prefix_cache,
             stats=self.stats,
         )
-        drafts = []
-        for row, res, text in zip(rows, results, texts):
+        for k, row, res, text in zip(kept, rows, results, texts):
             if self.sampled is not None:
                 self.sampled.remember(row.key, text, row.prompt, res.tokens)
             text = tok.decode(res.tokens, skip_special_tokens=True).strip()
-            drafts.append(
+            out[k] = (
                 UserDraft(
                     text="" if res.ended else text,
                     ended=res.ended,
@@ -443,7 +465,7 @@ class LocalUserModel:
                     truncated=not (res.finished or res.ended),
                 )
             )
-        return drafts
+        return [o for o in out if o is not None]
 
 
 class LocalChatModel:
@@ -471,21 +493,30 @@ class LocalChatModel:
         """Batch in step with a run's conversations (None: batch freely again)."""
         self._batcher.join_lockstep(lockstep)
 
-    def _run(self, items: list[tuple[list[dict[str, str]], int]]) -> list[ChatReply]:
+    def _run(self, items: list[tuple[list[dict[str, str]], int]]) -> list[ChatReply | ContextOverflow]:
         from .engine import Row, generate
         from .vocab import vocab_tables
 
         tok = self.loaded.tokenizer
         rows, texts = [], []
-        for messages, seed in items:
+        out: list[ChatReply | ContextOverflow | None] = [None] * len(items)
+        kept = []  # the items whose prompt fits in the context
+        for k, (messages, seed) in enumerate(items):
             # the first message identifies the conversation well enough: reuse is checked token by token
             key = messages[0]["content"] if messages else None
 
             text = chat_prompt_string(tok, messages) if self.sampled is not None else ""
             canonical = lambda messages=messages: chat_prompt_ids(tok, messages)
             prompt = self.sampled.prompt(key, text, canonical, messages) if self.sampled is not None else canonical()
-            rows.append(Row(prompt=prompt, seed=seed, key=key))
+            budget = self.loaded.budget(len(prompt), self.sampling.max_new_tokens)
+            if isinstance(budget, ContextOverflow):
+                out[k] = budget
+                continue
+            kept.append(k)
+            rows.append(Row(prompt=prompt, seed=seed, key=key, max_new_tokens=budget))
             texts.append(text)
+        if not rows:
+            return [o for o in out if o is not None]
         results = generate(
             self.loaded.model,
             rows,
@@ -499,14 +530,9 @@ class LocalChatModel:
             prefix_cache=self.prefix_cache,
             stats=self.stats,
         )
-        if self.sampled is not None:
-            for row, res, text in zip(rows, results, texts):
+        for k, row, res, text in zip(kept, rows, results, texts):
+            if self.sampled is not None:
                 self.sampled.remember(row.key, text, row.prompt, res.tokens)
-        return [
-            ChatReply(
-                text=tok.decode(res.tokens, skip_special_tokens=True).strip(),
-                prompt_tokens=len(row.prompt),
-                completion_tokens=len(res.tokens) + int(res.finished),
-            )
-            for row, res in zip(rows, results)
-        ]
+            out[k] = ChatReply(text=tok.decode(res.tokens, skip_special_tokens=True).strip(), prompt_tokens=len(row.prompt),
+                               completion_tokens=len(res.tokens) + int(res.finished))
+        return [o for o in out if o is not None]
