@@ -175,3 +175,17 @@ def test_a_session_drives_the_user_turn_by_turn():
     assert [m.role for m in session.messages] == ["user", "assistant", "user", "assistant"]
     with pytest.raises(RuntimeError):
         session.step("more?")
+
+
+def test_the_retrieval_assistant_answers_with_the_closest_real_reply_cut_to_its_budget():
+    from userlm.conversation import Conversation, Message
+    from userlm.models.retrieval import RetrievalAssistant
+
+    logs = [Conversation(id=f"{k}#0", intent_id=str(k), intent=None,
+                         messages=[Message(role="user", content=question), Message(role="assistant", content=answer)])
+            for k, (question, answer) in enumerate([("how do I bake bread at home", "Mix flour,\nwater and yeast, then bake it."),
+                                                    ("what is the capital of France", "Paris.")])]
+    ask = lambda assistant, text: asyncio.run(assistant.reply([{"role": "user", "content": text}])).text
+    assert ask(RetrievalAssistant(logs), "tell me the capital of France") == "Paris."
+    assert ask(RetrievalAssistant(logs), "bread at home?") == "Mix flour,\nwater and yeast, then bake it."
+    assert ask(RetrievalAssistant(logs, max_words=3), "bread at home?") == "Mix flour,\nwater"

@@ -161,7 +161,8 @@ class LoadedModel:
         room = self.context - prompt_tokens - 1  # the last token written is fed once more while the batch runs on
         if room < 1:
             return ContextOverflow(f"hf:{self.path}: the prompt is {prompt_tokens} tokens, which fills the model's context of "
-                                   f"{self.context} tokens; fewer --max-turns or a model with a longer context would fit")
+                                   f"{self.context} tokens; shorter replies (--assistant-max-tokens), fewer turns (--max-turns) "
+                                   "or a model with a longer context would fit")
         return room
 
     def token_id(self, token: str) -> int | None:
