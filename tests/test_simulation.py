@@ -189,3 +189,6 @@ def test_the_retrieval_assistant_answers_with_the_closest_real_reply_cut_to_its_
     assert ask(RetrievalAssistant(logs), "tell me the capital of France") == "Paris."
     assert ask(RetrievalAssistant(logs), "bread at home?") == "Mix flour,\nwater and yeast, then bake it."
     assert ask(RetrievalAssistant(logs, max_words=3), "bread at home?") == "Mix flour,\nwater"
+    long = logs[:1] + [Conversation(id="2#0", intent_id="2", intent=None, messages=[
+        Message(role="user", content="a long answer please"), Message(role="assistant", content="word " * 150 + "x" * 5000)])]
+    assert ask(RetrievalAssistant(long, max_words=200), "a long answer please").endswith("x" * 5000)  # under budget: whole, at once

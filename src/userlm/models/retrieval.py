@@ -4,6 +4,7 @@ user turn shares the most words with the latest user message (``userlm demo`` us
 from __future__ import annotations
 
 import re
+from itertools import islice
 
 from .base import ChatReply
 
@@ -30,6 +31,8 @@ class RetrievalAssistant:
         best = max(self.pairs, key=lambda p: (len(words & p[0]) / (1 + len(p[0])), -len(p[1])))
         text = best[1]
         if self.max_words is not None:
-            cut = re.match(rf"(?:\s*\S+){{{self.max_words}}}", text)
-            text = text[: cut.end()] if cut else text
+            words_seen = re.finditer(r"\S+", text)
+            last = next(islice(words_seen, self.max_words - 1, None), None)  # the max_words-th word
+            if last is not None:
+                text = text[: last.end()]
         return ChatReply(text=text)
