@@ -134,6 +134,9 @@ def test_prepare_train_simulate_on_real_open_assistant_threads(tmp_path, shared_
     print(f"validation user-turn perplexity: untrained {before:.1f}, trained {after:.1f}")
     assert after < before / 3
     assert (model_dir / "userlm_train_config.yaml").exists()
+    # one bar: the losses ride on it rather than a printed line per log, and every one is kept
+    assert "'loss'" not in done.stdout + done.stderr and "'eval_loss'" not in done.stdout + done.stderr
+    assert any("loss" in e for e in metrics["log_history"]) and any("eval_loss" in e for e in metrics["log_history"])
 
     intents = tmp_path / "intents.jsonl"
     intents.write_text('{"id": "a", "intent": null}\n{"id": "b", "intent": null}\n')

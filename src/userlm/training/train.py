@@ -119,10 +119,24 @@ def train(config: TrainConfig) -> dict:
     from transformers.utils import logging as hf_logging
 
     class _StepsBar(ProgressCallback):
-        """Transformers' training bar without the bar it opens for every evaluation."""
+        """Transformers' training bar without the bar it opens for every evaluation, showing the
+        latest training and validation loss on the bar instead of printing a line per log (every
+        logged figure is kept in ``metrics.json``'s ``log_history``)."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.shown: dict[str, str] = {}
 
         def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
             return None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or self.training_bar is None:
+                return
+            latest = {k: f"{v:.4g}" for k, v in (logs or {}).items() if k in ("loss", "eval_loss") and isinstance(v, (int, float))}
+            if latest:
+                self.shown = {**self.shown, **latest}
+                self.training_bar.set_postfix(self.shown, refresh=False)
 
     from ..evaluation.simulators.perplexity import target_perplexity
     from .model_prep import load_base, save_together
