@@ -241,7 +241,13 @@ def train(config: TrainConfig) -> dict:
         "log_history": trainer.state.log_history,
     }
     if trainer.is_world_process_zero():  # one writer when several processes train together
-        save_together(model, tokenizer, out)
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no bar for writing the model: training's bar was the step's one
+        try:
+            save_together(model, tokenizer, out)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         write_text(out / "metrics.json", json.dumps(metrics, indent=2))
         write_text(out / "userlm_train_config.yaml", yaml.safe_dump(asdict(config), sort_keys=False))
     return metrics
