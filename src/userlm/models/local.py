@@ -406,67 +406,58 @@ class LocalUserModel:
         return await self._batcher.submit(request)
 
     def _run(self, requests: list[UserTurnRequest]) -> list[UserDraft | ContextOverflow]:
-        from .engine import Row, generate
+        from .engine import Row
         from .vocab import banned_first_ids, vocab_tables
 
         tok = self.loaded.tokenizer
         tables = vocab_tables(tok)
-        rows = []
-        texts = []
-        out: list[UserDraft | ContextOverflow | None] = [None] * len(requests)
-        kept = []  # the requests whose prompt fits in the context
-        for k, r in enumerate(requests):
+        items: list[tuple[Row, str] | ContextOverflow] = []
+        for r in requests:
             text, prompt = self._prompt(r)
             budget = self.loaded.budget(len(prompt), self.sampling.max_new_tokens)
-            if isinstance(budget, ContextOverflow):
-                out[k] = budget
-                continue
-            kept.append(k)
-            texts.append(text)
-            rows.append(
-                Row(
-                    prompt=prompt,
-                    seed=r.seed,
-                    banned_first=banned_first_ids(tok, r.banned_first_words) if r.banned_first_words else None,
-                    suppress_end=not r.end_may_be_sampled,
-                    end_threshold=r.ending_threshold,
-                    want_end_prob=True,
-                    content_offset=self.content_offset,
-                    key=r.conversation_key,
-                    max_new_tokens=budget,
-                )
-            )
-        if not rows:
-            return [o for o in out if o is not None]
-        results = generate(
-            self.loaded.model,
-            rows,
-            stop_ids=self.stop_ids,
-            end_id=self.end_id,
-            pad_id=self.loaded.pad_id,
-            whitespace=tables.whitespace,
-            wordless=tables.wordless,
-            temperature=self.sampling.temperature,
-            top_p=self.sampling.top_p,
-            max_new_tokens=self.sampling.max_new_tokens,
-            prefix_cache=self.prefix_cache,
-            stats=self.stats,
-        )
-        for k, row, res, text in zip(kept, rows, results, texts):
-            if self.sampled is not None:
-                self.sampled.remember(row.key, text, row.prompt, res.tokens)
-            text = tok.decode(res.tokens, skip_special_tokens=True).strip()
-            out[k] = (
-                UserDraft(
-                    text="" if res.ended else text,
-                    ended=res.ended,
-                    end_prob=res.end_prob,
-                    prompt_tokens=len(row.prompt),
-                    completion_tokens=len(res.tokens) + int(res.finished),
-                    truncated=not (res.finished or res.ended),
-                )
-            )
-        return [o for o in out if o is not None]
+            items.append(budget if isinstance(budget, ContextOverflow) else (Row(
+                prompt=prompt,
+                seed=r.seed,
+                banned_first=banned_first_ids(tok, r.banned_first_words) if r.banned_first_words else None,
+                suppress_end=not r.end_may_be_sampled,
+                end_threshold=r.ending_threshold,
+                want_end_prob=True,
+                content_offset=self.content_offset,
+                key=r.conversation_key,
+                max_new_tokens=budget,
+            ), text))
+        done = _generate_fitting(self, items, stop_ids=self.stop_ids, end_id=self.end_id, whitespace=tables.whitespace,
+                                 wordless=tables.wordless)
+        return [d if isinstance(d, ContextOverflow) else UserDraft(
+            text="" if d[1].ended else tok.decode(d[1].tokens, skip_special_tokens=True).strip(),
+            ended=d[1].ended,
+            end_prob=d[1].end_prob,
+            prompt_tokens=len(d[0].prompt),
+            completion_tokens=len(d[1].tokens) + int(d[1].finished),
+            truncated=not (d[1].finished or d[1].ended),
+        ) for d in done]
+
+
+def _generate_fitting(model: LocalUserModel | LocalChatModel, items: list, **options: Any) -> list:
+    """Each item (a row and its prompt text, or the error of a prompt that does not fit the context)
+    as (row, its result) or that error: the rows that fit run as one batch, and each remembers the
+    ids it was sampled as."""
+    from .engine import generate
+
+    rows = [item[0] for item in items if not isinstance(item, ContextOverflow)]
+    results = iter(generate(model.loaded.model, rows, pad_id=model.loaded.pad_id, temperature=model.sampling.temperature,
+                            top_p=model.sampling.top_p, max_new_tokens=model.sampling.max_new_tokens,
+                            prefix_cache=model.prefix_cache, stats=model.stats, **options) if rows else [])
+    out: list = []
+    for item in items:
+        if isinstance(item, ContextOverflow):
+            out.append(item)
+            continue
+        (row, text), result = item, next(results)
+        if model.sampled is not None:
+            model.sampled.remember(row.key, text, row.prompt, result.tokens)
+        out.append((row, result))
+    return out
 
 
 class LocalChatModel:
@@ -495,45 +486,21 @@ class LocalChatModel:
         self._batcher.join_lockstep(lockstep)
 
     def _run(self, items: list[tuple[list[dict[str, str]], int]]) -> list[ChatReply | ContextOverflow]:
-        from .engine import Row, generate
+        from .engine import Row
         from .vocab import vocab_tables
 
         tok = self.loaded.tokenizer
-        rows, texts = [], []
-        out: list[ChatReply | ContextOverflow | None] = [None] * len(items)
-        kept = []  # the items whose prompt fits in the context
-        for k, (messages, seed) in enumerate(items):
+        rows: list[tuple[Row, str] | ContextOverflow] = []
+        for messages, seed in items:
             # the first message identifies the conversation well enough: reuse is checked token by token
             key = messages[0]["content"] if messages else None
-
             text = chat_prompt_string(tok, messages) if self.sampled is not None else ""
             canonical = lambda messages=messages: chat_prompt_ids(tok, messages)
             prompt = self.sampled.prompt(key, text, canonical, messages) if self.sampled is not None else canonical()
             budget = self.loaded.budget(len(prompt), self.sampling.max_new_tokens)
-            if isinstance(budget, ContextOverflow):
-                out[k] = budget
-                continue
-            kept.append(k)
-            rows.append(Row(prompt=prompt, seed=seed, key=key, max_new_tokens=budget))
-            texts.append(text)
-        if not rows:
-            return [o for o in out if o is not None]
-        results = generate(
-            self.loaded.model,
-            rows,
-            stop_ids=self.loaded.eos_ids(),
-            end_id=None,
-            pad_id=self.loaded.pad_id,
-            whitespace=vocab_tables(tok).whitespace,
-            temperature=self.sampling.temperature,
-            top_p=self.sampling.top_p,
-            max_new_tokens=self.sampling.max_new_tokens,
-            prefix_cache=self.prefix_cache,
-            stats=self.stats,
-        )
-        for k, row, res, text in zip(kept, rows, results, texts):
-            if self.sampled is not None:
-                self.sampled.remember(row.key, text, row.prompt, res.tokens)
-            out[k] = ChatReply(text=tok.decode(res.tokens, skip_special_tokens=True).strip(), prompt_tokens=len(row.prompt),
-                               completion_tokens=len(res.tokens) + int(res.finished))
-        return [o for o in out if o is not None]
+            rows.append(budget if isinstance(budget, ContextOverflow) else (Row(prompt=prompt, seed=seed, key=key, max_new_tokens=budget), text))
+        done = _generate_fitting(self, rows, stop_ids=self.loaded.eos_ids(), end_id=None, whitespace=vocab_tables(tok).whitespace)
+        return [d if isinstance(d, ContextOverflow) else ChatReply(
+            text=tok.decode(d[1].tokens, skip_special_tokens=True).strip(), prompt_tokens=len(d[0].prompt),
+            completion_tokens=len(d[1].tokens) + int(d[1].finished),
+        ) for d in done]

@@ -239,18 +239,32 @@ def _sampling(settings: SamplingSettings, seed: int, **extra):
     )
 
 
-class VLLMUserModel:
-    """A UserLM-format user model in vLLM's engine; guardrails exact inside the sampler."""
+class _InEngine:
+    """A model in vLLM's engine (shared by every provider that names the same checkpoint), and the
+    ids each conversation's last turn was sampled as."""
 
     remote = True  #: vLLM's scheduler batches its requests, not userlm's lockstep
 
-    def __init__(self, path: str, *, sampling: SamplingSettings, options: VLLMOptions = VLLMOptions()):
+    def __init__(self, path: str, sampling: SamplingSettings, options: VLLMOptions):
         from .local import _SampledTurns
-        from .vocab import vocab_tables
 
         self.name = f"vllm:{path}"
         self.sampling = sampling
         self.engine = engine(path, options)
+        self.sampled = _SampledTurns(self.engine.tokenizer, 4096)
+
+    def forget_conversations(self) -> None:
+        """Forget the ids each conversation's turns were sampled as (a new run starts)."""
+        self.sampled.clear()
+
+
+class VLLMUserModel(_InEngine):
+    """A UserLM-format user model in vLLM's engine; guardrails exact inside the sampler."""
+
+    def __init__(self, path: str, *, sampling: SamplingSettings, options: VLLMOptions = VLLMOptions()):
+        from .vocab import vocab_tables
+
+        super().__init__(path, sampling, options)
         tok = self.engine.tokenizer
         self.end_id = _token_id(tok, END_OF_CONVERSATION)
         eot = _token_id(tok, END_OF_TURN)
@@ -258,11 +272,6 @@ class VLLMUserModel:
         opening = turn_opening(tok)
         self.opening, self.opening_text, self.content_offset = opening.ids, opening.text, opening.content_offset
         self.whitespace = vocab_tables(tok).whitespace.tolist()
-        self.sampled = _SampledTurns(tok, 4096)
-
-    def forget_conversations(self) -> None:
-        """Forget the ids each conversation's turns were sampled as (a new run starts)."""
-        self.sampled.clear()
 
     def prompt_ids(self, request: UserTurnRequest) -> list[int]:
         tok = self.engine.tokenizer
@@ -335,23 +344,13 @@ def _probability(logprobs: list, step: int, token: int) -> float | None:
     return math.exp(value) if value > float("-inf") else 0.0
 
 
-class VLLMChatModel:
+class VLLMChatModel(_InEngine):
     """An instruction-tuned model in vLLM's engine as the assistant, prompted with its own chat template."""
 
-    remote = True  #: vLLM's scheduler batches its requests, not userlm's lockstep
-
     def __init__(self, path: str, *, sampling: SamplingSettings, options: VLLMOptions = VLLMOptions()):
-        from .local import _SampledTurns
-
-        self.name = f"vllm:{path}"
-        self.sampling = sampling
-        self.engine = engine(path, options)
+        super().__init__(path, sampling, options)
         if not self.engine.tokenizer.chat_template:
             raise ConfigurationError(f"vllm:{path} has no chat template, so it cannot play the assistant.")
-        self.sampled = _SampledTurns(self.engine.tokenizer, 4096)
-
-    def forget_conversations(self) -> None:
-        self.sampled.clear()
 
     async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None) -> ChatReply:
         tok = self.engine.tokenizer

@@ -22,6 +22,7 @@ import os
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from ..conversation import read_conversations
 from ..errors import UserError
@@ -123,7 +124,7 @@ def train(config: TrainConfig) -> dict:
         latest training and validation loss on the bar instead of printing a line per log (every
         logged figure is kept in ``metrics.json``'s ``log_history``)."""
 
-        def __init__(self, *args, **kwargs):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.shown: dict[str, str] = {}
 
