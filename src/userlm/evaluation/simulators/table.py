@@ -81,12 +81,16 @@ NOTE = ("Percentages except perplexity; brackets are bootstrap 95% intervals (pe
         "did not see, five times over (the in-sample best is in the JSON, labelled as such).")
 
 
+def _named(model: str | None) -> str:
+    return f"`{model}`" if model else "none"
+
+
 def markdown(report: UserEvalReport) -> str:
     s = report["settings"]
     notes = Footnotes()
     lines = ["# User simulator evaluation", "",
              f"Held-out conversations: {s['held_out_conversations']}; intents: {s['intents']}; questions: {s['questions']}; "
-             f"assistant in simulated conversations: `{s['assistant']}`; judge: `{s['judge']}`; detector: `{s['detector']}`.", ""]
+             f"assistant in simulated conversations: `{s['assistant']}`; judge: {_named(s['judge'])}; detector: {_named(s['detector'])}.", ""]
     lines += [f"**Warning:** {w}" for w in warnings(report)]
     if warnings(report):
         lines.append("")
