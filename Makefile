@@ -51,8 +51,11 @@ test-slow: setup
 	$(PY) -m pytest -q -m slow
 
 # vllm: in process and the HTTP path against a real vLLM server (vLLM's CPU build)
+# the vllm: tests, then the hf: engine's again on the lowest transformers userlm supports (vLLM's
+# pin; make test runs the newest)
 test-vllm: setup-vllm
 	USERLM_REQUIRE_VLLM=1 $(VLLM_PY) -m pytest -q -m vllm tests/test_vllm.py
+	$(VLLM_PY) -m pytest -q tests/test_local.py
 
 clean:
 	rm -rf demo .pytest_cache
