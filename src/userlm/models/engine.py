@@ -304,8 +304,9 @@ class _Guard:
 def _quiet_length_reminder() -> None:
     """Rows are padded on the left to the longest prompt, so the batch grows wider than any row
     and transformers warns that "the model's predefined maximum length" is exceeded when the
-    widest row plus the budget pass it; each row's own budget already keeps its positions inside
-    the context (:meth:`userlm.models.local.LoadedModel.budget`), so that reminder says nothing true."""
+    widest row plus the budget pass it; each row's own budget already keeps every token it keeps
+    inside the context (:meth:`userlm.models.local.LoadedModel.budget`), so that reminder says
+    nothing about the turns written."""
     import logging
 
     target = logging.getLogger("transformers.generation.stopping_criteria")
