@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         print("[2/4] training a small user model from scratch on the user turns (a few minutes on a CPU)", file=sys.stderr)
         metrics = train(TrainConfig(data=str(prepared), out=str(model_dir), from_scratch="tiny", use_intent=False,
                                     max_length=1024, epochs=args.epochs, per_device_batch_size=8, effective_batch_size=8,
-                                    vocab_size=2048, logging_steps=20))
+                                    vocab_size=2048, logging_steps=20, resume=True))
         print(f"validation user-turn perplexity: {metrics['validation_user_turn_perplexity_before']:.1f} untrained, "
               f"{metrics['validation_user_turn_perplexity_after']:.1f} trained", file=sys.stderr)
     print("[3/4] simulating", file=sys.stderr)

@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         exit_interrupted(str(exc))
         return 130  # not reached
     except KeyboardInterrupt:
-        print("userlm: interrupted; finished conversations are saved, run the same command again to go on.", file=sys.stderr)
+        from tqdm import tqdm
+
+        tqdm.write("userlm: interrupted; what finished is saved; run the same command again to go on.", file=sys.stderr)
         return 130
 
 

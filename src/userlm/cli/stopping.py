@@ -83,6 +83,9 @@ def _cancel_the_rest(loop: asyncio.AbstractEventLoop) -> None:
 
 def exit_interrupted(message: str) -> None:
     """Say how to go on and leave now, without waiting for abandoned threads."""
-    print(f"userlm: interrupted; {message}", file=sys.stderr, flush=True)
+    from tqdm import tqdm
+
+    tqdm.write(f"userlm: interrupted; {message}", file=sys.stderr)  # on a line of its own, under any open bar
+    sys.stderr.flush()
     sys.stdout.flush()
     os._exit(EXIT_INTERRUPTED)
