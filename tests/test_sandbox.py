@@ -269,6 +269,28 @@ def test_a_candidate_copying_the_reference_solution_from_the_data_set_scores_zer
     assert grade(task0, wrong(task0, copier), FAST).value == 0.0
 
 
+def test_the_copy_that_ships_with_an_installed_userlm_is_out_of_sight(bwrap, task0, monkeypatch):
+    """Installed from a wheel, userlm (and its built-in HumanEval, canonical solutions included)
+    lies inside the Python installation the sandbox sees: the package is in sight, its data is not."""
+    import userlm
+    from userlm.data import builtin_path
+
+    package = os.path.realpath(os.path.dirname(userlm.__file__))
+    seen = sandbox._python_paths()
+    monkeypatch.setattr(sandbox, "_python_paths", lambda: [*seen, package])  # as in site-packages
+    data = builtin_path("humaneval")
+    result = run_program(f"import os\nprint(os.path.exists({os.path.join(package, '__init__.py')!r}), os.path.exists({str(data)!r}))", FAST)
+    assert result.ok and result.output.split() == ["True", "False"], result.output
+    copier = f"""
+        import gzip, json
+        for _line in gzip.open({str(data)!r}, "rt"):
+            _row = json.loads(_line)
+            if _row["task_id"] == "HumanEval/0":
+                exec(_row["prompt"] + _row["canonical_solution"])
+        """
+    assert grade(task0, wrong(task0, copier), FAST).value == 0.0
+
+
 def test_the_parent_cannot_be_signalled_or_its_memory_read(bwrap):
     parent = os.getpid()
     result = run_program(f"import os, signal\nos.kill({parent}, signal.SIGKILL)\n", FAST)

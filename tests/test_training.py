@@ -183,6 +183,38 @@ def test_lora_training_with_intents_resumes_and_loads_in_simulate(tmp_path, tiny
     assert conv.error is None
 
 
+def test_resuming_a_model_with_tied_embeddings_ties_them_again_without_a_missing_key_warning(tmp_path):
+    """A from-scratch model ties its output embeddings to its input ones, so its checkpoints hold
+    the matrix once; resuming must tie them again, not warn that lm_head.weight is missing."""
+    import logging
+
+    from transformers import AutoModelForCausalLM
+
+    from userlm.conversation import write_conversations
+    from userlm.training.train import TrainConfig, train
+
+    data = tmp_path / "data"
+    convs = [CONV.model_copy(update={"id": f"c{i}"}) for i in range(8)]
+    write_conversations(data / "train.jsonl", convs)
+    write_conversations(data / "validation.jsonl", convs[:2])
+    config = TrainConfig(data=str(data), out=str(tmp_path / "m"), from_scratch="tiny", vocab_size=300, max_length=256,
+                         max_steps=2, save_steps=2, per_device_batch_size=4, effective_batch_size=4)
+    train(config)
+    warned: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warned.append(record.getMessage())  # type: ignore[method-assign]
+    trainer_log = logging.getLogger("transformers.trainer")
+    trainer_log.addHandler(handler)
+    try:
+        config.max_steps, config.resume = 4, True
+        assert train(config)["optimizer_steps"] == 4
+    finally:
+        trainer_log.removeHandler(handler)
+    assert not [m for m in warned if "missing keys" in m], warned
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
 def test_bad_training_config_is_one_sentence(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: x\nlearning_rat: 0.1\n")

@@ -20,7 +20,7 @@ from .stopping import run_async
 
 def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("eval-assistant", help="evaluate an assistant on tasks under simulated users", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", action="append", required=True, metavar="SUITE:PATH", help="gsm8k:, humaneval:, sharded: or custom: (repeatable)")
+    p.add_argument("--tasks", action="append", required=True, metavar="SUITE:PATH", help="gsm8k, humaneval or sharded (the built-in copies), or gsm8k:PATH, humaneval:PATH, sharded:PATH, custom:PATH (repeatable)")
     p.add_argument("--scorer", metavar="FILE.py:FN", help="scorer of custom tasks: FN(task, answer) -> score in [0, 1]")
     p.add_argument("--modes", default="full,concat,sharded,simulated", metavar="M,M",
                    help="comma-separated modes out of full, concat, sharded, simulated (default: all four)")

@@ -28,7 +28,8 @@ HUB_DATA = {"wildchat": "allenai/WildChat-1M", "prism": "HannahRoseKirk/prism-al
 def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("eval-user", help="evaluate user simulators: alignment and the intrinsic metrics", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, metavar="SOURCE", help="held-out real conversations: a file, owner/name[:config], wildchat or prism")
+    p.add_argument("--data", required=True, metavar="SOURCE", help="held-out real conversations: a file, owner/name[:config], wildchat or prism (from the hub), "
+                   "or oasst (100 Open-Assistant trees that ship with userlm)")
     p.add_argument("--data-split", default="train", metavar="SPLIT", help="split of a hub dataset (default: train)")
     p.add_argument("--limit", type=int, default=500, metavar="N", help="held-out conversations to use (default: 500)")
     p.add_argument("--intents", metavar="FILE", help="intents for the simulated conversations (default: the data's intents, else a built-in set)")
@@ -55,6 +56,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+#: data sets that ship with userlm (``userlm.data``), by the name --data takes
+BUILTIN_DATA = ("oasst",)
+
+
+def _source(data: str) -> str:
+    """What ``--data`` names: a built-in data set, a public hub set the paper used, or a file / hub name as given."""
+    if data in BUILTIN_DATA:
+        from ..data import builtin_path
+
+        return str(builtin_path(data))
+    return HUB_DATA.get(data, data)
+
+
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -71,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     parts = tuple(x.strip() for x in args.parts.split(",") if x.strip())
     if not parts or any(x not in PARTS for x in parts):
         raise UserError(f"unknown part(s) in --parts {args.parts!r}; use some of {', '.join(PARTS)}.")
-    data = held_out_conversations(HUB_DATA.get(args.data, args.data), args.data_split, args.limit)
+    data = held_out_conversations(_source(args.data), args.data_split, args.limit)
     if not data:
         raise UserError(f"{args.data}: no conversations with an assistant reply; give held-out chat logs.")
     intents = intents_to_simulate(args.intents, data, args.first_turns)

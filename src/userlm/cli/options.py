@@ -99,8 +99,8 @@ def add_guardrail_options(parser: argparse.ArgumentParser, *, min_turns: int | N
     g.add_argument("--min-turns", type=NONNEGATIVE, metavar="N", default=min_turns,
                    help=f"user turns before the user may end (default: {'never' if min_turns is None else min_turns})")
     g.add_argument("--end-threshold", type=probability, metavar="P", help="end when P(<|endconversation|>) at a turn's start reaches P")
-    g.add_argument("--min-words", type=NONNEGATIVE, default=d.min_words, metavar="N", help=f"(default: {d.min_words})")
-    g.add_argument("--max-words", type=COUNT, default=d.max_words, metavar="N", help=f"(default: {d.max_words})")
+    g.add_argument("--min-words", type=NONNEGATIVE, default=d.min_words, metavar="N", help=f"fewest whitespace-separated words a user turn may have (default: {d.min_words})")
+    g.add_argument("--max-words", type=COUNT, default=d.max_words, metavar="N", help=f"most whitespace-separated words a user turn may have (default: {d.max_words})")
     g.add_argument("--no-length-bounds", action="store_true", help="allow turns of any length")
     g.add_argument("--no-repetition-check", action="store_true", help="allow repeated turns and copies of the intent")
     g.add_argument("--max-attempts", type=COUNT, default=d.max_attempts, metavar="N", help=f"drafts per turn before giving up (default: {d.max_attempts})")

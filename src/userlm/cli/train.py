@@ -11,15 +11,32 @@ import argparse
 import sys
 from dataclasses import fields
 
-#: what the trainer picks when a setting is left open
-_DEFAULTS = {"learning_rate": "2e-5, or 1e-3 from scratch", "effective_batch_size": "the training conversations / 32, at most 1024",
-             "eval_steps": "about 10 evaluations a run", "save_steps": "as --eval-steps", "max_steps": "-1: as many as --epochs make"}
+#: each tuning flag: its type, what it means, and what the trainer picks when it is left open
+_HELP: dict[str, tuple[type, str, object]] = {
+    "vocab_size": (int, "tokenizer size when training from scratch", 4096),
+    "max_length": (int, "tokens per packed conversation; targets that do not fit whole are dropped and counted", 2048),
+    "learning_rate": (float, "peak learning rate", "2e-5, or 1e-3 from scratch"),
+    "lr_scheduler": (str, "learning-rate schedule, any of transformers' (linear, cosine, constant, ...)", "cosine"),
+    "warmup_ratio": (float, "share of the steps spent warming the learning rate up", 0.03),
+    "epochs": (float, "passes over the training conversations", 1.0),
+    "max_steps": (int, "optimizer steps at most", "-1: as many as --epochs make"),
+    "effective_batch_size": (int, "conversations per optimizer step, reached by gradient accumulation across devices",
+                             "the training conversations / 32, at most 1024"),
+    "per_device_batch_size": (int, "conversations per forward pass on each device", 4),
+    "bf16": (str, "bfloat16 training: auto, true or false", "auto: on GPUs that support it"),
+    "lora_r": (int, "LoRA rank (with --lora)", 16),
+    "lora_alpha": (int, "LoRA scaling (with --lora)", 32),
+    "lora_dropout": (float, "dropout on the LoRA adapters (with --lora)", 0.05),
+    "eval_steps": (int, "optimizer steps between validation losses", "about 10 evaluations a run"),
+    "save_steps": (int, "optimizer steps between checkpoints", "as --eval-steps"),
+    "logging_steps": (int, "optimizer steps between logged losses", 10),
+    "seed": (int, "seed of the data order and of new weights", 0),
+}
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    from ..training.train import SCRATCH_SIZES, TrainConfig
+    from ..training.train import SCRATCH_SIZES
 
-    d = TrainConfig()
     p = commands.add_parser("train", help="train a user model from prepared conversations", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="YAML", help="settings from a YAML file (flags given here override it)")
     p.add_argument("--data", help="folder with train.jsonl and validation.jsonl")
@@ -30,11 +47,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--lora", action="store_const", const=True, help="LoRA adapters (merged into the saved model)")
     p.add_argument("--gradient-checkpointing", action="store_const", const=True, help="trade compute for memory on long conversations")
     p.add_argument("--resume", action="store_const", const=True, help="go on from the last checkpoint")
-    for name, kind in [("vocab_size", int), ("max_length", int), ("learning_rate", float), ("lr_scheduler", str),
-                       ("warmup_ratio", float), ("epochs", float), ("max_steps", int), ("effective_batch_size", int),
-                       ("per_device_batch_size", int), ("bf16", str), ("lora_r", int), ("lora_alpha", int),
-                       ("lora_dropout", float), ("eval_steps", int), ("save_steps", int), ("logging_steps", int), ("seed", int)]:
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"(default: {_DEFAULTS.get(name, getattr(d, name))})")
+    for name, (kind, meaning, default) in _HELP.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{meaning} (default: {default})")
     p.set_defaults(run=run)
 
 

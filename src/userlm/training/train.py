@@ -111,6 +111,18 @@ def _scratch_model(config: TrainConfig, train_convs):
     return init_model(tokenizer, size, seed=config.seed), tokenizer
 
 
+def _tied_on_resume(model: Any) -> None:
+    """A model whose output embeddings are its input embeddings stores that matrix once, so its
+    checkpoints lack the output side (``lm_head.weight``). Told that this key is left out on
+    purpose, the Trainer ties the two again when it resumes, instead of warning that the key is
+    missing (which reads like a broken checkpoint)."""
+    output, inputs = model.get_output_embeddings(), model.get_input_embeddings()
+    if output is None or inputs is None or output.weight is not inputs.weight:
+        return
+    name = next(n for n, module in model.named_modules() if module is output)
+    model._keys_to_ignore_on_save = [f"{name}.weight"]
+
+
 def train(config: TrainConfig) -> dict:
     """Train and save; returns the metrics written to ``out/metrics.json``."""
     import torch
@@ -170,6 +182,7 @@ def train(config: TrainConfig) -> dict:
     on_gpu = torch.cuda.is_available()
     bf16 = (config.bf16 == "true") or (config.bf16 == "auto" and on_gpu and torch.cuda.is_bf16_supported())
 
+    _tied_on_resume(model)
     if config.lora:
         from peft import LoraConfig, get_peft_model
 

@@ -4,8 +4,8 @@ Isolation comes from bubblewrap (Debian's ``bubblewrap``) where the system has i
 namespaces. Each run then gets:
 
 * a read-only view of the system's programs and libraries, a few files of ``/etc`` and the Python
-  installation, and nothing else of this machine (no home folders, no project, no data sets, no
-  keys); a fresh ``/proc`` and ``/dev``; one writable place: a size-limited ``/tmp`` that is also
+  installation (less the data that ships with userlm), and nothing else of this machine (no home
+  folders, no project, no data sets, no keys); a fresh ``/proc`` and ``/dev``; one writable place: a size-limited ``/tmp`` that is also
   its working directory;
 * its own user, pid, network, mount, IPC and UTS namespaces (no network, nothing of ours to see,
   and nothing it starts outlives the run), a new session, and an empty environment;
@@ -39,6 +39,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from ... import data as _DATA
 
 CLONE_NEWNET = 0x40000000
 BUBBLEWRAP = "bubblewrap"
@@ -143,6 +145,14 @@ def _python_paths() -> list[str]:
     return kept
 
 
+def _hidden(kept: list[str]) -> list[str]:
+    """Folders inside what the sandbox sees that it must not see: the data that ships with userlm
+    (HumanEval's canonical solutions among it) lies inside the Python installation of an installed
+    userlm, so it is covered by an empty read-only folder."""
+    data = os.path.realpath(os.path.dirname(_DATA.__file__))
+    return [data] if any(data.startswith(k + "/") for k in kept) else []
+
+
 def _bwrap_command(workdir: str, role: str, *args: str, limits: Limits = Limits(), seccomp_fd: int | None = None) -> list[str]:
     command = ["bwrap"]
     for path in _SYSTEM:
@@ -154,8 +164,11 @@ def _bwrap_command(workdir: str, role: str, *args: str, limits: Limits = Limits(
         if os.path.lexists(f"/etc/{name}"):
             command += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
     command += ["--dev", "/dev", "--proc", "/proc", "--size", str(limits.disk_mb * 1024 * 1024), "--tmpfs", "/tmp"]
-    for path in _python_paths():
+    kept = _python_paths()
+    for path in kept:
         command += ["--ro-bind", path, path]
+    for path in _hidden(kept):
+        command += ["--tmpfs", path, "--remount-ro", path]
     for name in sorted(os.listdir(workdir)):
         command += ["--ro-bind", os.path.join(workdir, name), f"/tmp/{name}"]
     command += ["--remount-ro", "/", "--chdir", "/tmp", "--unshare-all", "--die-with-parent", "--new-session",

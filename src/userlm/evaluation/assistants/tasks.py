@@ -214,11 +214,21 @@ def _jsonl(path: str | Path, needs: tuple[str, ...] = (), suite: str = "") -> li
 SUITES = ("gsm8k", "humaneval", "sharded", "custom")
 
 
+#: suites that ship with the package (``userlm.data``): the name alone runs them
+BUILTIN_SUITES = ("gsm8k", "humaneval", "sharded")
+
+
 def load_suite(spec: str, scorer: str | None = None) -> list[Task]:
-    """``gsm8k:PATH``, ``humaneval:PATH``, ``sharded:PATH`` or ``custom:PATH`` (with ``scorer``)."""
+    """``gsm8k:PATH``, ``humaneval:PATH``, ``sharded:PATH`` or ``custom:PATH`` (with ``scorer``);
+    ``gsm8k``, ``humaneval`` or ``sharded`` alone is the built-in copy (``userlm.data``)."""
     kind, _, path = spec.partition(":")
+    if kind in BUILTIN_SUITES and not path:
+        from ...data import builtin_path
+
+        path = str(builtin_path(kind))
     if kind not in SUITES or not path:
-        raise UserError(f"unknown task suite {spec!r}; use one of " + ", ".join(f"{s}:PATH" for s in SUITES) + ".")
+        raise UserError(f"unknown task suite {spec!r}; use one of {', '.join(BUILTIN_SUITES)} (built in) or "
+                        + ", ".join(f"{s}:PATH" for s in SUITES) + ".")
     if kind == "gsm8k":
         return load_gsm8k(path)
     if kind == "humaneval":
