@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from servers import HANG_S
 
 ROW = ": error: "  # "userlm: error: ..." from userlm, "userlm simulate: error: argument ..." from argparse
 
@@ -102,12 +103,25 @@ def test_one_sentence_and_a_non_zero_exit(files, case, tmp_path):
     make, sentence = CASES[case]
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")} | {"HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-m", "userlm", *map(str, make(files))], capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path, env=env)
+                          timeout=HANG_S, cwd=tmp_path, env=env)
     assert done.returncode != 0, case
     assert "Traceback" not in done.stderr, done.stderr
     errors = [line for line in done.stderr.splitlines() if ROW in line and line.startswith("userlm")]
     assert len(errors) == 1 and sentence in errors[0], done.stderr
-    assert not files["run"].exists() or not files["run"].read_text().strip()
+    assert not files["run"].exists() and not files["run"].with_name(".run.jsonl.lock").exists()
+
+
+def test_a_run_that_cannot_reach_its_server_leaves_nothing_behind(files, tmp_path):
+    """It fails before its first record: no empty output, no lock file, no folder it made."""
+    from servers import free_port
+
+    out = tmp_path / "runs" / "new" / "out.jsonl"
+    command = ["simulate", "--intents", files["intents"], "--user", f"scripted:{files['user']}", "--assistant", "openai:m",
+               "--assistant-base-url", f"http://127.0.0.1:{free_port()}/v1", "--max-retries", "0", "--out", out, "--no-progress"]
+    done = subprocess.run([sys.executable, "-m", "userlm", *map(str, command)], capture_output=True, text=True, timeout=HANG_S,
+                          cwd=tmp_path, env=os.environ | {"OPENAI_API_KEY": "none"})
+    assert done.returncode != 0 and "cannot reach http://127.0.0.1:" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def test_an_unknown_hub_id_without_network_fails_at_once(files, tmp_path):
@@ -115,7 +129,7 @@ def test_an_unknown_hub_id_without_network_fails_at_once(files, tmp_path):
     env["HF_ENDPOINT"] = "https://hub.invalid"  # resolves nowhere, on any machine
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "userlm", *map(str, sim(files, user="hf:someone/nonexistent-model"))],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+                          capture_output=True, text=True, timeout=HANG_S, cwd=tmp_path, env=env)
     assert done.returncode == 2 and time.perf_counter() - started < 30
     assert done.stderr.strip().splitlines() == ["userlm: error: hf:someone/nonexistent-model: no such model folder here, not in the "
                                                 "local hub cache, and hub.invalid cannot be reached; check the name, download it "
@@ -125,7 +139,7 @@ def test_an_unknown_hub_id_without_network_fails_at_once(files, tmp_path):
 def test_a_python_assistant_in_the_current_folder_is_found(files, tmp_path):
     (tmp_path / "my_assistant.py").write_text("def reply(messages):\n    return 'sure, here it is'\n")
     done = subprocess.run([sys.executable, "-m", "userlm", *map(str, sim(files, assistant="python:my_assistant:reply"))],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=HANG_S, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
 
 
@@ -149,7 +163,7 @@ def test_a_failed_write_is_one_sentence_and_keeps_what_was_written(files, tmp_pa
     intents.write_text("".join(f"You want help with chore number {k} today.\n" for k in range(5)))
     done = subprocess.run([sys.executable, "-m", "userlm", "simulate", "--intents", str(intents), "--user", f"scripted:{files['user']}",
                            "--assistant", f"scripted:{files['user']}", "--out", str(files["run"]), "--no-progress", "--concurrency", "1"],
-                          capture_output=True, text=True, timeout=120, preexec_fn=small_files)
+                          capture_output=True, text=True, timeout=HANG_S, preexec_fn=small_files)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert f"cannot write {files['run']}" in done.stderr
     for line in files["run"].read_text().splitlines():

@@ -9,7 +9,7 @@ import time
 
 import httpx
 import pytest
-from servers import free_port, transformers_serve
+from servers import free_port, stop_session, transformers_serve
 
 import userlm
 from userlm.errors import ConfigurationError
@@ -26,13 +26,9 @@ SAMPLING = SamplingSettings(temperature=1.0, top_p=0.8, max_new_tokens=12)
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """``transformers serve`` on 127.0.0.1, serving the tiny models by path."""
-    try:
-        proc, url = transformers_serve(tmp_path_factory.mktemp("serve") / "serve.log")
-    except RuntimeError as exc:
-        pytest.fail(str(exc))
+    proc, url = transformers_serve(tmp_path_factory.mktemp("serve") / "serve.log")
     yield url
-    proc.terminate()
-    proc.wait(timeout=20)
+    stop_session(proc)
 
 
 def recording_client():

@@ -10,11 +10,11 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from servers import HANG_S, free_port, stop_session, wait_for
 
 # Ray's token authentication, as a user's cluster has it: one token for every node and for this
 # process, set before Ray is imported (Ray reads the mode once per process). Ray 2.60's head turns
@@ -37,32 +37,28 @@ pytestmark = pytest.mark.ray
 SAMPLING = SamplingSettings(temperature=1.0, top_p=0.9, max_new_tokens=8)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """``ray start --head`` plus a second node on 127.0.0.1, each with 2 CPUs; this process joins it."""
+    """A head and a second node on 127.0.0.1, each with 2 CPUs, on a port and in a folder of their
+    own; this process joins them. Each node is a ``ray start --block`` in a session of its own, so
+    stopping it stops what it started and nothing else on the machine (a user's cluster goes on)."""
     ray_bin = Path(sys.executable).with_name("ray")
-    port = _free_port()
+    port = free_port()
     temp = tmp_path_factory.mktemp("ray")
     env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0"}
-    common = ["--num-cpus", "2", "--disable-usage-stats"]
+    common = ["--num-cpus", "2", "--disable-usage-stats", "--block"]
     address = f"127.0.0.1:{port}"
+    nodes: list[subprocess.Popen] = []
     try:
-        _ray_cli(ray_bin, ["start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                           "--include-dashboard", "false", "--temp-dir", str(temp), *common], env)
-        _ray_cli(ray_bin, ["start", "--address", address, "--node-ip-address", "127.0.0.1", *common], env)
+        _ray_node(ray_bin, temp / "head.log", ["--head", "--port", str(port), "--include-dashboard", "false", "--temp-dir", str(temp),
+                                               *common], env, nodes)
+        _ray_node(ray_bin, temp / "node.log", ["--address", address, *common], env, nodes)
         ray.init(address=address, logging_level="WARNING", log_to_driver=False)
         yield address
     finally:
         ray.shutdown()
-        subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, env=env)
+        for node in reversed(nodes):
+            stop_session(node)
         for key, value in _SAVED_AUTH.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -70,12 +66,14 @@ def cluster(tmp_path_factory):
                 os.environ[key] = value
 
 
-def _ray_cli(ray_bin: Path, args: list[str], env: dict[str, str]) -> None:
-    """Run ``ray ARGS``; on failure, fail with the command's own last lines (not just its exit code)."""
-    done = subprocess.run([str(ray_bin), *args], capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
-        pytest.fail(f"`ray {' '.join(args)}` exited {done.returncode}:\n{tail}")
+def _ray_node(ray_bin: Path, log: Path, args: list[str], env: dict[str, str], nodes: list[subprocess.Popen]) -> None:
+    """``ray start ARGS`` in a session of its own, once it says the node is up; on failure, fail
+    with the node's own last lines."""
+    with open(log, "w") as out:
+        node = subprocess.Popen([str(ray_bin), "start", "--node-ip-address", "127.0.0.1", *args], stdout=out, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
+    nodes.append(node)
+    wait_for(lambda: "Ray runtime started" in log.read_text(errors="replace"), f"`ray start {' '.join(args)}`", process=node, log=log)
 
 
 def _options(side: str, address: str, replicas: int = 2) -> ProviderOptions:
@@ -126,7 +124,7 @@ def test_a_killed_replica_loses_and_duplicates_nothing(cluster, tiny_user_dir, t
     async def run():
         task = asyncio.ensure_future(userlm.simulate_async(intents, _user(users), assistants, out=out, progress=False,
                                                            settings=RunSettings(max_turns=4, seed=1, concurrency=8)))
-        while not out.exists() or len(out.read_text().splitlines()) < 2:
+        while (not out.exists() or len(out.read_text().splitlines()) < 2) and not task.done():
             await asyncio.sleep(0.05)
         os.kill(victim, signal.SIGKILL)
         return await task
@@ -137,15 +135,13 @@ def test_a_killed_replica_loses_and_duplicates_nothing(cluster, tiny_user_dir, t
     assert sorted(ids) == sorted(f"i{k}#0" for k in range(24)) and len(set(ids)) == len(ids)
     assert all(r["error"] is None for r in records)
     assert summary.reasked >= 1
-    deadline = time.time() + 60  # Ray brought the replica back, in a new process
-    while time.time() < deadline:
+    def restarted() -> bool:  # Ray brought the replica back, in a new process
         try:
-            assert users.backends[0].pid() != victim
-            break
+            return users.backends[0].pid() != victim
         except ray.exceptions.RayActorError:
-            time.sleep(0.5)
-    else:
-        pytest.fail("the killed replica was not restarted")
+            return False
+
+    wait_for(restarted, "Ray to restart the killed replica", every_s=0.5)
     users.shutdown()
 
 
@@ -157,14 +153,14 @@ def test_cli_with_replicas_on_the_cluster(cluster, tiny_user_dir, tiny_assistant
         [sys.executable, "-m", "userlm", "simulate", "--user", f"hf:{tiny_user_dir}", "--assistant", f"hf:{tiny_assistant_dir}",
          "--user-replicas", "2", "--ray", cluster, "--intents", str(intents), "--out", str(out), "--max-turns", "2",
          "--user-max-tokens", "8", "--assistant-max-tokens", "8", "--no-progress"],
-        capture_output=True, text=True, timeout=300)
+        capture_output=True, text=True, timeout=HANG_S)
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(out.read_text().splitlines()) == 6
     # The same command with another token: one sentence naming --ray and what to set, nothing written.
     again = subprocess.run(
         [sys.executable, "-m", "userlm", "simulate", "--user", f"hf:{tiny_user_dir}", "--assistant", f"hf:{tiny_assistant_dir}",
          "--user-replicas", "2", "--ray", cluster, "--intents", str(intents), "--out", str(tmp_path / "refused.jsonl"),
-         "--no-progress"], capture_output=True, text=True, timeout=300,
+         "--no-progress"], capture_output=True, text=True, timeout=HANG_S,
         env=os.environ | {"RAY_AUTH_TOKEN": secrets.token_hex(32)})
     assert again.returncode != 0
     assert f"--ray {cluster}: the cluster refused this process's token" in again.stderr
@@ -215,8 +211,7 @@ def test_several_servers_as_one_model(tiny_user_dir, tmp_path):
         assert set(pool.router.homes.values()) == {0, 1}
     finally:
         for proc, _ in servers:
-            proc.terminate()
-            proc.wait(timeout=20)
+            stop_session(proc)
 
 
 def test_eval_user_scoring_through_replicas_equals_the_local_model(cluster, tiny_user_dir, shared_data):

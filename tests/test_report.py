@@ -297,3 +297,24 @@ def test_plots_with_nothing_to_show_say_so_and_titles_clear_the_mode_bar(browser
             assert title and bar, plot
             apart = title["x"] + title["width"] <= bar["x"] or title["y"] + title["height"] <= bar["y"] or bar["y"] + bar["height"] <= title["y"]
             assert apart, (width, plot, title, bar)
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    return not (a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"] or a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"])
+
+
+def test_legends_never_cover_the_axis_titles_or_tick_labels(page):
+    """Every plot with a legend (two runs and the real users give several), at three widths: the
+    legend's box meets neither the x axis's title nor its tick labels."""
+    tab, _ = page
+    for width in (1280, 1400, 900):
+        tab.set_viewport_size({"width": width, "height": 1000})
+        tab.wait_for_timeout(400)  # Plotly relayouts a responsive plot after a resize
+        with_legend = tab.evaluate("[...document.querySelectorAll('.js-plotly-plot')].filter(e => e.querySelector('.legend')).map(e => e.id)")
+        assert {"plot-words", "plot-end"} <= set(with_legend), with_legend
+        for plot in with_legend:
+            legend = tab.locator(f"#{plot} .legend").bounding_box()
+            others = [tab.locator(f"#{plot} .xtitle").bounding_box()]
+            others += [tab.locator(f"#{plot} .xtick").nth(k).bounding_box() for k in range(tab.locator(f"#{plot} .xtick").count())]
+            assert legend and others[0], plot
+            assert not [box for box in others if box and _overlap(legend, box)], (width, plot)

@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import IO, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -211,19 +211,22 @@ class ConversationWriter:
     """Appends finished conversations to a JSONL file, one flushed and synced line each.
 
     Opening an existing file cuts off a last line that a crash left unfinished, so the next
-    record never glues onto it.
+    record never glues onto it. The file is created with its first record: a run that writes
+    nothing leaves nothing.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         _drop_unfinished_tail(self.path)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file: IO[str] | None = None
 
     def write(self, conversation: Conversation) -> None:
         line = conversation.to_json() + "\n"
         with WRITE_LOCK:
             try:
+                if self._file is None:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    self._file = open(self.path, "a", encoding="utf-8")
                 self._file.write(line)
                 self._file.flush()
                 os.fsync(self._file.fileno())
@@ -235,17 +238,19 @@ class ConversationWriter:
     def _cut_back(self) -> None:
         """After a failed write: drop whatever part of the line reached the file."""
         try:
-            self._file.close()
+            if self._file is not None:
+                self._file.close()
         except OSError:
             pass  # the buffer that could not be written
+        self._file = None
         try:
             _drop_unfinished_tail(self.path)
-            self._file = open(self.path, "a", encoding="utf-8")
         except OSError:
             pass
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
     def __enter__(self) -> ConversationWriter:
         return self

@@ -26,32 +26,55 @@ _FLAGS = {"intent": "the intents file", "run_seed": "--seed", "max_turns": "--ma
 
 
 class OutputLock:
-    """Holds ``.NAME.lock`` beside ``path`` exclusively while a run writes ``path``."""
+    """Holds ``.NAME.lock`` beside ``path`` exclusively while a run writes ``path``.
+
+    The lock file lives only as long as the run: releasing it removes it (and the folders it
+    made, when the run wrote nothing into them). A run that waited on a lock file that was then
+    removed finds out and locks the new one, so two runs never both hold the output."""
 
     def __init__(self, path: str | Path):
         import fcntl
 
         self.path = Path(path)
         self.lock_path = self.path.with_name(f".{self.path.name}.lock")
+        missing = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.lock_path, "a+", encoding="utf-8")
-        try:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._file.seek(0)
-            holder = self._file.read().strip() or "another process"
-            self._file.close()
-            raise UserError(f"{self.path} is being written by another run ({holder}); wait for it to finish, "
-                            "or choose another --out.") from None
+        self._made = missing  #: folders this lock made, deepest first
+        while True:
+            self._file = open(self.lock_path, "a+", encoding="utf-8")
+            try:
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self._file.seek(0)
+                holder = self._file.read().strip() or "another process"
+                self._file.close()
+                raise UserError(f"{self.path} is being written by another run ({holder}); wait for it to finish, "
+                                "or choose another --out.") from None
+            try:
+                if os.stat(self.lock_path).st_ino == os.fstat(self._file.fileno()).st_ino:
+                    break  # the lock file that is there now: ours
+            except FileNotFoundError:
+                pass
+            self._file.close()  # the run before removed the file this one locked: lock the new one
         self._file.seek(0)
         self._file.truncate()
         self._file.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
         self._file.flush()
 
     def release(self) -> None:
-        if not self._file.closed:
-            self._file.truncate(0)
-            self._file.close()  # closing releases the lock
+        if self._file.closed:
+            return
+        try:
+            self.lock_path.unlink()  # while still holding it (see the class's doc)
+        except FileNotFoundError:
+            pass
+        self._file.close()  # closing releases the lock
+        if not self.path.exists():
+            for folder in self._made:
+                try:
+                    folder.rmdir()  # only when empty
+                except OSError:
+                    break
 
     def __enter__(self) -> OutputLock:
         return self

@@ -30,11 +30,14 @@
 
   // ---------------------------------------------------------------- plots
   // Plotly puts its mode bar in the figure's top 30 pixels, at the right: titles sit at the left
-  // in the row below it, so that however narrow the plot and long the title, neither covers the other
+  // in the row below it, so that however narrow the plot and long the title, neither covers the other.
+  // The legend sits at the figure's bottom edge, below the x axis's tick labels and title (the bottom
+  // margin holds all three, with room for a legend that wraps to two rows), never over them.
   const layout = (title, x, y) => ({
     title: {text: title, font: {size: 14}, x: 0.01, xanchor: "left", yref: "container", y: 1, yanchor: "top", pad: {t: 34}},
     xaxis: {title: {text: x}}, yaxis: {title: {text: y}},
-    barmode: "overlay", margin: {t: 76, r: 10, b: 50, l: 55}, legend: {orientation: "h", y: -0.25}});
+    barmode: "overlay", margin: {t: 76, r: 10, b: 112, l: 55},
+    legend: {orientation: "h", x: 0, xanchor: "left", yref: "container", y: 0, yanchor: "bottom"}});
   const config = {displaylogo: false, responsive: true};
   // a plot with nothing to show says so, instead of drawing empty axes
   const nothing = (id, title, why) => {
