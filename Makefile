@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   -- install, then run the main job end to end offline (no downloads, no GPU)
-#   make test   -- install, then run the test suite
+#   make test   -- install, then run the test suite (under 10 minutes on two cores; CI also runs
+#                  make test-slow and make test-vllm)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # CPU build of torch: an unpinned torch pulls several GB of CUDA packages.
@@ -47,8 +48,9 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# the tiers the default run leaves out: slow tests and the real two-node Ray cluster (CI runs them)
 test-slow: setup
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m "slow or ray"
 
 # vllm: in process and the HTTP path against a real vLLM server (vLLM's CPU build)
 # the vllm: tests, then the hf: engine's again on the lowest transformers userlm supports (vLLM's

@@ -12,24 +12,38 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("USERLM_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
-def shared(relative: str) -> Path:
+def shared(relative: str, *, built_in: bool = True) -> Path:
+    """A file of the shared real data; where a clone has none beside it, the copy that ships with
+    the package (``userlm.data``) when there is one (``built_in=False``: the shared file only)."""
+    from userlm.data import BUILTIN, builtin_path
+
     path = SHARED / relative
-    if not path.exists():
-        pytest.skip(f"real data {path} is not here; set USERLM_SHARED_DATA to the shared data folder")
-    return path
+    if path.exists():
+        return path
+    copies = {file: name for name, file in BUILTIN.items()}
+    if built_in and relative in copies:
+        return builtin_path(copies[relative])
+    pytest.skip(f"real data {path} is not here; set USERLM_SHARED_DATA to the shared data folder")
 
 
 @pytest.fixture(scope="session")
 def shared_data():
-    """The path of a file in the shared real data (the test skips when it is absent)."""
+    """The path of a file in the shared real data (see :func:`shared`)."""
     return shared
 
 
 @pytest.fixture(scope="session")
 def real_prompts() -> list[str]:
-    """250 real first-turn user prompts (Open-Assistant)."""
-    with open(shared("oasst/prompt_lottery_en_250_text.jsonl"), encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """250 real first-turn user prompts (Open-Assistant's prompt lottery; in a clone without the
+    shared data, the user turns of the Open-Assistant trees that ship with the package)."""
+    lottery = SHARED / "oasst/prompt_lottery_en_250_text.jsonl"
+    if lottery.exists():
+        with open(lottery, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    from userlm.prepare.ingest import conversations_from
+
+    turns = (m.content for c in conversations_from(str(shared("oasst/en_100_tree.jsonl"))) for m in c.user_turns())
+    return list(dict.fromkeys(turns))[:250]
 
 
 @pytest.fixture(scope="session")

@@ -116,6 +116,7 @@ def userlm_cli(*args):
     return subprocess.run([sys.executable, "-m", "userlm", *map(str, args)], capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow  # two minutes of training; the demo's test runs the same path in brief
 def test_prepare_train_simulate_on_real_open_assistant_threads(tmp_path, shared_data):
     """The proof: a small model trained for a short while on CPU predicts held-out real user
     turns far better than untrained, and the directory runs in userlm simulate as it is."""

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         print(report.table(), file=sys.stderr)
     model_dir = out / "models" / "user"
     if not (model_dir / "config.json").exists():
-        print("[2/5] training a small user model from scratch on the user turns (a few minutes on a CPU)", file=sys.stderr)
+        print("[2/5] training a small user model from scratch on the user turns (about a minute and a half on two cores)", file=sys.stderr)
         metrics = train(TrainConfig(data=str(prepared), out=str(model_dir), from_scratch="tiny", use_intent=False,
                                     max_length=1024, epochs=args.epochs, per_device_batch_size=8, effective_batch_size=8,
                                     vocab_size=2048, logging_steps=20, resume=True,
