@@ -34,16 +34,9 @@ def shared_data():
 
 @pytest.fixture(scope="session")
 def real_prompts() -> list[str]:
-    """250 real first-turn user prompts (Open-Assistant's prompt lottery; in a clone without the
-    shared data, the user turns of the Open-Assistant trees that ship with the package)."""
-    lottery = SHARED / "oasst/prompt_lottery_en_250_text.jsonl"
-    if lottery.exists():
-        with open(lottery, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
-    from userlm.prepare.ingest import conversations_from
-
-    turns = (m.content for c in conversations_from(str(shared("oasst/en_100_tree.jsonl"))) for m in c.user_turns())
-    return list(dict.fromkeys(turns))[:250]
+    """250 real first-turn user prompts (Open-Assistant)."""
+    with open(shared("oasst/prompt_lottery_en_250_text.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 @pytest.fixture(scope="session")

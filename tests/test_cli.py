@@ -159,3 +159,31 @@ def test_every_option_of_every_command_says_what_it_does():
         silent = [a.option_strings or [a.dest] for a in parser._actions
                   if a.dest != "help" and not re.sub(r"\(default:[^)]*\)", "", a.help or "").strip()]
         assert silent == [], (name, silent)
+
+
+REQUIRED = ["--intents", "i.txt", "--user", "scripted:u.json", "--assistant", "scripted:a.txt", "--out", "o.jsonl"]
+
+
+def test_a_typod_flag_gets_the_command_usage_and_the_nearest_flag(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["simulate", "--sampels", "3", *REQUIRED])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: userlm simulate ")  # the command's usage, not the top level's
+    assert err.strip().splitlines()[-1] == ("userlm simulate: error: unrecognized argument --sampels 3; did you mean --samples? "
+                                           "(see userlm simulate --help)")
+    with pytest.raises(SystemExit):
+        main(["report", "--zzz", "runs.jsonl"])
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "userlm report: error: unrecognized argument --zzz (see userlm report --help)"
+
+
+def test_a_bad_value_is_one_line_that_points_at_the_commands_help(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["simulate", "--samples", "0", *REQUIRED])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "userlm simulate: error: argument --samples: must be 1 or more, not 0 (see userlm simulate --help)"]
+    with pytest.raises(SystemExit):
+        main(["simulate", "--samples", "2"])
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "userlm simulate: error: the following arguments are required: --intents, --out, --user, --assistant (see userlm simulate --help)"]

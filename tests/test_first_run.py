@@ -36,7 +36,7 @@ def test_the_built_package_carries_the_data_with_its_licenses_and_origins(tmp_pa
 def test_the_built_in_copies_are_the_published_files(shared_data):
     """Byte for byte what the shared data holds (whose README gives the same origins); skipped in a
     clone without the shared data."""
-    shared = {"oasst": "oasst/en_100_tree.jsonl", "gsm8k": "gsm8k/test.jsonl", "humaneval": "humaneval/HumanEval.jsonl.gz",
+    shared = {"oasst": "oasst/en_100_tree.jsonl", "oasst-prompts": "oasst/prompt_lottery_en_250_text.jsonl", "gsm8k": "gsm8k/test.jsonl", "humaneval": "humaneval/HumanEval.jsonl.gz",
               "sharded": "lost_in_conversation/sharded_translation.json",
               "simulator-arena": "simulator-arena/document_creation_annotations_for_benchmarking.json"}
     assert set(shared) == set(BUILTIN)

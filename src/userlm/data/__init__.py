@@ -4,7 +4,8 @@ Each file is kept byte for byte as its authors published it, with their license 
 (``README.md`` in this folder gives every file's origin and license). Commands name them by
 their short names: ``userlm demo`` trains on ``oasst``, ``userlm eval-assistant --tasks gsm8k``
 (or ``humaneval``, ``sharded``) runs a built-in suite, ``userlm eval-user --data oasst`` (or
-``simulator-arena``) evaluates against real people's conversations.
+``simulator-arena``) evaluates against real people's conversations; ``oasst-prompts`` are real
+first turns (the tests train their tiny tokenizers on them, in a clone as in CI).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 #: short name -> file inside this folder
 BUILTIN = {
     "oasst": "oasst/en_100_tree.jsonl",
+    "oasst-prompts": "oasst/prompt_lottery_en_250_text.jsonl",
     "gsm8k": "gsm8k/test.jsonl",
     "humaneval": "humaneval/HumanEval.jsonl.gz",
     "sharded": "lost_in_conversation/sharded_translation.json",
