@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from servers import HANG_S, free_port
 
-from tests.test_openai import free_port
 from userlm.guardrails import GuardrailConfig, check_draft
 from userlm.integrations.serve import BadRequest, ServeSettings, conversation_of, next_user_turn
 from userlm.models.scripted import ScriptedUser
@@ -35,11 +35,11 @@ def server(tiny_user_dir):
     assert "serving the simulated user" in line, line + process.stderr.read()
     yield f"http://127.0.0.1:{port}/v1"
     process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=30) == 130
+    assert process.wait(timeout=HANG_S) == 130
 
 
 def post(server, body, token=TOKEN):
-    return httpx.post(f"{server}/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=120)
+    return httpx.post(f"{server}/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=HANG_S)
 
 
 def flipped(*agent_and_user):

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from servers import HANG_S
 
 import userlm
 from userlm.evaluation.assistants.evaluate import EvalSettings, evaluate
@@ -110,7 +111,7 @@ def open_report(browser, path: Path):
     tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     tab.on("pageerror", lambda e: errors.append(str(e)))
     tab.goto(path.as_uri())
-    tab.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    tab.wait_for_selector("body[data-ready='1']", timeout=HANG_S * 1000)
     return tab, errors
 
 

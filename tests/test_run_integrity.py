@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from servers import HANG_S, wait_for
 
 from tests.test_cli import userlm_cli
 from userlm.runs import OutputLock
@@ -100,14 +101,8 @@ def _start(args, tmp_path):
                             text=True, cwd=tmp_path)
 
 
-def _wait_for_records(out, n, process, limit=120):
-    deadline = time.time() + limit
-    while time.time() < deadline:
-        if out.exists() and len(out.read_text().splitlines()) >= n:
-            return
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.05)
-    raise AssertionError("no records in time")
+def _wait_for_records(out, n, process):
+    wait_for(lambda: out.exists() and len(out.read_text().splitlines()) >= n, f"{n} records", process=process, every_s=0.05)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -126,7 +121,7 @@ def test_a_hung_python_assistant_stops_within_two_seconds_keeping_what_finished(
     time.sleep(0.3)  # the third call hangs
     started = time.time()
     process.send_signal(sig)
-    _, err = process.communicate(timeout=30)
+    _, err = process.communicate(timeout=HANG_S)
     assert time.time() - started < 3.0
     assert process.returncode == 130 and "interrupted" in err and "run the same command again" in err
     lines = out.read_text().splitlines()
@@ -140,10 +135,10 @@ def test_ctrl_c_during_a_local_batch_stops_promptly(tmp_path, tiny_user_dir, int
     bot.write_text("def reply(messages):\n    return 'sure, tell me more about it'\n")
     process = _start(["simulate", "--intents", intents_file, "--user", f"hf:{tiny_user_dir}", "--assistant", f"python:{bot}:reply",
                       "--out", out, "--samples", 40, "--max-turns", 8, "--user-max-tokens", 64, "--no-progress"], tmp_path)
-    _wait_for_records(out, 1, process, limit=240)
+    _wait_for_records(out, 1, process)
     started = time.time()
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    _, err = process.communicate(timeout=HANG_S)
     assert time.time() - started < 3.0, err
     assert process.returncode == 130 and "Task was destroyed" not in err
     records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -172,12 +167,11 @@ def test_chat_saves_on_ctrl_c(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "userlm", "chat", "--intent", "You want to plan a trip.", "--user",
                                 f"scripted:{user}", "--out", str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    line = ""
-    while "user>" not in line and time.time() < deadline:
+    line = "-"
+    while "user>" not in line and line:  # until the prompt, or the end of its output
         line = process.stdout.readline()
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=30)
+    _, err = process.communicate(timeout=HANG_S)
     assert process.returncode == 0, err
     [record] = [json.loads(x) for x in out.read_text().splitlines()]
     assert record["end_reason"] == "assistant_quit" and record["messages"][0]["content"] == "can you help me plan a trip?"

@@ -13,10 +13,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from servers import HANG_S, answers, stop_session, wait_for
 
 pytestmark = pytest.mark.vllm
 
@@ -184,13 +184,13 @@ def test_cli_simulate_with_vllm_on_both_sides(vllm_model_dir, tmp_path):
                f"vllm:{vllm_model_dir}", "--intents", str(intents), "--out", str(out), "--max-turns", "3",
                "--user-max-tokens", "10", "--assistant-max-tokens", "10", "--vllm-eager", "--vllm-kv-cache-gb", "0.25",
                "--dtype", "float32", "--seed", "5"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=400)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=HANG_S)
     assert done.returncode == 0, done.stderr[-2000:]
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["id"] for r in records) == sorted(f"i{k}#0" for k in range(8))
     assert all(r["error"] is None and r["user_model"] == f"vllm:{vllm_model_dir}" for r in records)
     assert all(m["end_prob"] is not None for r in records for m in r["messages"] if m["role"] == "user")
-    again = subprocess.run(command, capture_output=True, text=True, timeout=400)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=HANG_S)
     assert again.returncode == 0 and "8 already there" in again.stderr + again.stdout
 
 
@@ -209,7 +209,6 @@ def _free_port() -> int:
 def vllm_server(vllm_model_dir, tmp_path_factory):
     """``python -m vllm.entrypoints.openai.api_server`` on 127.0.0.1 (vLLM's CPU build: the
     ``vllm serve`` script fails on its package metadata; per-request seeds need chunked prefill off)."""
-    import httpx
 
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
@@ -219,22 +218,13 @@ def vllm_server(vllm_model_dir, tmp_path_factory):
          "--port", str(port), "--dtype", "float32", "--enforce-eager", "--no-enable-chunked-prefill", "--max-logprobs", "20"],
         stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the vLLM server exited: {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(1)
-    else:
-        proc.kill()
-        pytest.fail("the vLLM server did not start within 300 s")
+    try:
+        wait_for(lambda: answers(f"{base}/health"), "the vLLM server to answer", process=proc, log=log, every_s=1)
+    except AssertionError:
+        stop_session(proc)
+        raise
     yield {"url": f"{base}/v1", "proc": proc, "log": log}
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+    stop_session(proc)
 
 
 def _http_user(url: str, model_dir: Path, sampling=GREEDY, client=None):
@@ -324,12 +314,10 @@ def test_a_vllm_server_that_dies_mid_run_stops_the_run_with_one_sentence(vllm_se
                "--intents", str(intents), "--out", str(out), "--max-turns", "6", "--user-max-tokens", "8",
                "--max-retries", "1", "--concurrency", "4", "--request-concurrency", "4", "--min-turns", "6"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 3):
-        time.sleep(0.2)
-    os.killpg(vllm_server["proc"].pid, signal.SIGKILL)
-    vllm_server["proc"].wait(timeout=30)
-    _, stderr = proc.communicate(timeout=180)
+    wait_for(lambda: out.exists() and len(out.read_text().splitlines()) >= 3, "three conversations written", process=proc, every_s=0.2)
+    os.killpg(vllm_server["proc"].pid, signal.SIGKILL)  # the server's own session: it and its engine, nothing else
+    vllm_server["proc"].wait(timeout=HANG_S)
+    _, stderr = proc.communicate(timeout=HANG_S)
     assert proc.returncode != 0
     # one sentence says the run stopped: the breaker's error, or (when the last few conversations
     # lost the server one by one) the count of conversations left unrecorded, to redo on a rerun
