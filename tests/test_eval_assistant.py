@@ -192,3 +192,25 @@ def test_a_chat_model_can_extract_answers_and_rephrase_shards(tmp_path):
     users = [m["content"] for m in transcript["messages"] if m["role"] == "user"]
     assert users == ["How many apples does he have?", "oh and tom has 3 apples.", "oh and he buys 4 more."]
     assert len(seen) == 2 and "Chat so far:" in seen[0]
+
+
+def test_the_built_in_suites_load_by_name_alone():
+    from userlm.errors import UserError
+    from userlm.evaluation.assistants.tasks import load_suite
+
+    assert [len(load_suite(name)) for name in ("gsm8k", "humaneval", "sharded")] == [1319, 164, 30]
+    assert load_suite("humaneval")[0].id == "HumanEval/0"
+    with pytest.raises(UserError, match="use one of gsm8k, humaneval, sharded \\(built in\\) or gsm8k:PATH"):
+        load_suite("mbpp")
+
+
+def test_prepare_and_eval_user_take_the_built_in_chat_logs_by_name(tmp_path):
+    from userlm.cli.main import main
+
+    assert main(["prepare", "oasst", "--out", str(tmp_path / "prepared")]) == 0
+    report = json.loads((tmp_path / "prepared" / "report.json").read_text())
+    assert report["splits"]["train"] > 300
+    from userlm.cli.eval_user import _source
+    from userlm.evaluation.simulators.evaluate import held_out_conversations
+
+    assert len(held_out_conversations(_source("oasst"), "train", 50)) == 50  # eval-user --data oasst

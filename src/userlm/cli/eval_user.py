@@ -56,17 +56,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-#: data sets that ship with userlm (``userlm.data``), by the name --data takes
-BUILTIN_DATA = ("oasst",)
-
-
 def _source(data: str) -> str:
-    """What ``--data`` names: a built-in data set, a public hub set the paper used, or a file / hub name as given."""
-    if data in BUILTIN_DATA:
-        from ..data import builtin_path
+    """What ``--data`` names: a built-in set, a public hub set the paper used, or a file / hub name as given."""
+    from ..data import conversations_source
 
-        return str(builtin_path(data))
-    return HUB_DATA.get(data, data)
+    return conversations_source(HUB_DATA.get(data, data))
 
 
 def run(args: argparse.Namespace) -> int:

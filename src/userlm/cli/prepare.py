@@ -1,7 +1,7 @@
 """``userlm prepare``: chat logs in, filtered conversation records split by user out.
 
     userlm prepare wildchat.jsonl --out prepared/
-    userlm prepare ../shared/data/oasst/en_100_tree.jsonl --out prepared/
+    userlm prepare oasst --out prepared/                      # the Open-Assistant trees that ship with userlm
     userlm prepare allenai/WildChat-1M --out prepared/       # a hub dataset, where a network is available
 
 Writes ``train.jsonl``, ``validation.jsonl``, ``test.jsonl`` and ``report.json`` (how many
@@ -18,7 +18,7 @@ from ..prepare.ingest import FORMATS
 
 def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("prepare", help="ingest chat logs, filter them and split them by user", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help=".json/.jsonl/.parquet files or hub dataset names")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help=".json/.jsonl/.parquet files, hub dataset names, or oasst (the Open-Assistant trees that ship with userlm)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for train.jsonl, validation.jsonl, test.jsonl and report.json")
     p.add_argument("--format", default="auto", choices=FORMATS, help="the chat-log format (default: auto, recognised row by row)")
     p.add_argument("--hub-split", default="train", help="split of a hub dataset to read (default: train)")
@@ -38,6 +38,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from ..data import conversations_source
     from ..errors import UserError
     from ..prepare.filters import FilterConfig, filter_and_split, save_prepared
     from ..prepare.ingest import IngestStats, conversations_from
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     stats = IngestStats()
     convs: list = []
     for source in args.sources:
-        convs.extend(conversations_from(source, fmt=args.format, split=args.hub_split, oasst_languages=languages, stats=stats))
+        convs.extend(conversations_from(conversations_source(source), fmt=args.format, split=args.hub_split, oasst_languages=languages, stats=stats))
     splits, report = filter_and_split(convs, config)
     out = Path(args.out)
     save_prepared(out, splits, report, list(args.sources), stats.rows, stats.dropped_messages)

@@ -24,6 +24,15 @@ BUILTIN = {
 }
 
 
+#: the built-in sets that are chat logs: ``userlm prepare`` and ``eval-user --data`` take their names
+CONVERSATIONS = ("oasst",)
+
+
+def conversations_source(source: str) -> str:
+    """A built-in chat-log set's file for its name; any other source as it is."""
+    return str(builtin_path(source)) if source in CONVERSATIONS else source
+
+
 def builtin_path(name: str) -> Path:
     """The file of a built-in data set, by its short name (see :data:`BUILTIN`)."""
     if name not in BUILTIN:
