@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--models", default=str(Path(__file__).resolve().parent / "models"))
     args = parser.parse_args()
 
+    from functools import partial
+
     import ray
     from local_models import ASSISTANT_TOKENS, USER_TOKENS
 
@@ -67,7 +69,8 @@ def main() -> None:
     run(local, assistant, prompts, args.turns)  # warm-up
     rows["in_process"] = run(local, assistant, prompts, args.turns)
     for count in (1, 2):
-        pool = ray_replicas("user", f"hf:{user_dir}", ProviderOptions(sampling=us), count, "auto", ReplicaPlacement(cpus=1))
+        make = partial(user_model, f"hf:{user_dir}", ProviderOptions(sampling=us))  # one replica too: a Ray actor, not this process
+        pool = ray_replicas(f"hf:{user_dir}", make, count, "auto", ReplicaPlacement(cpus=1))
         run(pool, assistant, prompts, args.turns)  # warm-up
         rows[f"{count}_replica{'s' if count > 1 else ''}"] = run(pool, assistant, prompts, args.turns)
         pool.shutdown()

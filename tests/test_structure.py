@@ -59,3 +59,47 @@ def test_the_two_evaluations_are_separate_parts():
     shared = {"evaluation.metrics", "evaluation.tables", "evaluation.text"}
     for part in shared:
         assert not edges.get(part, set()) & {"evaluation.simulators", "evaluation.assistants"}
+
+
+def _module_imports(root: Path) -> dict[str, set[str]]:
+    """Which modules of the package each module imports (relative or absolute, lazy ones included),
+    file by file; a package's ``__init__`` is the package's own name."""
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    edges: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = list(path.relative_to(root).parent.parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = package[: len(package) - (node.level - 1)] + (node.module.split(".") if node.module else [])
+            elif node.module and node.module.startswith("userlm."):
+                base = node.module.split(".")[1:]
+            else:
+                continue
+            for target in [base] + [base + [alias.name] for alias in node.names]:  # a module, or a name in it
+                other = ".".join(target)
+                if other in modules and other not in (name, ""):  # every import runs userlm/__init__: not an edge
+                    edges.setdefault(name, set()).add(other)
+    return edges
+
+
+def test_no_module_imports_itself_through_others():
+    """No import cycle between files either, not even inside one part (a lazy import counts)."""
+    edges = _module_imports(Path(userlm.__file__).parent)
+    cycles = []
+    for start in edges:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in edges.get(node, ()):
+                if nxt == start:
+                    cycles.append(" -> ".join([*path, start]))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*path, nxt]))
+    assert cycles == []
+

@@ -33,6 +33,18 @@ USERLM_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{{ '<|start_header_id|>user<|end_header_id|>' }}"
 )
+#: what the UserLM template writes after the ``user`` header, before the content: the opening of
+#: every user turn as text (servers get prompts with it; local engines read it off the tokenizer,
+#: see :func:`turn_opening`)
+USERLM_TURN_OPENING = "\n"
+#: A Llama-3-instruct-style template, for the small models that play the assistant in tests and demos.
+ASSISTANT_CHAT_TEMPLATE = (
+    "{{ '<|begin_of_text|>' }}"
+    "{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
 END_OF_CONVERSATION = "<|endconversation|>"
 END_OF_TURN = "<|eot_id|>"
 START_HEADER = "<|start_header_id|>"

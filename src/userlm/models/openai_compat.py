@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import ConfigurationError
-from ..render import END_OF_CONVERSATION, END_OF_TURN, user_prompt_text
+from ..render import END_OF_CONVERSATION, END_OF_TURN, USERLM_TURN_OPENING, user_prompt_text
 from .base import ChatReply, SamplingSettings, UserDraft, UserTurnRequest
 from .retry import (
     Breaker,
@@ -265,8 +265,6 @@ class OpenAIUserModel(_OpenAIModel):
     them is recorded as an upper bound (``end_prob_below``), never as zero.
     """
 
-    OPENING = "\n"  #: what the UserLM template writes after the user header, before the content
-
     def __init__(self, model: str, *, end_token_id: int | None = None, max_logprobs: int = 20, **kwargs: Any):
         super().__init__(model, **kwargs)
         self.name = f"openai:{model}"
@@ -322,7 +320,7 @@ class OpenAIUserModel(_OpenAIModel):
 
     def prompt(self, request: UserTurnRequest) -> str:
         """The prompt text sent for ``request``: the rendered conversation and the turn's opening."""
-        return user_prompt_text(request.intent, request.messages) + self.OPENING
+        return user_prompt_text(request.intent, request.messages) + USERLM_TURN_OPENING
 
     def _first_position(self, logprobs: dict[str, Any] | None, end_id: int | None) -> tuple[float | None, float | None]:
         """P(end) at the first generated position, or (None, an upper bound) when the end token is
@@ -354,7 +352,7 @@ class OpenAIUserModel(_OpenAIModel):
         top ``max_logprobs`` counts as 0 here and is said once."""
         end_id = await self._end_id()
         extra = self._exact_fields(end_id) if self.vllm_like else {}
-        response = await self._complete(prompt=prompt + self.OPENING, max_tokens=1, logprobs=self.max_logprobs,
+        response = await self._complete(prompt=prompt + USERLM_TURN_OPENING, max_tokens=1, logprobs=self.max_logprobs,
                                         temperature=1.0, seed=seed, **extra)
         logprobs = response["choices"][0].get("logprobs")
         if not logprobs or not logprobs.get("top_logprobs"):
@@ -382,7 +380,7 @@ class OpenAIUserModel(_OpenAIModel):
         threshold = request.ending_threshold
         if threshold is not None and not self.vllm_like:
             # a plain server's log-probabilities may come after the bias: ask for P(end) alone first
-            end_prob = await self.end_probability(prompt[: -len(self.OPENING)], request.seed)
+            end_prob = await self.end_probability(prompt[: -len(USERLM_TURN_OPENING)], request.seed)
             if end_prob >= threshold:
                 return UserDraft(text="", ended=True, end_prob=end_prob)
         suppress_end = not request.end_may_be_sampled

@@ -57,9 +57,13 @@ def _replicated(kind: str, spec: str, options: ProviderOptions):
     if not options.ray:
         raise UserError(f"--{options.side}-replicas {options.replicas} needs a Ray cluster: add --ray auto (this machine's "
                         "cluster, or a new local one) or --ray HOST:PORT (a cluster's head).")
+    from functools import partial
+
     from .replicas import ray_replicas
 
-    return ray_replicas(options.side, spec, replace(options, replicas=1, ray=None), options.replicas, options.ray, options.placement)
+    _, name = spec.split(":", 1)
+    make = partial(_engine_model, kind, name, replace(options, replicas=1, ray=None), options.side)
+    return ray_replicas(spec, make, options.replicas, options.ray, options.placement)
 
 
 def _split(spec: str, valid: tuple[str, ...], side: str) -> tuple[str, str]:

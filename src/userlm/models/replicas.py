@@ -195,12 +195,10 @@ def _refused_token(exc: BaseException | None) -> bool:
 
 
 class _Actor:
-    """A replica: one local model in a Ray worker process."""
+    """A replica: one local model in a Ray worker process, made there by ``make``."""
 
-    def __init__(self, side: str, spec: str, options: Any):
-        from .registry import chat_model, user_model
-
-        self.model: Any = user_model(spec, options) if side == "user" else chat_model(spec, options)
+    def __init__(self, make: Callable[[], Any]):
+        self.model: Any = make()
 
     def ready(self) -> int:
         import os
@@ -249,16 +247,17 @@ class RayReplica:
         ray.kill(self.handle, no_restart=True)
 
 
-def ray_replicas(side: str, spec: str, options: Any, count: int, address: str,
+def ray_replicas(spec: str, make: Callable[[], Any], count: int, address: str,
                  placement: ReplicaPlacement = ReplicaPlacement()) -> Replicated:
-    """``count`` replicas of ``spec`` (an ``hf:`` or ``vllm:`` model) as Ray actors, each loaded
-    before this returns (so a model that cannot load fails the run at once, in one sentence)."""
+    """``count`` replicas of ``spec`` (an ``hf:`` or ``vllm:`` model) as Ray actors, each made in
+    its own process by ``make`` (a picklable factory from the registry) and loaded before this
+    returns (so a model that cannot load fails the run at once, in one sentence)."""
     connect(address)
     import ray
 
     actor = ray.remote(_Actor).options(num_cpus=placement.cpus, num_gpus=placement.gpus, max_restarts=placement.max_restarts,
                                        max_task_retries=0, max_concurrency=1024)
-    handles = [actor.remote(side, spec, options) for _ in range(count)]
+    handles = [actor.remote(make) for _ in range(count)]
     try:
         ray.get([h.ready.remote() for h in handles])
     except ray.exceptions.RayTaskError as exc:

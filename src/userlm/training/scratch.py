@@ -12,20 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..render import END_OF_CONVERSATION, END_OF_TURN, USERLM_CHAT_TEMPLATE, USERLM_SPECIAL_TOKENS
+from ..render import ASSISTANT_CHAT_TEMPLATE, END_OF_CONVERSATION, END_OF_TURN, USERLM_CHAT_TEMPLATE, USERLM_SPECIAL_TOKENS
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
-
-#: A Llama-3-instruct-style template, for small models that play the assistant.
-ASSISTANT_CHAT_TEMPLATE = (
-    "{{ '<|begin_of_text|>' }}"
-    "{% for message in messages %}"
-    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] + '<|eot_id|>' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
-)
-
 
 def train_tokenizer(
     texts: Iterable[str], *, vocab_size: int = 2048, chat_template: str = USERLM_CHAT_TEMPLATE
