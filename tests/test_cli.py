@@ -187,3 +187,24 @@ def test_a_bad_value_is_one_line_that_points_at_the_commands_help(capsys):
         main(["simulate", "--samples", "2"])
     assert capsys.readouterr().err.strip().splitlines() == [
         "userlm simulate: error: the following arguments are required: --intents, --out, --user, --assistant (see userlm simulate --help)"]
+
+
+def test_chat_replays_what_simulate_wrote_for_the_same_seed_and_intent(tmp_path, tiny_user_dir):
+    """One conversation loop and one place that derives seeds: typing simulate's assistant replies
+    into ``userlm chat`` with the same --seed gives the user turns simulate wrote, on a real model."""
+    intents = tmp_path / "intents.jsonl"
+    intents.write_text(json.dumps({"id": "trip", "intent": "You want to plan a cheap weekend trip to Lisbon."}) + "\n")
+    replies = ["Sure, when do you want to go?", "Flights are cheapest on Tuesdays.", "Anything else?"]
+    (tmp_path / "replies.txt").write_text("\n".join(replies) + "\n")
+    common = ["--user", f"hf:{tiny_user_dir}", "--seed", 3, "--max-turns", 3, "--user-max-tokens", 12, "--min-words", 1]
+    simulated = userlm_cli("simulate", "--intents", intents, "--assistant", f"scripted:{tmp_path / 'replies.txt'}",
+                           "--out", tmp_path / "sim.jsonl", "--no-progress", *common)
+    assert simulated.returncode == 0, simulated.stderr
+    chatted = userlm_cli("chat", "--intents", intents, "--id", "trip", "--out", tmp_path / "chat.jsonl", *common,
+                         stdin="\n".join(replies) + "\n")
+    assert chatted.returncode == 0, chatted.stderr
+    [sim] = [json.loads(line) for line in (tmp_path / "sim.jsonl").read_text().splitlines()]
+    [chat] = [json.loads(line) for line in (tmp_path / "chat.jsonl").read_text().splitlines()]
+    users = [[m["content"] for m in r["messages"] if m["role"] == "user"] for r in (sim, chat)]
+    assert users[0] and users[0] == users[1]
+    assert (sim["id"], sim["seed"]) == (chat["id"], chat["seed"]) == ("trip#0", sim["seed"])

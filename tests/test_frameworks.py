@@ -16,6 +16,7 @@ import pytest
 from servers import HANG_S, free_port
 
 from userlm.guardrails import GuardrailConfig, check_draft
+from userlm.models.base import UserDraft
 from userlm.integrations.serve import BadRequest, ServeSettings, conversation_of, next_user_turn
 from userlm.models.scripted import ScriptedUser
 from userlm.user import SimulatedUser
@@ -121,6 +122,37 @@ def test_views_and_the_stop_marker():
     assert first["choices"][0]["message"]["content"] == "can you plan a trip to lisbon for me?"
     done = asyncio.run(next_user_turn(user, {"messages": flipped("Hi", "can you plan a trip to lisbon for me?", "Done!")}, settings))
     assert done["choices"][0]["message"]["content"] == MARKER and done["userlm"]["end_reason"] == "user_ended"
+
+
+def test_a_served_conversation_is_keyed_on_what_the_client_sends_never_on_the_seed():
+    """Engines keep a conversation's cache and route its turns by its key: the id the client
+    names, else the conversation's own beginning; two conversations never share one because they
+    share a seed, and one conversation keeps one key from its second request on."""
+    keys: list[str | None] = []
+
+    class Recording:
+        name = "recording"
+
+        async def draft(self, request):
+            keys.append(request.conversation_key)
+            return UserDraft(text=f"tell me more about option number {len(request.messages)}")
+
+    user = SimulatedUser(Recording(), GuardrailConfig(min_turns=1))
+    settings = ServeSettings()
+
+    def ask(body, header=None):
+        asyncio.run(next_user_turn(user, body, settings, header))
+        return keys[-1]
+
+    assert ask({"messages": flipped()}, header="run-7/conv-1") == "client:run-7/conv-1"
+    assert ask({"messages": flipped(), "conversation_id": "c2"}) == "client:c2"
+    assert ask({"messages": flipped(), "metadata": {"conversation_id": "c3"}}) == "client:c3"
+    second = ask({"messages": flipped("Hi", "need a trip plan", "Sure, when?"), "seed": 1})
+    third = ask({"messages": flipped("Hi", "need a trip plan", "Sure, when?", "in May", "Where to?"), "seed": 1})
+    other = ask({"messages": flipped("Hi", "looking for a cheap flight", "Sure, from where?"), "seed": 1})
+    assert second == third and other != second and second.startswith("prefix:")
+    with pytest.raises(BadRequest, match="conversation_id must be a non-empty string"):
+        ask({"messages": flipped(), "conversation_id": 5})
 
 
 def test_openevals_drives_a_conversation_with_the_guarded_user(server):

@@ -274,8 +274,8 @@ def test_a_slow_remote_assistant_does_not_hold_up_the_other_conversations(tiny_u
     user = userlm.load_user(f"hf:{tiny_user_dir}", GuardrailConfig(min_words=1, max_words=None), sampling=SAMPLING)
     original = user.next_turn
 
-    async def remember(intent, messages, *, seed=0):
-        turn = await original(intent, messages, seed=seed)
+    async def remember(intent, messages, **options):
+        turn = await original(intent, messages, **options)
         if turn.text is not None:
             request_intent[turn.text] = intent
         return turn

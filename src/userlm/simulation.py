@@ -23,7 +23,7 @@ from .models.lockstep import Lockstep
 from .models.retry import ConnectionLost, RequestTimeout
 from .render import assistant_view
 from .runs import OutputLock, determinants, fingerprint, mismatch
-from .user import SimulatedUser, derive_seed
+from .user import SimulatedUser, UserTurn, derive_seed
 
 #: failures that say the server is gone or too slow, not that the conversation went wrong
 UNREACHABLE = (ConnectionLost, RequestTimeout)
@@ -229,6 +229,93 @@ async def simulate_async(
     return summary
 
 
+def conversation_seed(run_seed: int, conversation: str) -> int:
+    """The one place a conversation's seed comes from: the run's seed and the conversation's id
+    (``<intent id>#<sample>``). ``simulate``, ``chat``, the Inspect solver and ``eval-user`` all
+    derive it here, so the same seed and intent give the same user turns from any of them."""
+    return derive_seed(run_seed, conversation)
+
+
+class AssistantQuit(Exception):
+    """The assistant's side stopped the conversation (a person typing ``/quit``): it ends as
+    ``assistant_quit``."""
+
+
+@dataclass(frozen=True)
+class LoopHooks:
+    """What an entry point adds to the one conversation loop (:func:`converse`)."""
+
+    #: after each user turn, kept or final (printing it, logging it); called with the conversation and the turn
+    on_user_turn: Callable[[Conversation, UserTurn], None] | None = None
+    #: after each assistant reply: may add events to it; True ends the conversation as ``task_solved``
+    after_reply: Callable[[Conversation], Awaitable[bool]] | None = None
+    #: False: the last allowed user turn gets no reply (the loop ends with that turn)
+    answer_last_turn: bool = True
+
+
+def new_conversation(intent: Intent, sample: int, user: SimulatedUser, assistant: ChatModel, run_seed: int,
+                     recorded: dict[str, Any] | None = None) -> Conversation:
+    """The record a conversation starts as: its id, its seed (:func:`conversation_seed`), who talks."""
+    cid = conversation_id(intent.id, sample)
+    return Conversation(
+        id=cid, intent_id=intent.id, sample=sample, intent=intent.text, metadata=dict(intent.metadata), user_model=user.name,
+        assistant_model=assistant.name, seed=conversation_seed(run_seed, cid), settings=recorded or {},
+        usage={"user": Usage(), "assistant": Usage()},
+    )
+
+
+async def converse(conv: Conversation, user: SimulatedUser, assistant: ChatModel, max_turns: int,
+                   hooks: LoopHooks = LoopHooks()) -> Conversation:
+    """The conversation loop every entry point drives: user turn, assistant reply, until the user
+    ends, the guardrails give up, a hook ends it, an error, or ``max_turns`` user turns. Fills in
+    the record's messages, usage, end reason and duration. A server that cannot be reached raises
+    :class:`Unfinished` (the conversation is not the model's doing); a configuration error is raised;
+    any other error is recorded (``user_error`` / ``assistant_error``)."""
+    started = time.perf_counter()
+    for turn_index in range(max_turns):
+        try:
+            turn = await user.next_turn(conv.intent, conv.messages, seed=conv.seed or 0, conversation=conv.id)
+        except ConfigurationError:
+            raise
+        except UNREACHABLE as exc:
+            raise Unfinished(conv.id, exc) from exc
+        except Exception as exc:  # recorded, and the run goes on
+            conv.end_reason, conv.error = "user_error", _describe(exc)
+            break
+        conv.usage.setdefault("user", Usage()).merge(turn.usage)
+        if hooks.on_user_turn is not None:
+            hooks.on_user_turn(conv, turn)
+        if turn.end_reason is not None:
+            conv.end_reason = turn.end_reason
+            conv.final_turn = turn.final_message()
+            break
+        conv.messages.append(turn.message())
+        if turn_index == max_turns - 1 and not hooks.answer_last_turn:
+            conv.end_reason = "max_turns"
+            break
+        try:
+            reply = await assistant.reply(assistant_view(conv.messages), seed=derive_seed(conv.seed or 0, "assistant", turn_index))
+        except (ConfigurationError, KeyboardInterrupt):
+            raise
+        except AssistantQuit:
+            conv.end_reason = "assistant_quit"
+            break
+        except UNREACHABLE as exc:
+            raise Unfinished(conv.id, exc) from exc
+        except Exception as exc:
+            conv.end_reason, conv.error = "assistant_error", _describe(exc)
+            break
+        conv.usage.setdefault("assistant", Usage()).add(reply.prompt_tokens, reply.completion_tokens)
+        conv.messages.append(Message(role="assistant", content=reply.text))
+        if hooks.after_reply is not None and await hooks.after_reply(conv):
+            conv.end_reason = "task_solved"
+            break
+    else:
+        conv.end_reason = "max_turns"
+    conv.duration_s = round(time.perf_counter() - started, 4)
+    return conv
+
+
 async def run_conversation(
     intent: Intent,
     sample: int,
@@ -238,58 +325,11 @@ async def run_conversation(
     recorded: dict[str, Any],
     after_reply: Callable[[Conversation], Awaitable[bool]] | None = None,
 ) -> Conversation:
-    """One conversation, from the first user turn to its end reason. ``after_reply`` sees the
-    conversation after each assistant reply (it may add events to it) and returns True when the
-    task is solved, which ends the conversation with ``task_solved``."""
-    cid = conversation_id(intent.id, sample)
-    seed = derive_seed(settings.seed, cid)
-    conv = Conversation(
-        id=cid,
-        intent_id=intent.id,
-        sample=sample,
-        intent=intent.text,
-        metadata=dict(intent.metadata),
-        user_model=user.name,
-        assistant_model=assistant.name,
-        seed=seed,
-        settings=recorded,
-        usage={"user": Usage(), "assistant": Usage()},
-    )
-    started = time.perf_counter()
-    for turn_index in range(settings.max_turns):
-        try:
-            turn = await user.next_turn(intent.text, conv.messages, seed=seed)
-        except ConfigurationError:
-            raise
-        except UNREACHABLE as exc:
-            raise Unfinished(cid, exc) from exc
-        except Exception as exc:  # recorded, and the run goes on
-            conv.end_reason, conv.error = "user_error", _describe(exc)
-            break
-        conv.usage["user"].merge(turn.usage)
-        if turn.end_reason is not None:
-            conv.end_reason = turn.end_reason
-            conv.final_turn = turn.final_message()
-            break
-        conv.messages.append(turn.message())
-        try:
-            reply = await assistant.reply(assistant_view(conv.messages), seed=derive_seed(seed, "assistant", turn_index))
-        except ConfigurationError:
-            raise
-        except UNREACHABLE as exc:
-            raise Unfinished(cid, exc) from exc
-        except Exception as exc:
-            conv.end_reason, conv.error = "assistant_error", _describe(exc)
-            break
-        conv.usage["assistant"].add(reply.prompt_tokens, reply.completion_tokens)
-        conv.messages.append(Message(role="assistant", content=reply.text))
-        if after_reply is not None and await after_reply(conv):
-            conv.end_reason = "task_solved"
-            break
-    else:
-        conv.end_reason = "max_turns"
-    conv.duration_s = round(time.perf_counter() - started, 4)
-    return conv
+    """One conversation of a run, from the first user turn to its end reason. ``after_reply`` sees
+    the conversation after each assistant reply (it may add events to it) and returns True when
+    the task is solved, which ends the conversation with ``task_solved``."""
+    conv = new_conversation(intent, sample, user, assistant, settings.seed, recorded)
+    return await converse(conv, user, assistant, settings.max_turns, LoopHooks(after_reply=after_reply))
 
 
 def _describe(exc: Exception) -> str:

@@ -82,8 +82,11 @@ class SimulatedUser:
     def name(self) -> str:
         return self.model.name
 
-    async def next_turn(self, intent: str | None, messages: list[Message] | list[dict], *, seed: int = 0) -> UserTurn:
-        """Draft the next user turn, resampling refused drafts up to ``max_attempts`` times."""
+    async def next_turn(self, intent: str | None, messages: list[Message] | list[dict], *, seed: int = 0,
+                        conversation: str | None = None) -> UserTurn:
+        """Draft the next user turn, resampling refused drafts up to ``max_attempts`` times.
+        ``conversation`` names the conversation (its id): engines key its cache and route its turns
+        on it; without one, nothing is kept for it between turns."""
         chat = [m if isinstance(m, dict) else m.chat() for m in messages]
         earlier = [m["content"] for m in chat if m["role"] == "user"]
         g = self.guardrails
@@ -97,7 +100,7 @@ class SimulatedUser:
                 allow_end=g.end_allowed(len(earlier)),
                 banned_first_words=g.first_words,
                 end_threshold=g.end_threshold,
-                conversation_key=str(seed),
+                conversation_key=conversation,
             )
             draft = await self.model.draft(request)
             turn.usage.add(draft.prompt_tokens, draft.completion_tokens)
@@ -114,18 +117,21 @@ class SimulatedUser:
         turn.exhausted = True
         return turn
 
-    def session(self, intent: str | None, *, seed: int = 0) -> UserSession:
-        """Drive this user turn by turn from your own code."""
-        return UserSession(self, intent, seed)
+    def session(self, intent: str | None, *, seed: int = 0, conversation: str | None = None) -> UserSession:
+        """Drive this user turn by turn from your own code (``conversation``: its id, else a new one)."""
+        return UserSession(self, intent, seed, conversation)
 
 
 class UserSession:
     """One conversation with a simulated user, driven by the caller."""
 
-    def __init__(self, user: SimulatedUser, intent: str | None, seed: int):
+    def __init__(self, user: SimulatedUser, intent: str | None, seed: int, conversation: str | None = None):
+        import uuid
+
         self.user = user
         self.intent = intent
         self.seed = seed
+        self.conversation = conversation or f"session-{uuid.uuid4().hex}"  #: its id: engines keep its cache by it
         self.messages: list[Message] = []
         self.last: UserTurn | None = None
         self.usage = Usage()
@@ -143,7 +149,7 @@ class UserSession:
             self.messages.append(Message(role="assistant", content=assistant_reply))
         elif self.messages:
             raise ValueError("pass the assistant's reply to the previous user turn")
-        turn = await self.user.next_turn(self.intent, self.messages, seed=self.seed)
+        turn = await self.user.next_turn(self.intent, self.messages, seed=self.seed, conversation=self.conversation)
         self.last = turn
         self.usage.merge(turn.usage)
         if turn.text is not None:

@@ -20,7 +20,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--intents", metavar="FILE", help="take the intent from this file (with --id)")
     p.add_argument("--id", help="intent id within --intents (default: the first)")
     p.add_argument("--max-turns", type=int, default=20, metavar="N", help="user turns at most (default: 20)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the user's sampling (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="run seed, as simulate's: the same seed, intent and --sample give the "
+                   "conversation simulate would start (default: 0)")
+    p.add_argument("--sample", type=int, default=0, metavar="N", help="which sample of the intent to replay, as simulate "
+                   "numbers them (default: 0)")
     p.add_argument("--out", metavar="FILE", help="append the conversation to this JSONL file")
     add_model_options(p, assistant=False)
     add_guardrail_options(p)
@@ -45,25 +48,28 @@ def _intent(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..conversation import Conversation, ConversationWriter
+    import asyncio
+
+    from ..conversation import ConversationWriter
     from ..models.registry import user_model
-    from ..user import SimulatedUser, derive_seed
+    from ..simulation import LoopHooks, converse, new_conversation
+    from ..user import SimulatedUser
 
     intent = _intent(args)
     user = SimulatedUser(user_model(args.user, provider_options(args, "user")), guardrails_from(args))
-    session = user.session(intent.text, seed=derive_seed(args.seed, intent.id))
-    conv = Conversation(
-        id=f"{intent.id}#chat", intent_id=intent.id, intent=intent.text, metadata=dict(intent.metadata),
-        user_model=user.name, assistant_model="human", seed=session.seed,
-    )
+    # the same id and seed as `userlm simulate --seed S` gives sample N of this intent: the same user turns
+    conv = new_conversation(intent, args.sample, user, _Person(), args.seed)
     print(f"intent: {intent.text}\n(type the assistant's replies; /quit, Ctrl-D or Ctrl-C to stop)\n", file=sys.stderr)
+    # a loop of its own, not asyncio.run: asyncio.run's Ctrl-C handler only cancels at the next await,
+    # while the person's Ctrl-C must stop the prompt they are typing at
+    loop = asyncio.new_event_loop()
     try:
-        _converse(session, conv, args.max_turns)
+        loop.run_until_complete(converse(conv, user, _Person(), args.max_turns, LoopHooks(on_user_turn=_show)))
     except KeyboardInterrupt:
         conv.end_reason, conv.error = "assistant_quit", None
         print("", file=sys.stderr)
-    conv.messages = list(session.messages)
-    conv.usage = {"user": session.usage}
+    finally:
+        loop.close()
     if args.out:
         with ConversationWriter(args.out) as writer:
             writer.write(conv)
@@ -71,28 +77,34 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _converse(session, conv, max_turns: int) -> None:
-    """Turn after turn until the user ends, the limit, or the person stops; ``conv.end_reason`` says which."""
+class _Person:
+    """The assistant's side typed by the person at the terminal."""
+
+    name = "human"
+
+    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None):
+        from ..models.base import ChatReply
+        from ..simulation import AssistantQuit
+
+        try:
+            # blocking on purpose: nothing else runs while the person types, and a Ctrl-C must reach
+            # this (main) thread rather than leave a thread blocked on the terminal
+            text = input("assistant> ")  # noqa: ASYNC250
+        except EOFError:
+            text = "/quit"
+        if text.strip() == "/quit":
+            raise AssistantQuit
+        return ChatReply(text=text)
+
+
+def _show(conv, turn) -> None:
+    """Each user turn as the person sees it, with the drafts the guardrails refused."""
     from ..render import END_OF_CONVERSATION
 
-    reply = None
-    conv.end_reason = "max_turns"
-    for _ in range(max_turns):
-        text = session.step(reply)
-        turn = session.last
-        if turn and turn.rejected:
-            notes = ", ".join(r.reason for r in turn.rejected)
-            print(f"  [guardrails refused {len(turn.rejected)} draft(s): {notes}]", file=sys.stderr)
-        if text is None:
-            ended = bool(turn and turn.ended)
-            conv.end_reason = (turn.end_reason if turn else None) or "guardrail_exhausted"
-            print(f"user> {END_OF_CONVERSATION}" if ended else "user> (every draft was refused)")
-            return
-        print(f"user> {text}")
-        try:
-            reply = input("assistant> ")
-        except EOFError:
-            reply = "/quit"
-        if reply.strip() == "/quit":
-            conv.end_reason = "assistant_quit"
-            return
+    if turn.rejected:
+        notes = ", ".join(r.reason for r in turn.rejected)
+        print(f"  [guardrails refused {len(turn.rejected)} draft(s): {notes}]", file=sys.stderr)
+    if turn.text is not None:
+        print(f"user> {turn.text}", flush=True)
+    else:
+        print(f"user> {END_OF_CONVERSATION}" if turn.ended else "user> (every draft was refused)", flush=True)

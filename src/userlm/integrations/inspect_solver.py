@@ -30,8 +30,12 @@ from inspect_ai.model import ChatMessageUser
 from inspect_ai.scorer import Score, Target, mean, scorer
 from inspect_ai.solver import Generate, Solver, TaskState, solver
 
+from ..conversation import Conversation
 from ..guardrails import GuardrailConfig
-from ..user import SimulatedUser, derive_seed
+from ..intents import Intent
+from ..models.base import ChatReply
+from ..simulation import LoopHooks, converse, new_conversation
+from ..user import SimulatedUser, UserTurn
 
 
 def _simulated(user: str | SimulatedUser, guardrails: GuardrailConfig | None) -> SimulatedUser:
@@ -42,38 +46,51 @@ def _simulated(user: str | SimulatedUser, guardrails: GuardrailConfig | None) ->
     return SimulatedUser(user_model(user), guardrails)
 
 
+class _ModelUnderTest:
+    """Inspect's model under test as the assistant of the conversation loop: each user turn goes
+    into ``state.messages`` and ``generate`` answers it."""
+
+    name = "inspect"
+
+    def __init__(self, state: TaskState, generate: Generate):
+        self.state, self.generate = state, generate
+
+    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None) -> ChatReply:
+        self.state.messages.append(ChatMessageUser(content=messages[-1]["content"]))
+        self.state = await self.generate(self.state)
+        return ChatReply(text=self.state.output.completion)
+
+
 @solver
 def simulated_user(user: str | SimulatedUser, *, max_turns: int = 6, guardrails: GuardrailConfig | None = None, seed: int = 0,
                    stop: Callable[[TaskState], Awaitable[bool]] | None = None, intent_field: str = "intent") -> Solver:
     """A conversation between the simulated ``user`` (a spec such as ``hf:microsoft/UserLM-8b``, or a
-    :class:`~userlm.user.SimulatedUser`) and the model under test, up to ``max_turns`` user turns."""
+    :class:`~userlm.user.SimulatedUser`) and the model under test, up to ``max_turns`` user turns.
+    The conversation is ``<sample id>#<epoch - 1>`` with its seed derived as ``userlm simulate
+    --seed SEED`` derives it, so a sample replays the simulation of the intent of that id."""
     sim = _simulated(user, guardrails)
 
     async def solve(state: TaskState, generate: Generate) -> TaskState:
-        intent = state.metadata.get(intent_field) or state.input_text
-        conversation: list[dict[str, str]] = []
+        intent = Intent(id=str(state.sample_id), text=state.metadata.get(intent_field) or state.input_text)
         state.messages = [m for m in state.messages if m.role == "system"]  # the input is the user's intent, not a turn
-        conversation_seed = derive_seed(seed, state.sample_id, state.epoch)
-        end_reason, refused = "max_turns", 0
-        for number in range(1, max_turns + 1):
-            turn = await sim.next_turn(intent, conversation, seed=conversation_seed)
-            refused += len(turn.rejected)
-            transcript().info({"user_turn": number, "attempts": turn.attempts, "end_prob": turn.end_prob,
+        model = _ModelUnderTest(state, generate)
+        conv = new_conversation(intent, max(state.epoch - 1, 0), sim, model, seed)
+
+        def log(conv: Conversation, turn: UserTurn) -> None:
+            transcript().info({"user_turn": len(conv.user_turns()) + 1, "attempts": turn.attempts, "end_prob": turn.end_prob,
                                "refused": [r.model_dump(exclude_none=True) for r in turn.rejected],
                                "ended": turn.text is None}, source="userlm")
-            if turn.text is None:
-                end_reason = turn.end_reason or "guardrail_exhausted"
-                break
-            state.messages.append(ChatMessageUser(content=turn.text))
-            conversation.append({"role": "user", "content": turn.text})
-            state = await generate(state)
-            conversation.append({"role": "assistant", "content": state.output.completion})
-            if stop is not None and await stop(state):
-                end_reason = "task_solved"
-                break
-        state.metadata["userlm"] = {"user_model": sim.name, "end_reason": end_reason, "refused_drafts": refused,
-                                    "user_turns": sum(1 for m in conversation if m["role"] == "user")}
-        return state
+
+        async def solved(conv: Conversation) -> bool:
+            return stop is not None and await stop(model.state)
+
+        await converse(conv, sim, model, max_turns, LoopHooks(on_user_turn=log, after_reply=solved))
+        if conv.error is not None:
+            raise RuntimeError(f"userlm: {conv.id}: {conv.error}")
+        refused = sum(len(m.rejected or []) for m in conv.user_turns()) + len((conv.final_turn.rejected or []) if conv.final_turn else [])
+        model.state.metadata["userlm"] = {"user_model": sim.name, "end_reason": conv.end_reason, "refused_drafts": refused,
+                                          "user_turns": len(conv.user_turns())}
+        return model.state
 
     return solve
 

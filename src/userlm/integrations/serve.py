@@ -13,14 +13,18 @@ the simulated user's next turn, drafted under the guardrails, or the stop marker
 * ``plain``: ``system`` is the intent, ``user`` the user's turns, ``assistant`` the agent's.
 
 ``seed`` is honoured (the same request and seed give the same turn on a local model); the server's
-own sampling flags decide the rest. The answer's ``userlm`` field says how the turn came about:
+own sampling flags decide the rest. A request's conversation is what the client names (the
+``X-Conversation-Id`` header, a ``conversation_id`` field or ``metadata.conversation_id``), else its
+intent and first user turn: a local model keeps that conversation's cache between its requests. The answer's ``userlm`` field says how the turn came about:
 refused drafts with their reasons, attempts, P(end) where known, and why the user stopped.
 Concurrent requests to a local model run as one batch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import json
 import random
 import time
 import uuid
@@ -93,13 +97,31 @@ def conversation_of(body: Any, view: str) -> tuple[str | None, list[dict[str, st
     return intent, turns
 
 
-async def next_user_turn(user: SimulatedUser, body: dict, settings: ServeSettings) -> dict[str, Any]:
+def conversation_key(body: dict, intent: str | None, turns: list[dict[str, str]], header: str | None = None) -> str:
+    """Which conversation a request belongs to (engines keep its cache and route its turns by it):
+    what the client says (the ``X-Conversation-Id`` header, a ``conversation_id`` field or
+    ``metadata.conversation_id``), else the conversation's own beginning, its intent and the
+    simulated user's first turn, which every later request of it repeats. Never the seed."""
+    named = header or body.get("conversation_id") or (body.get("metadata") or {}).get("conversation_id")
+    if named is not None:
+        if not isinstance(named, str) or not named.strip():
+            raise BadRequest("conversation_id must be a non-empty string.")
+        return f"client:{named}"
+    first = next((t["content"] for t in turns if t["role"] == "user"), "")
+    digest = hashlib.blake2b(json.dumps([intent, first]).encode(), digest_size=16).hexdigest()
+    return f"prefix:{digest}"
+
+
+async def next_user_turn(user: SimulatedUser, body: dict, settings: ServeSettings, header: str | None = None) -> dict[str, Any]:
     """The chat-completion answer for one request: the next user turn or the stop marker."""
     intent, turns = conversation_of(body, settings.view)
     seed = body.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise BadRequest("seed must be an integer.")
-    turn = await user.next_turn(intent, turns, seed=seed if seed is not None else random.randrange(2**31))
+    if body.get("metadata") is not None and not isinstance(body.get("metadata"), dict):
+        raise BadRequest("metadata must be an object.")
+    key = conversation_key(body, intent, turns, header)
+    turn = await user.next_turn(intent, turns, seed=seed if seed is not None else random.randrange(2**31), conversation=key)
     stopped = turn.text is None
     reason = None if not stopped else ("user_ended" if turn.ended else "guardrail_exhausted")
     return {
@@ -142,7 +164,7 @@ def make_app(user: SimulatedUser, settings: ServeSettings = ServeSettings()):
         except ValueError:
             return error(400, "the request body is not JSON.")
         try:
-            return web.json_response(await next_user_turn(user, body, settings))
+            return web.json_response(await next_user_turn(user, body, settings, request.headers.get("X-Conversation-Id")))
         except BadRequest as exc:
             return error(400, str(exc))
         except ConfigurationError as exc:

@@ -19,8 +19,9 @@ from ...conversation import Conversation
 from ...guardrails import GuardrailConfig
 from ...intents import Intent
 from ...models.base import ChatModel, ChatReply, HasWeights, MapsShards, ProbesEnd, UserModel, UserTurnRequest, WrapsChat
+from ...models.function import FunctionAssistant
 from ...prompts import fill_prompt, load_prompt
-from ...simulation import RunSettings, simulate_async
+from ...simulation import LoopHooks, RunSettings, converse, new_conversation, simulate_async
 from ...user import SimulatedUser, derive_seed
 from ..metrics import Figure, bootstrap, figure
 from ..text import words
@@ -373,14 +374,19 @@ async def naturalness_part(texts: list[str], detector: Detector, settings: UserE
 # --- scenarios ----------------------------------------------------------------------------
 
 
-async def _two_turns(user: SimulatedUser, intent: str, reply_for, seed: int) -> tuple[list[dict[str, str]], str | None]:
-    first = await user.next_turn(intent, [], seed=seed)
-    if first.text is None:
+async def _two_turns(user: SimulatedUser, intent: Intent, reply_for, run_seed: int) -> tuple[list[dict[str, str]], str | None]:
+    """A first user turn, the scenario's reply, and the user's answer to it: the conversation loop
+    with two user turns, the second unanswered. The messages up to the reply, and the second turn
+    (None when the user ended or every draft was refused)."""
+    assistant = FunctionAssistant(reply_for, name="scenario")
+    conv = new_conversation(intent, 0, user, assistant, run_seed)
+    await converse(conv, user, assistant, 2, LoopHooks(answer_last_turn=False))
+    if conv.error is not None:  # a model that fails is the evaluation's failure, not a verdict on the user
+        raise RuntimeError(f"{conv.id}: {conv.error}")
+    messages = [m.chat() for m in conv.messages]
+    if not messages:
         return [], None
-    messages = [{"role": "user", "content": first.text}]
-    messages.append({"role": "assistant", "content": await reply_for(messages)})
-    second = await user.next_turn(intent, messages, seed=seed)
-    return messages, second.text
+    return messages[:2], messages[2]["content"] if len(messages) > 2 else None
 
 
 def _scenario_reply(lines: list[str], model: ChatModel | None, instruction: str, key: str, seed: int):
@@ -399,8 +405,9 @@ async def role_part(sim: Simulator, questions: list[Question], judge: CachedJudg
     hedges = package_lines("hedges.txt")
 
     async def one(q: Question) -> AdherenceItem:
-        seed = derive_seed(settings.seed, "role", q.id)
-        messages, turn = await _two_turns(user, q.intent(), _scenario_reply(hedges, scenario_assistant, load_prompt("hedging_assistant.txt"), q.id, settings.seed), seed)
+        intent = Intent(id=f"role:{q.id}", text=q.intent())
+        reply_for = _scenario_reply(hedges, scenario_assistant, load_prompt("hedging_assistant.txt"), q.id, settings.seed)
+        messages, turn = await _two_turns(user, intent, reply_for, settings.seed)
         item: AdherenceItem = {"id": q.id, "source": q.source, "messages": messages, "user_reply": turn}
         if not messages:
             return item | {"adhered": False, "method": "no first turn"}
@@ -438,8 +445,8 @@ async def intent_part(sim: Simulator, intents: list[Intent], judge: CachedJudge 
     diversions = package_lines("diversions.txt")
 
     async def one(intent: Intent) -> AdherenceItem:
-        seed = derive_seed(settings.seed, "intent", intent.id)
-        messages, turn = await _two_turns(user, intent.text or "", _scenario_reply(diversions, scenario_assistant, load_prompt("diverting_assistant.txt"), intent.id, settings.seed), seed)
+        reply_for = _scenario_reply(diversions, scenario_assistant, load_prompt("diverting_assistant.txt"), intent.id, settings.seed)
+        messages, turn = await _two_turns(user, Intent(id=f"intent:{intent.id}", text=intent.text or ""), reply_for, settings.seed)
         item: AdherenceItem = {"id": intent.id, "messages": messages, "user_reply": turn}
         if not messages:
             return item | {"adhered": False, "method": "no first turn"}
