@@ -16,8 +16,8 @@ import pytest
 from servers import HANG_S, free_port
 
 from userlm.guardrails import GuardrailConfig, check_draft
-from userlm.models.base import UserDraft
 from userlm.integrations.serve import BadRequest, ServeSettings, conversation_of, next_user_turn
+from userlm.models.base import UserDraft
 from userlm.models.scripted import ScriptedUser
 from userlm.user import SimulatedUser
 
