@@ -214,3 +214,19 @@ def test_prepare_and_eval_user_take_the_built_in_chat_logs_by_name(tmp_path):
     from userlm.evaluation.simulators.evaluate import held_out_conversations
 
     assert len(held_out_conversations(_source("oasst"), "train", 50)) == 50  # eval-user --data oasst
+
+
+def test_tasks_are_keyed_by_their_id_not_their_wording(tmp_path):
+    """Two tasks may read the same and want different answers (one problem in two datasets, say):
+    each conversation is scored against its own task; two tasks with one id are refused."""
+    from userlm.errors import UserError
+
+    text = "Tom has 3 apples and buys some more. How many does he have?"
+    twins = [Task(id="a", suite="gsm8k", text=text, shards=[text], reference={"answer": "7"}),
+             Task(id="b", suite="gsm8k", text=text, shards=[text], reference={"answer": "9"})]
+    report = asyncio.run(evaluate(twins, FunctionAssistant(lambda m: "He has 7."), tmp_path, settings=EvalSettings(modes=("full", "sharded")),
+                                  progress=False))
+    scores = {(c["task_id"], c["mode"]): c["score"] for c in report["conversations"]}
+    assert scores == {("a", "full"): 1.0, ("b", "full"): 0.0, ("a", "sharded"): 1.0, ("b", "sharded"): 0.0}
+    with pytest.raises(UserError, match="two tasks have the id 'a'"):
+        asyncio.run(evaluate([twins[0], twins[0]], FunctionAssistant(lambda m: "7"), tmp_path / "x", progress=False))

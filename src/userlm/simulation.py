@@ -295,7 +295,7 @@ async def converse(conv: Conversation, user: SimulatedUser, assistant: ChatModel
             break
         try:
             reply = await assistant.reply(assistant_view(conv.messages), seed=derive_seed(conv.seed or 0, "assistant", turn_index))
-        except (ConfigurationError, KeyboardInterrupt):
+        except ConfigurationError:
             raise
         except AssistantQuit:
             conv.end_reason = "assistant_quit"

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ...conversation import AnswerAttempt, Conversation
+from ...errors import UserError
 from ...files import write_text
 from ...guardrails import OFF as GUARDRAILS_OFF
 from ...guardrails import GuardrailConfig
@@ -57,7 +58,8 @@ class TaskUser:
         return task.shards
 
     async def draft(self, request: UserTurnRequest) -> UserDraft:
-        task = self.tasks[request.intent or ""]
+        # the conversation is "<task id>#<sample>" (the run's intents are the tasks, by id)
+        task = self.tasks[(request.conversation_key or "").rpartition("#")[0]]
         turns = self.turns(task)
         index = sum(1 for m in request.messages if m["role"] == "user")
         if index >= len(turns):
@@ -87,13 +89,15 @@ async def evaluate(
 ) -> AssistantReport:
     """Run every mode, write transcripts, ``assistant.json`` and ``assistant.md``; return the report."""
     out = Path(out)
-    by_intent = {t.intent: t for t in tasks}
-    if len(by_intent) != len(tasks):
-        raise ValueError("two tasks have the same text")
+    by_id: dict[str, Task] = {}
+    for t in tasks:
+        if t.id in by_id:
+            raise UserError(f"two tasks have the id {t.id!r} ({by_id[t.id].suite} and {t.suite}); give every task its own id.")
+        by_id[t.id] = t
     sandbox = asyncio.Semaphore(settings.sandbox_parallel)
 
     async def after_reply(conv: Conversation) -> bool:
-        task = by_intent[conv.intent or ""]
+        task = by_id[conv.metadata["task_id"]]
         reply = conv.messages[-1]
         answer = await _extract(task, reply.content, extractor)
         if answer is None:
@@ -113,7 +117,7 @@ async def evaluate(
                 raise ValueError("the simulated mode needs a user model")
             user = SimulatedUser(user_model, settings.guardrails)
         else:
-            user = SimulatedUser(TaskUser(by_intent, mode, rephrase), GUARDRAILS_OFF)
+            user = SimulatedUser(TaskUser(by_id, mode, rephrase), GUARDRAILS_OFF)
         intents = [Intent(id=t.id, text=t.intent, metadata={"task_id": t.id, "suite": t.suite, "mode": mode}) for t in tasks]
         run = await simulate_async(
             intents, user, assistant, out=out / "transcripts" / f"{mode}.jsonl",
