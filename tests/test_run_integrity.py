@@ -54,7 +54,6 @@ def test_a_complete_last_record_without_its_newline_is_kept(tmp_path, intents_fi
     (["--seed", "7"], "run_seed = 0, but this run has 7 (--seed)"),
     (["--max-turns", "3"], "max_turns = 2, but this run has 3 (--max-turns)"),
     (["--min-words", "4"], "(the guardrail options)"),
-    (["--user-temperature", "0.5"], "(the sampling options)"),
 ])
 def test_resume_refuses_other_settings_naming_them(tmp_path, intents_file, scripted, change, named):
     out = tmp_path / "run.jsonl"
@@ -63,6 +62,20 @@ def test_resume_refuses_other_settings_naming_them(tmp_path, intents_file, scrip
     done = simulate(intents_file, scripted, out, *change)
     assert done.returncode == 2 and named in done.stderr and "another --out" in done.stderr
     assert out.read_bytes() == before
+
+
+def test_resume_refuses_another_sampling_of_a_model_that_samples_and_only_of_one(tmp_path, intents_file, scripted, tiny_user_dir):
+    """What a run records comes from its models: another temperature for a model that samples is
+    refused; for a script, which samples nothing, the flag changes nothing and the run resumes."""
+    out = tmp_path / "run.jsonl"
+    models = [f"hf:{tiny_user_dir}", scripted[1]]
+    assert simulate(intents_file, models, out, "--user-max-tokens", 8, "--min-words", 1).returncode == 0
+    before = out.read_bytes()
+    done = simulate(intents_file, models, out, "--user-max-tokens", 8, "--min-words", 1, "--user-temperature", 0.5)
+    assert done.returncode == 2 and "(the sampling options)" in done.stderr and "another --out" in done.stderr
+    assert out.read_bytes() == before
+    again = simulate(intents_file, models, out, "--user-max-tokens", 8, "--min-words", 1, "--assistant-temperature", 0.1)
+    assert again.returncode == 0 and "0 conversations written, 3 already there" in again.stderr
 
 
 def test_an_intent_id_reused_with_other_text_is_refused(tmp_path, intents_file, scripted):

@@ -192,3 +192,45 @@ def test_the_retrieval_assistant_answers_with_the_closest_real_reply_cut_to_its_
     long = logs[:1] + [Conversation(id="2#0", intent_id="2", intent=None, messages=[
         Message(role="user", content="a long answer please"), Message(role="assistant", content="word " * 150 + "x" * 5000)])]
     assert ask(RetrievalAssistant(long, max_words=200), "a long answer please").endswith("x" * 5000)  # under budget: whole, at once
+
+
+class _SamplingScript(ScriptedUser):
+    """A scripted user that states sampling settings, as every sampling model does."""
+
+    def __init__(self, turns, sampling):
+        super().__init__(turns, name="scripted:sampling")
+        self.sampling = sampling
+
+
+def test_a_library_run_records_the_models_sampling_and_resume_catches_a_change(tmp_path):
+    """The run record comes from the models, not the command line: a Python call that resumes a
+    file with another temperature is stopped in one sentence, as the command would be."""
+    from userlm.models.base import SamplingSettings
+
+    out = tmp_path / "run.jsonl"
+    intents = [Intent(id=f"i{k}", text=f"You want help with chore {k} today.") for k in range(2)]
+    assistant = ScriptedAssistant(["Sure, tell me more."])
+
+    def user(temperature):
+        return userlm.SimulatedUser(_SamplingScript(["can you help me with my chore?"], SamplingSettings(temperature, 0.8, 64)),
+                                    GuardrailConfig())
+
+    first = userlm.simulate(intents[:1], user(1.0), assistant, out=out, progress=False)
+    assert first.conversations[0].settings["user_sampling"] == {"temperature": 1.0, "top_p": 0.8, "max_new_tokens": 64}
+    assert "assistant_sampling" not in first.conversations[0].settings  # a script samples nothing
+    with pytest.raises(UserError, match=r"made with sampling = .*temperature.*1\.0.*but this run has .*0\.5"):
+        userlm.simulate(intents, user(0.5), assistant, out=out, progress=False)
+    again = userlm.simulate(intents, user(1.0), assistant, out=out, progress=False)
+    assert (again.skipped, again.written) == (1, 1)
+
+
+def test_files_written_before_the_models_stated_their_sampling_still_resume(tmp_path):
+    """Older records carry the command line's sampling for every side, a script's too; they resume."""
+    out = tmp_path / "run.jsonl"
+    intents = [Intent(id=f"i{k}", text=f"You want help with chore {k} today.") for k in range(2)]
+    user = userlm.SimulatedUser(ScriptedUser(["can you help me with my chore?"]), GuardrailConfig())
+    assistant = ScriptedAssistant(["Sure, tell me more."])
+    old = {side: {"temperature": 0.7, "top_p": 1.0, "max_new_tokens": 512} for side in ("user_sampling", "assistant_sampling")}
+    userlm.simulate(intents[:1], user, assistant, out=out, generation=old, progress=False)
+    resumed = userlm.simulate(intents, user, assistant, out=out, progress=False)
+    assert (resumed.skipped, resumed.written) == (1, 1)

@@ -118,10 +118,21 @@ def fingerprint(values: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _comparable(key: str, old: Any, new: Any) -> tuple[Any, Any]:
+    """Sampling is compared side by side for the sides both record: a side records its sampling
+    when its model samples (the model's identity, compared on its own, says whether it changed),
+    and files written before the models stated their sampling lack some sides."""
+    if key != "sampling" or not isinstance(old, dict) or not isinstance(new, dict):
+        return old, new
+    both = old.keys() & new.keys()
+    return {k: old[k] for k in both}, {k: new[k] for k in both}
+
+
 def mismatch(out: Path, conversation_id: str, old: dict[str, Any], new: dict[str, Any]) -> str | None:
     """One sentence naming the first determinant that differs, or None when none does."""
     for key in KEYS:
-        if old.get(key) != new.get(key):
+        was, now = _comparable(key, old.get(key), new.get(key))
+        if was != now:
             def show(v: Any) -> str:
                 text = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
                 return text if len(text) <= 80 else text[:77] + "..."

@@ -11,14 +11,14 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .conversation import Conversation, ConversationWriter, Message, Usage, conversation_id, iter_conversations, write_conversations
 from .errors import ConfigurationError, UserError
 from .intents import Intent
-from .models.base import ChatModel, close, forget_conversations, is_remote, join_lockstep, reasked
+from .models.base import ChatModel, close, forget_conversations, is_remote, join_lockstep, reasked, sampling_of
 from .models.lockstep import Lockstep
 from .models.retry import ConnectionLost, RequestTimeout
 from .render import assistant_view
@@ -143,6 +143,7 @@ async def simulate_async(
         "max_turns": settings.max_turns,
         "samples": settings.samples,
         "guardrails": user.guardrails.to_dict(),
+        **sampling_record(user.model, assistant),
         **(generation or {}),
     }
     by_id = {i.id: i for i in intents}
@@ -227,6 +228,18 @@ async def simulate_async(
         previous = {c.id: c for c in iter_conversations(path, tolerate_truncated_tail=True) if c.id in done} if done and path else {}
         summary.conversations = [c for c in (finished.get(k) or previous.get(k) for k in order) if c is not None]
     return summary
+
+
+def sampling_record(user_model: object, assistant: object) -> dict[str, Any]:
+    """What a run records of how each side samples, read off the models themselves (a side
+    that does not sample, a script or a function, records nothing), so that a run started from
+    Python is resumed as honestly as one from the command line."""
+    record = {}
+    for side, model in (("user", user_model), ("assistant", assistant)):
+        sampling = sampling_of(model)
+        if sampling is not None:
+            record[f"{side}_sampling"] = asdict(sampling)
+    return record
 
 
 def conversation_seed(run_seed: int, conversation: str) -> int:

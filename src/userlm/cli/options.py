@@ -153,17 +153,3 @@ def provider_options(args: argparse.Namespace, side: str) -> ProviderOptions:
         placement=ReplicaPlacement(cpus=args.replica_cpus, gpus=args.replica_gpus),
         side=side,
     )
-
-
-def generation_record(args: argparse.Namespace) -> dict:
-    """The generation settings stored with every conversation (never keys or secrets)."""
-    record = {}
-    for side in ("user", "assistant"):
-        if getattr(args, side, None) is None:
-            continue
-        record[f"{side}_sampling"] = {
-            "temperature": getattr(args, f"{side}_temperature"),
-            "top_p": getattr(args, f"{side}_top_p"),
-            "max_new_tokens": getattr(args, f"{side}_max_tokens"),
-        }
-    return record

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import COUNT, add_guardrail_options, add_model_options, generation_record, guardrails_from, provider_options
+from .options import COUNT, add_guardrail_options, add_model_options, guardrails_from, provider_options
 from .stopping import run_async
 
 
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     summary = run_async(
         simulate_async(
             intents, user, assistant, out=args.out, settings=settings,
-            generation=generation_record(args), progress=not args.no_progress, keep=False,
+            progress=not args.no_progress, keep=False,
         )
     )
     return report_run(args.out, summary)

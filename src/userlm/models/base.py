@@ -171,6 +171,14 @@ class HasWeights(Protocol):
 
 
 @runtime_checkable
+class Samples(Protocol):
+    """Samples with settings of its own (``sampling``): a run records them, so that resuming with
+    other settings is caught whether the run came from the command line or from Python."""
+
+    sampling: SamplingSettings
+
+
+@runtime_checkable
 class WrapsChat(Protocol):
     """A user model that is a chat model prompted to play the user (``chat``)."""
 
@@ -201,6 +209,14 @@ def join_lockstep(model: object, lockstep: Lockstep | None) -> None:
     """Hand ``model`` a run's lockstep (None: the run is over), when it batches on this machine."""
     if isinstance(model, BatchesInLockstep):
         model.join_lockstep(lockstep)
+
+
+def sampling_of(model: object) -> SamplingSettings | None:
+    """How ``model`` samples, directly or through the chat model it wraps; None for a model
+    that does not sample (a script, a Python function)."""
+    if isinstance(model, Samples):
+        return model.sampling
+    return sampling_of(model.chat) if isinstance(model, WrapsChat) else None
 
 
 def reasked(model: object) -> int:

@@ -63,7 +63,7 @@ def _replicated(kind: str, spec: str, options: ProviderOptions):
 
     _, name = spec.split(":", 1)
     make = partial(_engine_model, kind, name, replace(options, replicas=1, ray=None), options.side)
-    return ray_replicas(spec, make, options.replicas, options.ray, options.placement)
+    return ray_replicas(spec, make, options.replicas, options.ray, options.placement, sampling=options.sampling)
 
 
 def _split(spec: str, valid: tuple[str, ...], side: str) -> tuple[str, str]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigurationError, UserError
-from .base import ChatReply, UserDraft, UserTurnRequest, close, forget_conversations
+from .base import ChatReply, SamplingSettings, UserDraft, UserTurnRequest, close, forget_conversations, sampling_of
 from .retry import ConnectionLost, RequestTimeout
 
 log = logging.getLogger(__name__)
@@ -72,10 +72,12 @@ class Replicated:
 
     remote = True  #: answers come back in no order userlm fixes
 
-    def __init__(self, name: str, backends: Sequence[Any], *, retries: int | None = None):
+    def __init__(self, name: str, backends: Sequence[Any], *, retries: int | None = None, sampling: SamplingSettings | None = None):
         if not backends:
             raise ConfigurationError(f"{name}: no replicas")
         self.name = name
+        if sampling is not None:
+            self.sampling = sampling  #: every replica's (a run records it)
         self.backends = list(backends)
         self.router = Router(len(self.backends))
         self.reasked = 0
@@ -248,7 +250,7 @@ class RayReplica:
 
 
 def ray_replicas(spec: str, make: Callable[[], Any], count: int, address: str,
-                 placement: ReplicaPlacement = ReplicaPlacement()) -> Replicated:
+                 placement: ReplicaPlacement = ReplicaPlacement(), sampling: SamplingSettings | None = None) -> Replicated:
     """``count`` replicas of ``spec`` (an ``hf:`` or ``vllm:`` model) as Ray actors, each made in
     its own process by ``make`` (a picklable factory from the registry) and loaded before this
     returns (so a model that cannot load fails the run at once, in one sentence)."""
@@ -267,9 +269,9 @@ def ray_replicas(spec: str, make: Callable[[], Any], count: int, address: str,
         if isinstance(cause, UserError):
             raise UserError(str(cause)) from None
         raise UserError(f"{spec}: a replica could not start ({type(cause).__name__}: {cause}).") from None
-    return Replicated(f"{spec}", [RayReplica(h, i) for i, h in enumerate(handles)])
+    return Replicated(f"{spec}", [RayReplica(h, i) for i, h in enumerate(handles)], sampling=sampling)
 
 
 def server_replicas(name: str, backends: Sequence[Any]) -> Replicated:
     """One model over several OpenAI-compatible servers (``--user-base-url URL,URL``)."""
-    return Replicated(name, backends)
+    return Replicated(name, backends, sampling=sampling_of(backends[0]))
