@@ -433,3 +433,32 @@ def test_the_papers_figures_are_shown_by_default():
     row = next(line for line in md.splitlines() if line.startswith("| *UserLM-8b* (published)"))
     assert row.startswith("| *UserLM-8b* (published) | *4.33* | *5.6* | *94.55* |")  # Table 1's perplexities, then Table 2
     assert "transcribed from secondary summaries" in md and "not measured here" in md
+
+
+def test_a_resumed_evaluation_refuses_parts_made_with_other_settings(tmp_path, oasst_threads):
+    """Saved parts carry what made them; the same run again reuses them, another seed, temperature
+    or data is one sentence instead of a table that mixes two set-ups."""
+    from userlm.errors import UserError
+    from userlm.evaluation.simulators.evaluate import evaluate_users
+    from userlm.intents import Intent
+    from userlm.models.base import SamplingSettings
+    from userlm.models.scripted import ScriptedUser
+
+    class Sampling(ScriptedUser):
+        def __init__(self, temperature):
+            super().__init__(["could you tell me more about that?", "and what else should I know?"], name="scripted:s")
+            self.sampling = SamplingSettings(temperature, 0.8, 64)
+
+    intents = [Intent(id=f"i{k}", text=f"You want help with chore {k} today.") for k in range(3)]
+
+    def run(temperature=1.0, seed=0, data=oasst_threads[:6]):
+        settings = UserEvalSettings(parts=("conversations",), seed=seed, resamples=50)
+        return asyncio.run(evaluate_users([Simulator("scripted:s", Sampling(temperature))], data, intents, tmp_path, settings=settings,
+                                          progress=False, log=lambda m: None))
+
+    first = run()
+    assert (tmp_path / "parts" / "scripted_s.settings.json").exists()
+    assert run()["simulators"][0]["parts"] == first["simulators"][0]["parts"]  # resumed as it was
+    for change, named in ((dict(temperature=0.5), "sampling"), (dict(seed=1), "seed"), (dict(data=oasst_threads[6:12]), "held-out")):
+        with pytest.raises(UserError, match=f"holds parts of scripted:s made with {named}"):
+            run(**change)

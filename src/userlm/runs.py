@@ -114,7 +114,8 @@ def determinants(intent: str | None, settings: dict[str, Any], user: str, assist
     }, default=str))
 
 
-def fingerprint(values: dict[str, Any]) -> str:
+def fingerprint(values: Any) -> str:
+    """A short digest of any JSON-able value (a record's determinants, a list of ids)."""
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -26,13 +26,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, cast
 
 from ...conversation import Conversation
+from ...errors import UserError
 from ...files import write_text
 from ...intents import Intent
-from ...models.base import ChatModel
+from ...models.base import ChatModel, sampling_of
+from ...runs import fingerprint, model_identity
 from ..metrics import Figure
 from ..tables import published_rows
 from .detectors import Detector
@@ -66,6 +69,40 @@ def _load(path: Path) -> dict:
         return {}
 
 
+def _determinants(sim: Simulator, data: list[Conversation], intents: list[Intent], questions: Sequence[Question],
+                  assistant: ChatModel, judge: CachedJudge | None, detector: Detector | None, scenario_assistant: ChatModel | None,
+                  settings: UserEvalSettings) -> dict[str, Any]:
+    """What decides a simulator's saved parts, read off the models and the settings: a resumed
+    evaluation must share all of it, or it would mix figures of two set-ups in one table."""
+    sampling = sampling_of(sim.model)
+    return json.loads(json.dumps({
+        "simulator": model_identity(sim.spec),
+        "sampling": asdict(sampling) if sampling is not None else None,
+        "seed": settings.seed, "max_turns": settings.max_turns, "scenario_limit": settings.scenario_limit,
+        "end_samples": settings.end_samples, "resamples": settings.resamples, "guardrails": settings.guardrails.to_dict(),
+        "held-out conversations": fingerprint([c.id for c in data]),
+        "intents": fingerprint([[i.id, i.text] for i in intents]),
+        "questions": fingerprint([q.id for q in questions]),
+        "assistant": model_identity(assistant.name),
+        "judge": judge.name if judge else None,
+        "detector": detector.name if detector else None,
+        "scenario assistant": scenario_assistant.name if scenario_assistant else None,
+    }))
+
+
+def _resumable(out: Path, sim: Simulator, saved: dict[str, Any], determined: dict[str, Any]) -> None:
+    """Refuse, in one sentence, to add to a simulator's saved parts made with other settings
+    (``saved``: what its parts were made with; empty for parts saved before that was kept)."""
+    for key, value in determined.items():
+        if saved and saved.get(key) != value:
+            def show(v: Any) -> str:
+                text = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+                return text if len(text) <= 80 else text[:77] + "..."
+
+            raise UserError(f"{out} holds parts of {sim.spec} made with {key} = {show(saved.get(key))}, but this run has "
+                            f"{show(value)}; run with the same settings, or write to another --out.")
+
+
 async def evaluate_users(
     simulators: list[Simulator], data: list[Conversation], intents: list[Intent], out: str | Path, *,
     assistant: ChatModel | None = None, judge: CachedJudge | None = None, detector: Detector | None = None,
@@ -89,6 +126,9 @@ async def evaluate_users(
         for sim in simulators:
             part_file = out / "parts" / f"{sim.slug}.json"
             parts: dict[str, Any] = _load(part_file)  # the saved parts, by name (see results.Parts)
+            settings_file = out / "parts" / f"{sim.slug}.settings.json"  # what they were made with
+            determined = _determinants(sim, data, intents, questions, assistant, judge, detector, scenario_assistant, settings)
+            _resumable(out, sim, _load(settings_file), determined)
 
             async def run(name: str, make: Callable[[], Awaitable[Any]]) -> Any:
                 if name not in settings.parts:
@@ -100,6 +140,7 @@ async def evaluate_users(
                         log(f"{sim.spec}: {name} ...")
                     parts[name] = await make()
                     _save(part_file, parts)
+                    _save(settings_file, determined)
                 bar.update(1)
                 return parts[name]
 
