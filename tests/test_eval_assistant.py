@@ -28,6 +28,7 @@ def humaneval(shared_data):
     return load_humaneval(shared_data("humaneval/HumanEval.jsonl.gz"))
 
 
+@pytest.mark.slow  # 164 sandboxed runs; the forgeries and escapes in test_sandbox stay in the default run
 def test_every_canonical_humaneval_solution_passes_in_the_sandbox(humaneval):
     assert len(humaneval) == 164
 

@@ -64,6 +64,7 @@ def test_resume_refuses_other_settings_naming_them(tmp_path, intents_file, scrip
     assert out.read_bytes() == before
 
 
+@pytest.mark.slow  # three runs of a local model; the library test in test_simulation checks the same rule in a second
 def test_resume_refuses_another_sampling_of_a_model_that_samples_and_only_of_one(tmp_path, intents_file, scripted, tiny_user_dir):
     """What a run records comes from its models: another temperature for a model that samples is
     refused; for a script, which samples nothing, the flag changes nothing and the run resumes."""
