@@ -134,10 +134,12 @@ def mismatch(out: Path, conversation_id: str, old: dict[str, Any], new: dict[str
     for key in KEYS:
         was, now = _comparable(key, old.get(key), new.get(key))
         if was != now:
-            def show(v: Any) -> str:
-                text = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
-                return text if len(text) <= 80 else text[:77] + "..."
-
-            return (f"{out} holds conversation {conversation_id} made with {key} = {show(old.get(key))}, but this run has "
-                    f"{show(new.get(key))} ({_FLAGS[key]}); resume with the same settings, or write to another --out.")
+            return (f"{out} holds conversation {conversation_id} made with {key} = {shown(old.get(key))}, but this run has "
+                    f"{shown(new.get(key))} ({_FLAGS[key]}); resume with the same settings, or write to another --out.")
     return None
+
+
+def shown(value: Any) -> str:
+    """A setting's value as a sentence quotes it: short."""
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text if len(text) <= 80 else text[:77] + "..."

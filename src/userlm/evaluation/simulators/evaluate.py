@@ -35,7 +35,7 @@ from ...errors import UserError
 from ...files import write_text
 from ...intents import Intent
 from ...models.base import ChatModel, sampling_of
-from ...runs import fingerprint, model_identity
+from ...runs import fingerprint, model_identity, shown
 from ..metrics import Figure
 from ..tables import published_rows
 from .detectors import Detector
@@ -95,12 +95,8 @@ def _resumable(out: Path, sim: Simulator, saved: dict[str, Any], determined: dic
     (``saved``: what its parts were made with; empty for parts saved before that was kept)."""
     for key, value in determined.items():
         if saved and saved.get(key) != value:
-            def show(v: Any) -> str:
-                text = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
-                return text if len(text) <= 80 else text[:77] + "..."
-
-            raise UserError(f"{out} holds parts of {sim.spec} made with {key} = {show(saved.get(key))}, but this run has "
-                            f"{show(value)}; run with the same settings, or write to another --out.")
+            raise UserError(f"{out} holds parts of {sim.spec} made with {key} = {shown(saved.get(key))}, but this run has "
+                            f"{shown(value)}; run with the same settings, or write to another --out.")
 
 
 async def evaluate_users(
