@@ -149,8 +149,8 @@ def main() -> None:
         args.conversations, args.repeats, args.card_conversations = 8, 1, 2
 
     from userlm.models.base import SamplingSettings
-    from userlm.models.local import LoadOptions, LocalChatModel, LocalUserModel
-    from userlm.models.vllm_engine import VLLMChatModel, VLLMOptions, VLLMUserModel, close_engines
+    from userlm.models.hf.local import LoadOptions, LocalChatModel, LocalUserModel
+    from userlm.models.vllm.engine import VLLMChatModel, VLLMOptions, VLLMUserModel, close_engines
 
     user_dir, asst_dir = build_models(Path(args.models))
     prompts = intents(args.conversations)
@@ -192,7 +192,7 @@ def main() -> None:
     card = baseline(user_dir, asst_dir, prompts[: args.card_conversations], args.turns, "float32")
     print(f"card loop: {card['seconds']:.1f} s for {args.card_conversations} conversations", flush=True)
 
-    from userlm.models.openai_compat import Endpoint, OpenAIChatModel, OpenAIUserModel
+    from userlm.models.http.openai_compat import Endpoint, OpenAIChatModel, OpenAIUserModel
 
     servers = [_server(user_dir), _server(asst_dir)]
     try:

@@ -60,8 +60,8 @@ def check_logits(path: Path, prompts: list[str]) -> dict:
     per turn, how many rows' greedy tokens all agree."""
     import torch
 
-    from userlm.models.engine import PrefixCache, Row, generate
-    from userlm.models.local import LoadOptions, load
+    from userlm.models.hf.engine import PrefixCache, Row, generate
+    from userlm.models.hf.local import LoadOptions, load
     from userlm.models.vocab import vocab_tables
     from userlm.render import user_prompt_ids
 
@@ -112,8 +112,8 @@ def main() -> None:
     import userlm
     from userlm.guardrails import GuardrailConfig
     from userlm.models.base import SamplingSettings
-    from userlm.models.local import LoadOptions, LocalChatModel, LocalUserModel
-    from userlm.models.vllm_engine import VLLMChatModel, VLLMOptions, VLLMUserModel, close_engines
+    from userlm.models.hf.local import LoadOptions, LocalChatModel, LocalUserModel
+    from userlm.models.vllm.engine import VLLMChatModel, VLLMOptions, VLLMUserModel, close_engines
 
     path = build(Path(args.models) / f"userlm-8b-shape-{args.layers}", args.layers)
     prompts = intents(args.conversations)

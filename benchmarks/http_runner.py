@@ -43,7 +43,7 @@ def main() -> None:
 
     import userlm
     from userlm.models.base import SamplingSettings
-    from userlm.models.openai_compat import Endpoint, OpenAIChatModel, OpenAIUserModel
+    from userlm.models.http.openai_compat import Endpoint, OpenAIChatModel, OpenAIUserModel
 
     port = free_port()
     server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("standin_server.py")), "--port", str(port), "--delay", str(args.delay)])

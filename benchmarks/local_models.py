@@ -67,7 +67,7 @@ def baseline(user_dir: Path, assistant_dir: Path, prompts: list[str], turns: int
 def _our_models(user_dir: Path, assistant_dir: Path, batch: int):
     """Loaded once per process and used by every run, as a user running several simulations would."""
     from userlm.models.base import SamplingSettings
-    from userlm.models.local import LoadOptions, LocalChatModel, LocalUserModel
+    from userlm.models.hf.local import LoadOptions, LocalChatModel, LocalUserModel
 
     options = LoadOptions(max_batch_size=batch)
     user_model = LocalUserModel(str(user_dir), sampling=SamplingSettings(1.0, 0.8, USER_TOKENS), options=options)
@@ -78,7 +78,7 @@ def _our_models(user_dir: Path, assistant_dir: Path, batch: int):
 def ours(user_dir: Path, assistant_dir: Path, prompts: list[str], turns: int, guardrails: bool) -> dict:
     import userlm
     from userlm.guardrails import OFF, GuardrailConfig
-    from userlm.models.engine import EngineStats
+    from userlm.models.hf.engine import EngineStats
 
     user_model, asst = _our_models(user_dir, assistant_dir, len(prompts))
     for model in (user_model, asst):  # fresh counters; every run starts without cached conversations (simulate forgets them)

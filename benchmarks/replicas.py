@@ -57,7 +57,7 @@ def main() -> None:
 
     from userlm.models.base import SamplingSettings
     from userlm.models.registry import ProviderOptions, chat_model, user_model
-    from userlm.models.replicas import ReplicaPlacement, ray_replicas
+    from userlm.models.scale.replicas import ReplicaPlacement, ray_replicas
 
     user_dir, asst_dir = build_models(Path(args.models))
     prompts = intents(args.conversations)

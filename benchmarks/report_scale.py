@@ -30,7 +30,7 @@ def main() -> None:
 
     import userlm
     from userlm.conversation import iter_conversations
-    from userlm.models.scripted import ScriptedAssistant, ScriptedUser
+    from userlm.models.doubles.scripted import ScriptedAssistant, ScriptedUser
     from userlm.reports.data import build
     from userlm.reports.html import write
 

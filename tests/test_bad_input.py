@@ -174,7 +174,7 @@ def test_a_huge_refused_draft_is_stored_capped_with_its_length():
     import asyncio
 
     from userlm.guardrails import GuardrailConfig
-    from userlm.models.scripted import ScriptedUser
+    from userlm.models.doubles.scripted import ScriptedUser
     from userlm.user import SimulatedUser
 
     huge = "word " * 1_000_000

@@ -100,7 +100,7 @@ def test_chat_lets_a_person_play_the_assistant(tmp_path, scripts):
 
 
 def test_import_userlm_stays_light():
-    code = "import sys, userlm, userlm.models.openai_compat, userlm.models.registry; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    code = "import sys, userlm, userlm.models.http.openai_compat, userlm.models.registry; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 

@@ -101,7 +101,7 @@ def test_a_loop_with_its_own_task_factory_keeps_it():
 
 
 def test_the_pooled_http_session_installs_it_and_other_tasks_are_made_as_before():
-    from userlm.models.openai_compat import Endpoint, _aiohttp_session
+    from userlm.models.http.openai_compat import Endpoint, _aiohttp_session
 
     async def main():
         loop = asyncio.get_running_loop()

@@ -11,8 +11,8 @@ import pytest
 from userlm.evaluation.assistants.evaluate import EvalSettings, evaluate, intent_coverage, lexical_difference
 from userlm.evaluation.assistants.tasks import Task, extract_answer, load_gsm8k, load_humaneval, load_sharded, score
 from userlm.evaluation.metrics import aptitude_unreliability, mean_ci, percentile
-from userlm.models.function import FunctionAssistant
-from userlm.models.scripted import ScriptedUser
+from userlm.models.doubles.function import FunctionAssistant
+from userlm.models.doubles.scripted import ScriptedUser
 
 
 def test_gsm8k_gold_answers_are_extracted_and_scored_correct_for_all_items(shared_data):

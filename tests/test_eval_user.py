@@ -391,7 +391,7 @@ def test_too_few_conversations_give_a_note_not_a_number():
 def test_a_simulator_whose_every_draft_is_refused_gets_a_warning_not_a_best_score(tmp_path):
     from userlm.evaluation.simulators.evaluate import evaluate_users
     from userlm.intents import Intent
-    from userlm.models.scripted import ScriptedUser
+    from userlm.models.doubles.scripted import ScriptedUser
 
     intents = [Intent(id=f"i{k}", text=f"You are a user who wants help with chore number {k} at home today.") for k in range(4)]
     refused = Simulator("always-refused", ScriptedUser([["I want help."]], name="refused"))
@@ -411,7 +411,7 @@ def test_conversations_that_end_in_failure_are_not_scored_and_say_so(tmp_path):
     """Two good turns, then every draft refused: a failed conversation, whatever its turns said."""
     from userlm.evaluation.simulators.evaluate import evaluate_users
     from userlm.intents import Intent
-    from userlm.models.scripted import ScriptedUser
+    from userlm.models.doubles.scripted import ScriptedUser
 
     intents = [Intent(id=f"i{k}", text=f"You are a user who wants help with chore number {k} at home today.") for k in range(3)]
     runs_dry = Simulator("runs-dry", ScriptedUser(["hey so i need some help with this", "ok thanks a lot for that"]))
@@ -442,7 +442,7 @@ def test_a_resumed_evaluation_refuses_parts_made_with_other_settings(tmp_path, o
     from userlm.evaluation.simulators.evaluate import evaluate_users
     from userlm.intents import Intent
     from userlm.models.base import SamplingSettings
-    from userlm.models.scripted import ScriptedUser
+    from userlm.models.doubles.scripted import ScriptedUser
 
     class Sampling(ScriptedUser):
         def __init__(self, temperature):

@@ -18,7 +18,7 @@ from servers import HANG_S, free_port
 from userlm.guardrails import GuardrailConfig, check_draft
 from userlm.integrations.serve import BadRequest, ServeSettings, conversation_of, next_user_turn
 from userlm.models.base import UserDraft
-from userlm.models.scripted import ScriptedUser
+from userlm.models.doubles.scripted import ScriptedUser
 from userlm.user import SimulatedUser
 
 TOKEN = "test-token"
@@ -76,7 +76,7 @@ def test_concurrent_requests_run_as_batches_in_the_local_engine(tiny_user_dir):
 
     from userlm.integrations.serve import make_app
     from userlm.models.base import SamplingSettings
-    from userlm.models.local import LocalUserModel
+    from userlm.models.hf.local import LocalUserModel
 
     user = SimulatedUser(LocalUserModel(str(tiny_user_dir), sampling=SamplingSettings(max_new_tokens=16)))
 

@@ -14,8 +14,8 @@ import pytest
 import userlm
 from userlm.errors import ConfigurationError
 from userlm.models.base import SamplingSettings
-from userlm.models.openai_compat import Endpoint, OpenAIChatModel
-from userlm.models.scripted import ScriptedUser
+from userlm.models.doubles.scripted import ScriptedUser
+from userlm.models.http.openai_compat import Endpoint, OpenAIChatModel
 from userlm.simulation import RunSettings
 
 SAMPLING = SamplingSettings(temperature=1.0, top_p=0.8, max_new_tokens=12)

@@ -13,8 +13,8 @@ import userlm
 from userlm.guardrails import GuardrailConfig, first_word
 from userlm.intents import Intent
 from userlm.models.base import SamplingSettings, UserTurnRequest
-from userlm.models.local import LocalChatModel, LocalUserModel
-from userlm.models.scripted import ScriptedAssistant
+from userlm.models.doubles.scripted import ScriptedAssistant
+from userlm.models.hf.local import LocalChatModel, LocalUserModel
 from userlm.models.vocab import banned_first_ids
 from userlm.simulation import RunSettings
 
@@ -208,7 +208,7 @@ def test_a_model_directory_that_does_not_exist_is_one_clear_error(tmp_path):
 
 
 def test_prefix_cache_reuses_a_conversations_keys_and_values_exactly(tiny_user_dir):
-    from userlm.models.engine import EngineStats, PrefixCache, Row, generate
+    from userlm.models.hf.engine import EngineStats, PrefixCache, Row, generate
     from userlm.models.vocab import vocab_tables
 
     user = LocalUserModel(str(tiny_user_dir), sampling=SAMPLING)
@@ -236,7 +236,7 @@ def test_batched_greedy_equals_the_models_own_forward_whatever_its_generation_co
     computed before it) give, token for token, the argmax of the model's own forward over each
     whole sequence; the model's generation config (sampling, penalties, forced tokens) never
     reaches the engine: the guardrail processor alone decides."""
-    from userlm.models.engine import Row, generate
+    from userlm.models.hf.engine import Row, generate
     from userlm.models.vocab import vocab_tables
 
     user = LocalUserModel(str(tiny_user_dir), sampling=SAMPLING)

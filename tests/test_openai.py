@@ -16,8 +16,8 @@ from userlm.errors import ConfigurationError
 from userlm.guardrails import GuardrailConfig
 from userlm.intents import Intent
 from userlm.models.base import SamplingSettings
-from userlm.models.openai_compat import Endpoint, OpenAIChatModel, OpenAIUserModel
-from userlm.models.scripted import ScriptedUser
+from userlm.models.doubles.scripted import ScriptedUser
+from userlm.models.http.openai_compat import Endpoint, OpenAIChatModel, OpenAIUserModel
 from userlm.simulation import RunSettings
 
 SAMPLING = SamplingSettings(temperature=1.0, top_p=0.8, max_new_tokens=12)

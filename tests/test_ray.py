@@ -29,7 +29,7 @@ import userlm
 from userlm.guardrails import GuardrailConfig
 from userlm.models.base import SamplingSettings
 from userlm.models.registry import ProviderOptions, chat_model, user_model
-from userlm.models.replicas import Replicated, Router
+from userlm.models.scale.replicas import Replicated, Router
 from userlm.simulation import RunSettings
 
 pytestmark = pytest.mark.ray
@@ -197,7 +197,7 @@ def test_several_servers_as_one_model(tiny_user_dir, tmp_path):
 
     from servers import transformers_serve
 
-    from userlm.models.openai_compat import Endpoint
+    from userlm.models.http.openai_compat import Endpoint
 
     servers = [transformers_serve(tmp_path / f"serve{k}.log") for k in range(2)]
     try:

@@ -18,8 +18,8 @@ import userlm
 from userlm.evaluation.assistants.evaluate import EvalSettings, evaluate
 from userlm.evaluation.assistants.tasks import Task
 from userlm.guardrails import GuardrailConfig
-from userlm.models.function import FunctionAssistant
-from userlm.models.scripted import ScriptedAssistant
+from userlm.models.doubles.function import FunctionAssistant
+from userlm.models.doubles.scripted import ScriptedAssistant
 from userlm.reports.data import build
 from userlm.reports.html import render, write
 

@@ -11,8 +11,8 @@ import userlm
 from userlm.errors import ConfigurationError, UserError
 from userlm.guardrails import GuardrailConfig
 from userlm.intents import Intent
+from userlm.models.doubles.scripted import ScriptedAssistant, ScriptedUser
 from userlm.models.prompted import PromptedUser
-from userlm.models.scripted import ScriptedAssistant, ScriptedUser
 from userlm.simulation import RunSettings
 
 INTENTS = [Intent("a", "You want a vegan lasagna recipe.", {"topic": "food", "level": 2}), Intent("b", "You want to plan a trip.")]
@@ -179,7 +179,7 @@ def test_a_session_drives_the_user_turn_by_turn():
 
 def test_the_retrieval_assistant_answers_with_the_closest_real_reply_cut_to_its_budget():
     from userlm.conversation import Conversation, Message
-    from userlm.models.retrieval import RetrievalAssistant
+    from userlm.models.doubles.retrieval import RetrievalAssistant
 
     logs = [Conversation(id=f"{k}#0", intent_id=str(k), intent=None,
                          messages=[Message(role="user", content=question), Message(role="assistant", content=answer)])

@@ -58,7 +58,7 @@ def _build(out: Path, texts: list[str], end_weight: float) -> Path:
 
 @pytest.fixture(scope="session")
 def vllm_model_dir(tmp_path_factory, real_prompts) -> Path:
-    from userlm.models.vllm_engine import close_engines
+    from userlm.models.vllm.engine import close_engines
 
     yield _build(tmp_path_factory.mktemp("vllm") / "user", real_prompts, end_weight=5.0)
     close_engines()  # while the test session's output is still open
@@ -66,14 +66,14 @@ def vllm_model_dir(tmp_path_factory, real_prompts) -> Path:
 
 @pytest.fixture(scope="session")
 def vllm_user(vllm_model_dir):
-    from userlm.models.vllm_engine import VLLMOptions, VLLMUserModel
+    from userlm.models.vllm.engine import VLLMOptions, VLLMUserModel
 
     return VLLMUserModel(str(vllm_model_dir), sampling=GREEDY, options=VLLMOptions(**ENGINE))
 
 
 @pytest.fixture(scope="session")
 def hf_user(vllm_model_dir):
-    from userlm.models.local import LoadOptions, LocalUserModel
+    from userlm.models.hf.local import LoadOptions, LocalUserModel
 
     return LocalUserModel(str(vllm_model_dir), sampling=GREEDY, options=LoadOptions(device="cpu", dtype="float32", reuse_cache=False))
 
@@ -131,7 +131,7 @@ def test_greedy_drafts_equal_the_hf_engine_under_every_guardrail(vllm_user, hf_u
 def test_end_threshold_and_banned_words_hold_when_sampling(vllm_user):
     """Sampling at temperature 1: with leave to end and a threshold of 0.3, exactly the turns
     whose P(end) reached 0.3 end; without leave, none does whatever it samples."""
-    from userlm.models.vllm_engine import VLLMUserModel
+    from userlm.models.vllm.engine import VLLMUserModel
 
     sampled = VLLMUserModel(vllm_user.engine.path, sampling=SamplingSettings(1.0, 1.0, 8), options=vllm_user_options())
     assert sampled.engine is vllm_user.engine  # one engine per model and settings
@@ -144,7 +144,7 @@ def test_end_threshold_and_banned_words_hold_when_sampling(vllm_user):
 
 
 def vllm_user_options():
-    from userlm.models.vllm_engine import VLLMOptions
+    from userlm.models.vllm.engine import VLLMOptions
 
     return VLLMOptions(**ENGINE)
 
@@ -228,7 +228,7 @@ def vllm_server(vllm_model_dir, tmp_path_factory):
 
 
 def _http_user(url: str, model_dir: Path, sampling=GREEDY, client=None):
-    from userlm.models.openai_compat import Endpoint, OpenAIUserModel
+    from userlm.models.http.openai_compat import Endpoint, OpenAIUserModel
 
     return OpenAIUserModel(str(model_dir), endpoint=Endpoint(base_url=url, max_retries=1, timeout_s=60), sampling=sampling,
                            http_client=client)

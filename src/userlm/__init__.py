@@ -39,7 +39,7 @@ def load_user(spec: str | UserModel, guardrails: GuardrailConfig | None = None, 
 def load_assistant(spec: str | Any, **options: Any) -> ChatModel:
     """An assistant from a spec (``hf:...``, ``openai:...``, ``python:...``, ``scripted:...``), a
     :class:`ChatModel` object, or a plain function of the message list (sync or async)."""
-    from .models.function import FunctionAssistant
+    from .models.doubles.function import FunctionAssistant
     from .models.registry import ProviderOptions, chat_model
 
     if isinstance(spec, str):

@@ -45,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from ..guardrails import GuardrailConfig
     from ..intents import Intent
     from ..models.base import SamplingSettings
-    from ..models.local import LocalUserModel
-    from ..models.retrieval import RetrievalAssistant
+    from ..models.doubles.retrieval import RetrievalAssistant
+    from ..models.hf.local import LocalUserModel
     from ..prepare.filters import filter_and_split, save_prepared
     from ..prepare.ingest import IngestStats, conversations_from
     from ..simulation import RunSettings, simulate

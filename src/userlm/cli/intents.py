@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from ..conversation import read_conversations
     from ..errors import UserError
     from ..models.base import SamplingSettings
-    from ..models.openai_compat import Endpoint
+    from ..models.http.openai_compat import Endpoint
     from ..models.registry import ProviderOptions, chat_model
     from ..prepare.intent_writer import write_intents
 

@@ -6,11 +6,11 @@ import argparse
 
 from ..guardrails import GuardrailConfig
 from ..models.base import SamplingSettings
-from ..models.local import LoadOptions
-from ..models.openai_compat import Endpoint
+from ..models.hf.local import LoadOptions
+from ..models.http.openai_compat import Endpoint
 from ..models.registry import ProviderOptions
-from ..models.replicas import ReplicaPlacement
-from ..models.vllm_engine import VLLMOptions
+from ..models.scale.replicas import ReplicaPlacement
+from ..models.vllm.engine import VLLMOptions
 
 
 def at_least(low: float, kind: type = int):

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field, replace
 
 from ..errors import UserError
 from .base import ChatModel, SamplingSettings, UserModel
-from .local import LoadOptions
-from .openai_compat import Endpoint
-from .replicas import ReplicaPlacement
-from .vllm_engine import VLLMOptions
+from .hf.local import LoadOptions
+from .http.openai_compat import Endpoint
+from .scale.replicas import ReplicaPlacement
+from .vllm.engine import VLLMOptions
 
 USER_PROVIDERS = ("hf", "vllm", "openai", "prompted", "scripted")
 ASSISTANT_PROVIDERS = ("hf", "vllm", "openai", "python", "scripted")
@@ -43,7 +43,7 @@ class ProviderOptions:
 def _replicated(kind: str, spec: str, options: ProviderOptions):
     """``spec`` as Ray replicas or over several servers when the options ask for it, else None."""
     if kind == "openai" and options.endpoint.base_url and "," in options.endpoint.base_url:
-        from .replicas import server_replicas
+        from .scale.replicas import server_replicas
 
         urls = [u.strip() for u in options.endpoint.base_url.split(",") if u.strip()]
         single = [replace(options, endpoint=replace(options.endpoint, base_url=u)) for u in urls]
@@ -59,7 +59,7 @@ def _replicated(kind: str, spec: str, options: ProviderOptions):
                         "cluster, or a new local one) or --ray HOST:PORT (a cluster's head).")
     from functools import partial
 
-    from .replicas import ray_replicas
+    from .scale.replicas import ray_replicas
 
     _, name = spec.split(":", 1)
     make = partial(_engine_model, kind, name, replace(options, replicas=1, ray=None), options.side)
@@ -78,11 +78,11 @@ def _split(spec: str, valid: tuple[str, ...], side: str) -> tuple[str, str]:
 def _engine_model(kind: str, name: str, options: ProviderOptions, side: str):
     """A model in this process: transformers (``hf:``) or vLLM's engine (``vllm:``), as the user or the assistant."""
     if kind == "hf":
-        from .local import LocalChatModel, LocalUserModel
+        from .hf.local import LocalChatModel, LocalUserModel
 
         local = LocalUserModel if side == "user" else LocalChatModel
         return local(name, sampling=options.sampling, options=options.load)
-    from .vllm_engine import VLLMChatModel, VLLMUserModel
+    from .vllm.engine import VLLMChatModel, VLLMUserModel
 
     engine = VLLMUserModel if side == "user" else VLLMChatModel
     return engine(name, sampling=options.sampling, options=options.vllm)
@@ -97,7 +97,7 @@ def user_model(spec: str, options: ProviderOptions = ProviderOptions()) -> UserM
     if kind in ("hf", "vllm"):
         return _engine_model(kind, name, options, "user")
     if kind == "openai":
-        from .openai_compat import OpenAIUserModel
+        from .http.openai_compat import OpenAIUserModel
 
         return OpenAIUserModel(
             name, endpoint=options.endpoint, sampling=options.sampling, end_token_id=options.end_token_id
@@ -108,7 +108,7 @@ def user_model(spec: str, options: ProviderOptions = ProviderOptions()) -> UserM
         if name.split(":", 1)[0] not in ASSISTANT_PROVIDERS:
             raise UserError(f"prompted:{name}: name the chat model to prompt, e.g. prompted:openai:gpt-4o-mini.")
         return PromptedUser(chat_model(name, options))
-    from .scripted import ScriptedUser, load_script
+    from .doubles.scripted import ScriptedUser, load_script
 
     return ScriptedUser(load_script(name), name=spec)
 
@@ -122,13 +122,13 @@ def chat_model(spec: str, options: ProviderOptions = ProviderOptions()) -> ChatM
     if kind in ("hf", "vllm"):
         return _engine_model(kind, name, options, "assistant")
     if kind == "openai":
-        from .openai_compat import OpenAIChatModel
+        from .http.openai_compat import OpenAIChatModel
 
         return OpenAIChatModel(name, endpoint=options.endpoint, sampling=options.sampling)
     if kind == "python":
-        from .function import FunctionAssistant, import_function
+        from .doubles.function import FunctionAssistant, import_function
 
         return FunctionAssistant(import_function(name), name=spec)
-    from .scripted import ScriptedAssistant, load_script
+    from .doubles.scripted import ScriptedAssistant, load_script
 
     return ScriptedAssistant(load_script(name), name=spec)

@@ -237,6 +237,6 @@ def load_suite(spec: str, scorer: str | None = None) -> list[Task]:
         return load_sharded(path)
     if scorer is None:
         raise UserError("custom tasks need --scorer path/file.py:function (called as function(task, answer) -> score).")
-    from ...models.function import import_function
+    from ...models.doubles.function import import_function
 
     return load_custom(path, import_function(scorer))

@@ -19,7 +19,7 @@ from ...conversation import Conversation
 from ...guardrails import GuardrailConfig
 from ...intents import Intent
 from ...models.base import ChatModel, ChatReply, HasWeights, MapsShards, ProbesEnd, UserModel, UserTurnRequest, WrapsChat
-from ...models.function import FunctionAssistant
+from ...models.doubles.function import FunctionAssistant
 from ...prompts import fill_prompt, load_prompt
 from ...simulation import LoopHooks, RunSettings, converse, new_conversation, simulate_async
 from ...user import SimulatedUser, derive_seed

@@ -16,15 +16,16 @@ import errno
 import logging
 import math
 import os
+import re
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import ConfigurationError
-from ..render import END_OF_CONVERSATION, END_OF_TURN, USERLM_TURN_OPENING, user_prompt_text
-from .base import ChatReply, SamplingSettings, UserDraft, UserTurnRequest
-from .retry import (
+from ...errors import ConfigurationError
+from ...render import END_OF_CONVERSATION, END_OF_TURN, USERLM_TURN_OPENING, user_prompt_text
+from ..base import ChatReply, SamplingSettings, UserDraft, UserTurnRequest
+from ..retry import (
     Breaker,
     ConnectionLost,
     MalformedResponse,
@@ -36,6 +37,7 @@ from .retry import (
     parse_json,
     with_retries,
 )
+from ..turn import TurnReader, TurnRules
 
 if TYPE_CHECKING:  # pragma: no cover
     import httpx
@@ -43,6 +45,8 @@ if TYPE_CHECKING:  # pragma: no cover
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
+#: the control tokens a returned text is cut at, to be read as a turn's pieces
+_CONTROL = re.compile(f"({re.escape(END_OF_CONVERSATION)}|{re.escape(END_OF_TURN)})")
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,7 @@ def _aiohttp_session(endpoint: Endpoint):
     import aiohttp
     from aiohttp.client_reqrep import ClientRequest
 
-    from .eager import start_eagerly
+    from ..eager import start_eagerly
 
     start_eagerly(asyncio.get_running_loop(), [ClientRequest.write_bytes])  # Python 3.11: requests leave at once
     connector = aiohttp.TCPConnector(limit=max(endpoint.concurrency, 1), ttl_dns_cache=300)
@@ -395,33 +399,35 @@ class OpenAIUserModel(_OpenAIModel):
             end_prob, bound = self._first_position(choice.get("logprobs"), end_id)
             if end_prob is None and bound is not None:
                 self._say_bound(bound, threshold)
-            if threshold is not None and end_prob is not None and end_prob >= threshold:
-                return UserDraft(text="", ended=True, end_prob=end_prob, prompt_tokens=len(choice.get("prompt_token_ids") or []))
-        raw = choice.get("text") or ""
-        text, ended, closed = self._read(raw, choice, end_id)
+        text, turn = self._read(choice.get("text") or "", choice, end_id, end_prob, threshold)
         usage = response.get("usage") or {}
         return UserDraft(
-            text="" if ended else text,
-            ended=ended,
+            text="" if turn.ended else text,
+            ended=turn.ended,
             end_prob=end_prob,
             prompt_tokens=prompt_tokens + usage.get("prompt_tokens", 0),
             completion_tokens=usage.get("completion_tokens", 0),
-            truncated=choice.get("finish_reason") == "length",
+            truncated=not turn.ended and choice.get("finish_reason") == "length",
             end_prob_below=bound,
-            closed_by_end=closed,
+            closed_by_end=turn.closed_by_end,
         )
 
-    def _read(self, raw: str, choice: dict[str, Any], end_id: int | None) -> tuple[str, bool, bool]:
-        """The turn's text, whether it ended the conversation, and whether an end token closed a
-        turn that had text (the ``hf:`` rule: an end token as the whole turn ends the
-        conversation, after some text it closes the turn). Nothing after an end token is kept."""
-        stopped_by_end = end_id is not None and choice.get("stop_reason") in (end_id, END_OF_CONVERSATION)
-        if END_OF_CONVERSATION in raw:
-            raw, stopped_by_end = raw.split(END_OF_CONVERSATION, 1)[0], True
-        text = raw.replace(END_OF_TURN, "").strip()
-        if stopped_by_end:
-            return text, not text, bool(text)
-        if not self.vllm_like and not text and choice.get("finish_reason") == "stop":
+    def _read(self, raw: str, choice: dict[str, Any], end_id: int | None, end_prob: float | None,
+              threshold: float | None) -> tuple[str, TurnReader]:
+        """The turn's text and how it ended, by the rules every engine shares
+        (:mod:`userlm.models.turn`), read over the returned text cut into pieces at the end and
+        end-of-turn tokens: P(end) at its start decides with a threshold; an end token as the
+        whole turn ends the conversation, after some text it closes the turn; nothing after an
+        end token is kept."""
+        pieces = [piece for piece in _CONTROL.split(raw) if piece]
+        if end_id is not None and choice.get("stop_reason") in (end_id, END_OF_CONVERSATION):
+            pieces.append(END_OF_CONVERSATION)  # the server stopped on it and left it out of the text
+        rules = TurnRules(end=END_OF_CONVERSATION, stops=frozenset({END_OF_TURN}), end_threshold=threshold)
+        turn = TurnReader(rules, is_space=lambda piece: not piece.strip())
+        if not turn.measure(end_prob):
+            turn.read_all(pieces)
+        text = "".join(turn.tokens).strip()
+        if not (turn.ended or turn.closed_by_end) and not self.vllm_like and not text and choice.get("finish_reason") == "stop":
             # servers that drop special tokens from the text return an end as an empty stopped turn
-            return "", True, False
-        return text, False, False
+            turn.ended = True
+        return text, turn

@@ -11,12 +11,10 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-from ..errors import ConfigurationError, UserError
-from ..render import (
+from ...errors import ConfigurationError, UserError
+from ...render import (
     END_OF_CONVERSATION,
     END_OF_TURN,
     chat_prompt_ids,
@@ -26,8 +24,9 @@ from ..render import (
     user_prompt_ids,
     user_prompt_string,
 )
-from .base import ChatReply, ContextOverflow, SamplingSettings, UserDraft, UserTurnRequest
-from .lockstep import Lockstep
+from ..base import ChatReply, ContextOverflow, SamplingSettings, UserDraft, UserTurnRequest
+from ..checkpoints import check_source
+from ..lockstep import Lockstep
 
 
 @dataclass(frozen=True)
@@ -177,52 +176,6 @@ class LoadedModel:
         if self.tokenizer.eos_token_id is not None:
             ids.add(self.tokenizer.eos_token_id)
         return ids
-
-
-def check_source(path: str) -> None:
-    """Fail fast, in one sentence, on a model that cannot be there: a mistyped folder, a folder
-    without a model, or a hub id that is neither cached nor downloadable (offline)."""
-    import os
-
-    local = Path(path).expanduser()
-    if local.is_dir():
-        if not (local / "config.json").is_file():
-            raise UserError(f"{path} is a folder but holds no model (no config.json); give the folder a model was saved to.")
-        return
-    if local.exists():
-        raise UserError(f"{path} is a file; give the model's folder (or a hub id such as microsoft/UserLM-8b).")
-    looks_local = path.startswith(("/", "./", "../", "~")) or path.count("/") > 1 or (
-        "/" in path and Path(path.split("/", 1)[0]).is_dir())
-    if looks_local:
-        raise UserError(f"{path}: no such model folder; check the path.")
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    cached = try_to_load_from_cache(path, "config.json")
-    if isinstance(cached, str):
-        return
-    if constants.HF_HUB_OFFLINE or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
-        raise UserError(f"hf:{path}: no such model folder here, and not in the local hub cache (offline mode); download it "
-                        f"first (hf download {path}) or give a local folder.")
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    if not _reachable(host):
-        raise UserError(f"hf:{path}: no such model folder here, not in the local hub cache, and {host} cannot be reached; "
-                        f"check the name, download it first (hf download {path}), or give a local folder.")
-
-
-def _reachable(host: str, timeout_s: float = 5.0) -> bool:
-    """Whether ``host`` resolves within ``timeout_s`` (a machine without network fails at once or times out)."""
-    import socket
-    from concurrent.futures import ThreadPoolExecutor
-    from concurrent.futures import TimeoutError as Timeout
-
-    pool = ThreadPoolExecutor(max_workers=1)
-    try:
-        pool.submit(socket.getaddrinfo, host, 443).result(timeout=timeout_s)
-        return True
-    except (OSError, Timeout):
-        return False
-    finally:
-        pool.shutdown(wait=False)
 
 
 def load(path: str, options: LoadOptions) -> LoadedModel:
@@ -406,8 +359,8 @@ class LocalUserModel:
         return await self._batcher.submit(request)
 
     def _run(self, requests: list[UserTurnRequest]) -> list[UserDraft | ContextOverflow]:
+        from ..vocab import banned_first_ids, vocab_tables
         from .engine import Row
-        from .vocab import banned_first_ids, vocab_tables
 
         tok = self.loaded.tokenizer
         tables = vocab_tables(tok)
@@ -486,8 +439,8 @@ class LocalChatModel:
         self._batcher.join_lockstep(lockstep)
 
     def _run(self, items: list[tuple[list[dict[str, str]], int]]) -> list[ChatReply | ContextOverflow]:
+        from ..vocab import vocab_tables
         from .engine import Row
-        from .vocab import vocab_tables
 
         tok = self.loaded.tokenizer
         rows: list[tuple[Row, str] | ContextOverflow] = []

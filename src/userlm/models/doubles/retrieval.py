@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from itertools import islice
 
-from .base import ChatReply
+from ..base import ChatReply
 
 
 class RetrievalAssistant:
@@ -17,7 +17,7 @@ class RetrievalAssistant:
     name = "retrieval:oasst"
 
     def __init__(self, conversations, *, max_words: int | None = 200):
-        from ..guardrails import normalise
+        from ...guardrails import normalise
 
         self._normalise = normalise
         self.max_words = max_words

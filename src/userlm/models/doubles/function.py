@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
-from .base import ChatReply
+from ...errors import UserError
+from ..base import ChatReply
 
 
 class FunctionAssistant:

@@ -6,9 +6,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import UserError
-from ..render import END_OF_CONVERSATION
-from .base import ChatReply, UserDraft, UserTurnRequest
+from ...errors import UserError
+from ...render import END_OF_CONVERSATION
+from ..base import ChatReply, UserDraft, UserTurnRequest
 
 
 class ScriptedUser:

@@ -1,6 +1,6 @@
 """The user-turn guardrails inside vLLM's sampler, as one batch-level logits processor.
 
-vLLM loads this class in its engine process (``logits_processors=["userlm.models.vllm_guard:Guardrails"]``)
+vLLM loads this class in its engine process (``logits_processors=["userlm.models.vllm.guard:Guardrails"]``)
 and calls it on every decoding step, before temperature and top-p, on the raw logits (userlm sets
 no ``logit_bias`` or ``min_tokens``, vLLM's own processors that run earlier). A request opts in by
 carrying ``extra_args={"userlm": {...}}`` in its sampling parameters:
@@ -12,11 +12,14 @@ carrying ``extra_args={"userlm": {...}}`` in its sampling parameters:
 ``banned``          token ids refused as the first worded token (a letter or digit written)
 ``content_offset``  generated whitespace tokens expected before the content
 
-The same rules as the ``hf:`` engine (:mod:`userlm.models.engine`), step for step; the P(end) the
-simulation records comes from the raw log-probabilities vLLM returns, not from here.
+The rules are :mod:`userlm.models.turn`'s, as in the ``hf:`` engine, step for step: each
+request's turn is a :class:`~userlm.models.turn.TurnReader` fed the tokens vLLM wrote. The P(end)
+the simulation records comes from the raw log-probabilities vLLM returns, not from here.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from vllm.v1.sample.logits_processor import (
@@ -25,32 +28,30 @@ from vllm.v1.sample.logits_processor import (
     MoveDirectionality,
 )
 
+from ..turn import TurnReader, TurnRules, table
+
 KEY = "userlm"
 
 
 class _Request:
-    """One opted-in request of the batch: its arguments and its output so far (a live list)."""
+    """One opted-in request of the batch: its turn so far (read off its live output list)."""
 
-    __slots__ = ("banned", "end_id", "offset", "output", "seen", "spaced", "suppress_end", "threshold", "worded")
+    __slots__ = ("banned", "output", "seen", "turn")
 
-    def __init__(self, args: dict, output: list[int]):
-        self.end_id = args.get("end_id")
-        self.suppress_end = bool(args.get("suppress_end"))
-        self.threshold = args.get("end_threshold")
+    def __init__(self, args: dict, output: list[int], is_space, is_wordless):
+        threshold = args.get("end_threshold")
+        rules = TurnRules(end=args.get("end_id"), suppress_end=bool(args.get("suppress_end")), end_threshold=threshold,
+                          content_offset=int(args.get("content_offset", 0)))
+        self.turn = TurnReader(rules, is_space, is_wordless)
         banned = args.get("banned") or []
         self.banned = torch.tensor(banned, dtype=torch.long) if banned else None
-        self.offset = int(args.get("content_offset", 0))
         self.output = output
-        self.seen = 0  #: how many output tokens were looked at
-        self.worded = False  #: a token holding a letter or digit was written
-        self.spaced = True  #: every token so far is whitespace
+        self.seen = 0  #: how many output tokens were read
 
-    def advance(self, whitespace: list[bool], wordless: list[bool]) -> None:
+    def advance(self) -> None:
         for token in self.output[self.seen :]:
-            if token < len(wordless) and not wordless[token]:
-                self.worded = True
-            if token >= len(whitespace) or not whitespace[token]:
-                self.spaced = False
+            if not self.turn.done:
+                self.turn.read(token)
         self.seen = len(self.output)
 
 
@@ -68,20 +69,20 @@ class Guardrails(LogitsProcessor):
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
         self.config = vllm_config.model_config
         self.requests: dict[int, _Request] = {}
-        self._tables: tuple[list[bool], list[bool]] | None = None
+        self._tables: tuple[Callable[[int], bool], Callable[[int], bool]] | None = None
 
     def is_argmax_invariant(self) -> bool:
         return False  # it bans tokens
 
-    def _vocab(self) -> tuple[list[bool], list[bool]]:
+    def _vocab(self) -> tuple[Callable[[int], bool], Callable[[int], bool]]:
         if self._tables is None:
             from transformers import AutoTokenizer
 
-            from .vocab import vocab_tables
+            from ..vocab import vocab_tables
 
             tokenizer = AutoTokenizer.from_pretrained(self.config.tokenizer, trust_remote_code=self.config.trust_remote_code)
             tables = vocab_tables(tokenizer)
-            self._tables = (tables.whitespace.tolist(), tables.wordless.tolist())
+            self._tables = (table(tables.whitespace.tolist()), table(tables.wordless.tolist(), beyond=True))
         return self._tables
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
@@ -92,8 +93,7 @@ class Guardrails(LogitsProcessor):
         for index, params, _prompt, output in batch_update.added:
             args = (params.extra_args or {}).get(KEY) if params is not None else None
             if args:
-                self._vocab()
-                self.requests[index] = _Request(args, output)
+                self.requests[index] = _Request(args, output, *self._vocab())
             else:
                 self.requests.pop(index, None)
         for a, b, direction in batch_update.moved:
@@ -104,21 +104,20 @@ class Guardrails(LogitsProcessor):
                 self.requests[a] = second
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        if not self.requests:
-            return logits
-        whitespace, wordless = self._vocab()
         for index, request in self.requests.items():
-            request.advance(whitespace, wordless)
-            row = logits[index]
-            end = request.end_id
-            # at the first content position the turn ends if P(end) reaches the threshold
-            if (end is not None and request.threshold is not None and request.spaced and len(request.output) == request.offset
-                    and torch.softmax(row.float(), dim=-1)[end].item() >= request.threshold):
+            request.advance()
+            turn, row = request.turn, logits[index]
+            if turn.done:
+                continue
+            end = turn.rules.end
+            # where the content starts the turn ends if P(end) reaches the threshold: the end token is all that is left
+            if (turn.rules.end_threshold is not None and turn.starts_here()
+                    and turn.measure(torch.softmax(row.float(), dim=-1)[end].item())):
                 row.fill_(float("-inf"))
                 row[end] = 0.0
                 continue
-            if end is not None and request.suppress_end:
+            if turn.forbids_end():
                 row[end] = float("-inf")
-            if request.banned is not None and not request.worded:
+            if request.banned is not None and turn.forbids_banned():
                 row[request.banned[request.banned < row.shape[-1]]] = float("-inf")
         return logits

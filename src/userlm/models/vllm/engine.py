@@ -6,7 +6,7 @@ the slowest one of a batch, and its automatic prefix caching reuses each convers
 Prompts go in as token ids from :mod:`userlm.render` (a model's own last turn as the ids it was
 sampled as, as with ``hf:``), so what the model sees is what the ``hf:`` engine would feed it.
 
-The guardrails are exact inside the engine (:mod:`userlm.models.vllm_guard`): banned first words
+The guardrails are exact inside the engine (:mod:`userlm.models.vllm.guard`): banned first words
 at the first worded token only, ``<|endconversation|>`` impossible until allowed, and the end
 threshold at the first content position. P(end) is read from the raw log-probabilities (before
 any processing) of the end token itself, not from a top-k list. Each request carries its seed,
@@ -28,8 +28,8 @@ import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..errors import ConfigurationError, UserError
-from ..render import (
+from ...errors import ConfigurationError, UserError
+from ...render import (
     END_OF_CONVERSATION,
     END_OF_TURN,
     chat_prompt_ids,
@@ -38,9 +38,10 @@ from ..render import (
     user_prompt_ids,
     user_prompt_string,
 )
-from .base import ChatReply, SamplingSettings, UserDraft, UserTurnRequest
+from ..base import ChatReply, SamplingSettings, UserDraft, UserTurnRequest
+from ..turn import TurnReader, TurnRules, table
 
-GUARD = "userlm.models.vllm_guard:Guardrails"
+GUARD = "userlm.models.vllm.guard:Guardrails"
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,7 @@ _engines_lock = threading.Lock()
 
 def engine(path: str, options: VLLMOptions) -> Engine:
     """The engine for ``path`` with ``options``, started once per process."""
-    from .local import check_source
+    from ..checkpoints import check_source
 
     check_source(path)
     key = (path, tuple(sorted(asdict(options).items())))
@@ -246,7 +247,7 @@ class _InEngine:
     remote = True  #: vLLM's scheduler batches its requests, not userlm's lockstep
 
     def __init__(self, path: str, sampling: SamplingSettings, options: VLLMOptions):
-        from .local import _SampledTurns
+        from ..hf.local import _SampledTurns
 
         self.name = f"vllm:{path}"
         self.sampling = sampling
@@ -262,7 +263,7 @@ class VLLMUserModel(_InEngine):
     """A UserLM-format user model in vLLM's engine; guardrails exact inside the sampler."""
 
     def __init__(self, path: str, *, sampling: SamplingSettings, options: VLLMOptions = VLLMOptions()):
-        from .vocab import vocab_tables
+        from ..vocab import vocab_tables
 
         super().__init__(path, sampling, options)
         tok = self.engine.tokenizer
@@ -271,7 +272,7 @@ class VLLMUserModel(_InEngine):
         self.stop_ids = self.engine.eos | ({eot} if eot is not None else set())
         opening = turn_opening(tok)
         self.opening, self.opening_text, self.content_offset = opening.ids, opening.text, opening.content_offset
-        self.whitespace = vocab_tables(tok).whitespace.tolist()
+        self.is_space = table(vocab_tables(tok).whitespace.tolist())
 
     def prompt_ids(self, request: UserTurnRequest) -> list[int]:
         tok = self.engine.tokenizer
@@ -280,8 +281,8 @@ class VLLMUserModel(_InEngine):
                                    request.messages)
 
     def guard(self, request: UserTurnRequest) -> dict:
-        """The guardrail arguments of ``request`` for :class:`userlm.models.vllm_guard.Guardrails`."""
-        from .vocab import banned_first_ids
+        """The guardrail arguments of ``request`` for :class:`userlm.models.vllm.guard.Guardrails`."""
+        from ..vocab import banned_first_ids
 
         banned = banned_first_ids(self.engine.tokenizer, request.banned_first_words).tolist() if request.banned_first_words else []
         return {
@@ -304,34 +305,26 @@ class VLLMUserModel(_InEngine):
             extra_args={"userlm": guard},
         )
         tokens, logprobs, _reason = await self.engine.generate(prompt, params)
-        kept, ended, end_prob, finished = self._read(tokens, logprobs, guard["end_threshold"])
+        turn = self._read(tokens, logprobs, guard["end_threshold"])
+        kept, ended = turn.tokens, turn.ended
         self.sampled.remember(request.conversation_key, text, prompt, kept)
         return UserDraft(
             text="" if ended else tok.decode(kept, skip_special_tokens=True).strip(),
             ended=ended,
-            end_prob=end_prob,
+            end_prob=turn.end_prob,
             prompt_tokens=len(prompt),
-            completion_tokens=len(kept) + int(finished),
-            truncated=not (finished or ended),
+            completion_tokens=len(kept) + int(turn.finished),
+            truncated=not turn.finished,
         )
 
-    def _read(self, tokens: list[int], logprobs: list, threshold: float | None) -> tuple[list[int], bool, float | None, bool]:
-        """The turn's tokens, whether it ended the conversation, P(end) at its first content
-        position, and whether a stop token closed it: the rules of the ``hf:`` engine, read off
-        the sampled tokens and the end token's raw log-probability at each position."""
-        end, started, end_prob = self.end_id, False, None
-        kept: list[int] = []
-        for step, token in enumerate(tokens):
-            if end is not None and end_prob is None and not started and (step >= self.content_offset or token == end or not self.whitespace[token]):
-                end_prob = _probability(logprobs, step, end)
-                if threshold is not None and end_prob is not None and end_prob >= threshold:
-                    return [], True, end_prob, True
-            if token in self.stop_ids or token == end:
-                return kept, token == end and not started, end_prob, True
-            kept.append(token)
-            if not self.whitespace[token]:
-                started = True
-        return kept, False, end_prob, False
+    def _read(self, tokens: list[int], logprobs: list, threshold: float | None) -> TurnReader:
+        """The turn vLLM returned, read by the rules every engine shares (:mod:`userlm.models.turn`),
+        with P(end) from the end token's raw log-probability at each position."""
+        rules = TurnRules(end=self.end_id, stops=frozenset(self.stop_ids), end_threshold=threshold, want_end_prob=True,
+                          content_offset=self.content_offset)
+        end = self.end_id
+        return TurnReader(rules, self.is_space).read_all(
+            tokens, (lambda step: _probability(logprobs, step, end)) if end is not None else None)
 
 
 def _probability(logprobs: list, step: int, token: int) -> float | None:

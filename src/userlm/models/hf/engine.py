@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..turn import TurnReader, TurnRules, table
+
 
 @dataclass
 class Row:
@@ -215,89 +217,62 @@ def generate(
 class _Guard:
     """The guardrails and the sampling, as the one logits processor of ``generate``.
 
-    At each step it records P(end) where a row's content starts (from the raw logits), ends the
-    row there when that reaches its threshold, makes the end token impossible where ending is
-    not allowed, refuses banned first words until a worded token is written, then samples every
-    row with its own generator (temperature, nucleus) and returns scores where only the sampled
-    token is possible, so that ``generate``'s greedy step takes exactly it. A row that ends by
-    threshold is given the end token, which ``generate`` counts as a stop."""
+    Each row's turn is a :class:`~userlm.models.turn.TurnReader`, which holds the rules of when
+    a turn ends. At each step the guard reads P(end) from the raw logits for the rows whose
+    content may start here, makes the end token impossible where the rules forbid it, refuses
+    banned first words until a worded token is written, samples every row with its own
+    generator (temperature, nucleus), hands each row's token to its reader, and returns scores
+    where only the token the reader kept is possible, so that ``generate``'s greedy step takes
+    exactly it. A row whose P(end) reached its threshold is given the end token, which
+    ``generate`` counts as a stop."""
 
     def __init__(self, rows: list[Row], prompt_width: int, *, end_id, stop_ids, pad_id, whitespace, wordless,
                  temperature, top_p):
         self.rows, self.prompt_width = rows, prompt_width
-        self.end_id, self.stop_ids, self.pad_id = end_id, stop_ids, pad_id
+        self.end_id, self.pad_id = end_id, pad_id
         self.temperature, self.top_p = temperature, top_p
-        self.results = [RowResult() for _ in rows]
+        is_space = table(whitespace.tolist())
+        is_wordless = table(wordless.tolist(), beyond=True) if wordless is not None else None
+        stops = frozenset(stop_ids)
+        self.turns = [TurnReader(TurnRules(end=end_id, stops=stops, suppress_end=r.suppress_end, end_threshold=r.end_threshold,
+                                           want_end_prob=r.want_end_prob, content_offset=r.content_offset,
+                                           budget=r.max_new_tokens), is_space, is_wordless) for r in rows]
         self.steps = 0
-        n = len(rows)
         self.generators = [torch.Generator().manual_seed(r.seed) for r in rows]
-        # per-row state as Python lists: read for every row at every step, where tensor indexing costs more
-        self.done, self.started = [False] * n, [False] * n
-        self.worded = [False] * n  # a letter or digit was written: the first word has begun
-        self.is_space = whitespace.tolist()
-        self.is_wordless = wordless.tolist() if wordless is not None else None
-        self.suppress = [r.suppress_end for r in rows]
-        self.budgets = [r.max_new_tokens for r in rows]
-        self.cut = [False] * n  # the row's own budget ran out: generate is told with one stop token
+        self.told = [False] * len(rows)  # generate was given a stop token for a row its budget cut
         self.first_stop = min(stop_ids) if stop_ids else pad_id
-        self.wants_end_prob = [end_id is not None and (r.want_end_prob or r.end_threshold is not None) for r in rows]
         self.banned = None
+
+    @property
+    def results(self) -> list[RowResult]:
+        return [RowResult(tokens=t.tokens, ended=t.ended, end_prob=t.end_prob, finished=t.finished) for t in self.turns]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         step, self.steps = self.steps, self.steps + 1
         logits = scores.float()
-        rows, results, done, end_id = self.rows, self.results, self.done, self.end_id
+        turns, end_id = self.turns, self.end_id
         if step == 0:
-            self.banned = _banned_mask(rows, logits.shape[-1], logits.device)
-        awaiting = [self.wants_end_prob[b] and not done[b] and not self.started[b] and results[b].end_prob is None
-                    for b in range(len(rows))]
+            self.banned = _banned_mask(self.rows, logits.shape[-1], logits.device)
+        awaiting = [t.awaiting_start for t in turns]
         end_probs: list[float] = torch.softmax(logits, dim=-1)[:, end_id].tolist() if any(awaiting) else []
-        forced = {}  # rows given a token whatever was sampled
-        for b, row in enumerate(rows):
-            if awaiting[b] and step >= row.content_offset:
-                results[b].end_prob = end_probs[b]
-                if row.end_threshold is not None and end_probs[b] >= row.end_threshold:
-                    results[b].ended = results[b].finished = done[b] = True
-                    forced[b] = end_id
-        if end_id is not None and any(self.suppress):
-            logits[torch.tensor(self.suppress, device=logits.device), end_id] = float("-inf")
-        if self.banned is not None and not all(self.worded):
-            logits.masked_fill_(self.banned & ~torch.tensor(self.worded, device=logits.device)[:, None], float("-inf"))
+        no_end = [t.forbids_end() for t in turns]
+        if any(no_end):
+            logits[torch.tensor(no_end, device=logits.device), end_id] = float("-inf")
+        if self.banned is not None:
+            no_banned = [t.forbids_banned() for t in turns]
+            if any(no_banned):
+                logits.masked_fill_(self.banned & torch.tensor(no_banned, device=logits.device)[:, None], float("-inf"))
         sampled = _sample(logits, self.generators, self.temperature, self.top_p).tolist()
-        for b, row in enumerate(rows):
-            if done[b]:
-                if self.cut[b]:  # generate has not seen this row stop: a stop token tells it (not part of the turn)
-                    self.cut[b] = False
-                    forced.setdefault(b, self.first_stop)
-                else:
-                    forced.setdefault(b, self.pad_id)
-                continue
-            token = sampled[b]
-            if awaiting[b] and results[b].end_prob is None and (token == end_id or not self.is_space[token]):
-                # the turn ends or its content starts before the expected newline: this was its start
-                results[b].end_prob = end_probs[b]
-                if row.end_threshold is not None and end_probs[b] >= row.end_threshold:
-                    results[b].ended = results[b].finished = done[b] = True
-                    forced[b] = end_id
-                    continue
-            if token in self.stop_ids or token == end_id:
-                results[b].finished = True
-                # an end token after some text just closes the turn; as the whole turn it ends the conversation
-                results[b].ended = token == end_id and not self.started[b]
-                done[b] = True
-                continue
-            results[b].tokens.append(token)
-            budget = self.budgets[b]
-            if budget is not None and len(results[b].tokens) >= budget:
-                done[b] = self.cut[b] = True
-            if not self.is_space[token]:
-                self.started[b] = True
-            if self.is_wordless is None or not self.is_wordless[token]:
-                self.worded[b] = True
-        for b, token in forced.items():
-            sampled[b] = token
+        for b, turn in enumerate(turns):
+            if not turn.done:
+                sampled[b] = turn.read(sampled[b], end_probs[b] if awaiting[b] else None)
+            elif turn.cut and not self.told[b]:  # generate has not seen this row stop: a stop token tells it
+                self.told[b] = True
+                sampled[b] = self.first_stop
+            else:
+                sampled[b] = self.pad_id
         out = torch.full_like(scores, float("-inf"))
-        out[torch.arange(len(rows), device=scores.device), torch.tensor(sampled, device=scores.device)] = 0.0
+        out[torch.arange(len(turns), device=scores.device), torch.tensor(sampled, device=scores.device)] = 0.0
         return out
 
 
@@ -305,7 +280,7 @@ def _quiet_length_reminder() -> None:
     """Rows are padded on the left to the longest prompt, so the batch grows wider than any row
     and transformers warns that "the model's predefined maximum length" is exceeded when the
     widest row plus the budget pass it; each row's own budget already keeps every token it keeps
-    inside the context (:meth:`userlm.models.local.LoadedModel.budget`), so that reminder says
+    inside the context (:meth:`userlm.models.hf.local.LoadedModel.budget`), so that reminder says
     nothing about the turns written."""
     import logging
 

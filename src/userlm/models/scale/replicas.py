@@ -23,9 +23,9 @@ from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigurationError, UserError
-from .base import ChatReply, SamplingSettings, UserDraft, UserTurnRequest, close, forget_conversations, sampling_of
-from .retry import ConnectionLost, RequestTimeout
+from ...errors import ConfigurationError, UserError
+from ..base import ChatReply, SamplingSettings, UserDraft, UserTurnRequest, close, forget_conversations, sampling_of
+from ..retry import ConnectionLost, RequestTimeout
 
 log = logging.getLogger(__name__)
 
