@@ -14,6 +14,7 @@ from userlm.guardrails import GuardrailConfig, first_word
 from userlm.intents import Intent
 from userlm.models.base import SamplingSettings, UserTurnRequest
 from userlm.models.doubles.scripted import ScriptedAssistant
+from userlm.models.handle import ConversationHandle
 from userlm.models.hf.local import LocalChatModel, LocalUserModel
 from userlm.models.vocab import banned_first_ids
 from userlm.simulation import RunSettings
@@ -299,21 +300,26 @@ def test_a_turn_starts_after_the_headers_newline_and_keeps_its_sampled_ids(tiny_
     opening = turn_opening_ids(tok)
     assert tok.decode(opening) == "\n"
     for seed in range(40):  # a draft with no whitespace around it, so the stored turn is what was sampled
-        first = request(conversation_key=f"c{seed}", seed=seed, intent=intent)
+        handle = ConversationHandle(f"c{seed}", seed)
+        first = request(conversation=handle, seed=seed, intent=intent)
         assert user._prompt(first)[1] == user_prompt_ids(tok, first.intent, []) + opening
         draft = asyncio.run(user.draft(first))
-        sampled = user.sampled._last[first.conversation_key][2]
+        sampled = handle.seen[user.view].turn
         if tok.decode(sampled, skip_special_tokens=False) == draft.text:
             break
     else:
         pytest.fail("no draft without surrounding whitespace in 40 seeds")
+    turns = handle.seen[user.view].turns  # the handle carries every turn's ids as sampled (trailing whitespace too)
+    assert len(turns) == 1 and turns[0][: len(sampled)] == sampled
+    assert user._prompt(request(conversation=handle, seed=1000, intent=intent))[1] == handle.seen[user.view].prompt  # a redraft
     messages = [{"role": "user", "content": draft.text}, {"role": "assistant", "content": "ok"}]
-    later = request(conversation_key=first.conversation_key, seed=99, messages=messages, intent=intent)
+    later = request(conversation=handle, seed=99, messages=messages, intent=intent)
     text, ids = user._prompt(later)
     system = [{"role": "system", "content": intent}] if intent else []
     assert tok.decode(ids, skip_special_tokens=False) == text == tok.apply_chat_template(
         [*system, *messages], tokenize=False, add_generation_prompt=True) + "\n"
     kept = len(user._prompt(first)[1])
     assert ids[kept : kept + len(sampled)] == sampled
-    user.forget_conversations()
+    # another conversation (a new handle) starts from the renderer's ids
+    later = request(conversation=ConversationHandle("other"), seed=99, messages=messages, intent=intent)
     assert user._prompt(later)[1] == user_prompt_ids(tok, first.intent, messages) + opening

@@ -28,6 +28,7 @@ else:
 import userlm
 from userlm.guardrails import GuardrailConfig
 from userlm.models.base import SamplingSettings, UserTurnRequest
+from userlm.models.handle import ConversationHandle
 from userlm.simulation import RunSettings
 
 GREEDY = SamplingSettings(temperature=0.0, top_p=1.0, max_new_tokens=12)
@@ -81,7 +82,7 @@ def hf_user(vllm_model_dir):
 def _requests(n: int, **fields) -> list[UserTurnRequest]:
     intents = ["You want a vegan lasagna recipe.", "You want to sort a list of dicts in Python.",
                "You plan a cheap trip to Lisbon.", "You need help writing a cover letter."]
-    return [UserTurnRequest(intent=intents[i % 4] + f" Case {i}.", messages=[], seed=100 + i, conversation_key=f"c{i}", **fields)
+    return [UserTurnRequest(intent=intents[i % 4] + f" Case {i}.", messages=[], seed=100 + i, conversation=ConversationHandle(f"c{i}"), **fields)
             for i in range(n)]
 
 

@@ -18,7 +18,8 @@ from typing import Any
 from .conversation import Conversation, ConversationWriter, Message, Usage, conversation_id, iter_conversations, write_conversations
 from .errors import ConfigurationError, UserError
 from .intents import Intent
-from .models.base import ChatModel, close, forget_conversations, is_remote, join_lockstep, reasked, sampling_of
+from .models.base import ChatModel, close, forget_conversations, is_remote, join_lockstep, reasked, reply_in, sampling_of
+from .models.handle import ConversationHandle
 from .models.lockstep import Lockstep
 from .models.retry import ConnectionLost, RequestTimeout
 from .render import assistant_view
@@ -131,52 +132,14 @@ async def simulate_async(
     memory is what is in flight and the set of finished ids, whatever its size. ``helpers``: the
     other models a conversation waits on (those ``after_reply`` or the user ask), so that local
     ones batch in step with the run too."""
-    from tqdm.auto import tqdm
-
-    path = Path(out) if out is not None else None
-    if path is not None and path.is_dir():
-        raise UserError(f"{path} is a folder; --out takes a file (a JSONL of conversations), e.g. {path / 'run.jsonl'}.")
-    if not keep and path is None:
-        raise UserError("simulate with keep=False needs out: the conversations would go nowhere.")
-    recorded = {
-        "run_seed": settings.seed,
-        "max_turns": settings.max_turns,
-        "samples": settings.samples,
-        "guardrails": user.guardrails.to_dict(),
-        **sampling_record(user.model, assistant),
-        **(generation or {}),
-    }
-    by_id = {i.id: i for i in intents}
-
-    def want(cid: str) -> dict[str, Any] | None:
-        """What determines conversation ``cid`` in this run (None: the run does not cover it)."""
-        intent_id, _, sample = cid.rpartition("#")
-        intent = by_id.get(intent_id)
-        if intent is None or not sample.isdigit() or int(sample) >= settings.samples or conversation_id(intent_id, int(sample)) != cid:
-            return None
-        return determinants(intent.text, recorded, user.name, assistant.name)
-
-    anyone = determinants(intents[0].text, recorded, user.name, assistant.name) if intents else None
-    total = len(intents) * settings.samples
-    lock = OutputLock(path) if path else None
-    try:
-        done = _previous(path, want, anyone, settings) if path else set()
-        writer = ConversationWriter(path) if path else None
-    except BaseException:
-        if lock:
-            lock.release()
-        raise
-    skipped = sum(1 for i in intents for s in range(settings.samples) if conversation_id(i.id, s) in done)
-    summary = RunSummary(out=path, total=total, skipped=skipped, written=0)
-    finished: dict[str, Conversation] = {}
-    bar = tqdm(total=total, initial=summary.skipped, unit="conv", desc="simulating", disable=not progress)
+    path = _output_path(out, keep)
+    recorded = run_record(user, assistant, settings, generation)
+    plan = _Plan(intents, settings, recorded, user.name, assistant.name)
+    lock, done, writer = _open_output(path, plan, settings)
+    summary = RunSummary(out=path, total=plan.total, skipped=plan.count_done(done), written=0)
+    keeper = _Keeper(summary, writer, plan, keep, on_finish, progress)
     models = (user.model, assistant, *helpers)
-    # local models batch in step with the conversations in flight (see userlm.models.lockstep)
-    flight = Lockstep(strict=not any(is_remote(m) for m in models))
-    for model in models:
-        forget_conversations(model)  # a run never starts from another run's cached keys and values, so it reproduces in any process
-        join_lockstep(model, flight)
-    todo = iter([(i, s) for i in intents for s in range(settings.samples) if conversation_id(i.id, s) not in done])
+    flight = _start_models(models)
     reasked_before = sum(reasked(m) for m in (user.model, assistant))
 
     async def one(intent: Intent, sample: int) -> None:
@@ -184,50 +147,167 @@ async def simulate_async(
             async with flight.conversation():
                 conversation = await run_conversation(intent, sample, user, assistant, settings, recorded, after_reply)
         except Unfinished as exc:
-            summary.unfinished += 1
-            summary.first_unfinished = summary.first_unfinished or str(exc)
-            return
-        conversation.fingerprint = fingerprint(want(conversation.id) or {})
-        if keep:
-            finished[conversation.id] = conversation
-        if writer:
-            writer.write(conversation)
+            keeper.unfinished(exc)
+        else:
+            keeper.finished(conversation)
+
+    try:
+        await _in_pool(plan.todo(done), one, settings.concurrency)
+    finally:
+        keeper.close()
+        summary.reasked = sum(reasked(m) for m in (user.model, assistant)) - reasked_before
+        if lock:
+            lock.release()
+        await _release_models(models, (user.model, assistant))
+    if keep:
+        summary.conversations = keeper.in_order(path, done)
+    return summary
+
+
+def _output_path(out: str | Path | None, keep: bool) -> Path | None:
+    """The run's output file, checked: a file, and given when conversations are not kept in memory."""
+    path = Path(out) if out is not None else None
+    if path is not None and path.is_dir():
+        raise UserError(f"{path} is a folder; --out takes a file (a JSONL of conversations), e.g. {path / 'run.jsonl'}.")
+    if not keep and path is None:
+        raise UserError("simulate with keep=False needs out: the conversations would go nowhere.")
+    return path
+
+
+def run_record(user: SimulatedUser, assistant: ChatModel, settings: RunSettings,
+               generation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a run records as its settings: the run's, the guardrails, how each model samples
+    (read off the models, :func:`sampling_record`), and what the caller adds."""
+    return {
+        "run_seed": settings.seed,
+        "max_turns": settings.max_turns,
+        "samples": settings.samples,
+        "guardrails": user.guardrails.to_dict(),
+        **sampling_record(user.model, assistant),
+        **(generation or {}),
+    }
+
+
+class _Plan:
+    """Which conversations a run covers, and what determines each."""
+
+    def __init__(self, intents: Sequence[Intent], settings: RunSettings, recorded: dict[str, Any], user: str, assistant: str):
+        self.intents, self.samples = intents, settings.samples
+        self.recorded, self.user, self.assistant = recorded, user, assistant
+        self.by_id = {i.id: i for i in intents}
+        self.total = len(intents) * settings.samples
+
+    def ids(self) -> list[str]:
+        return [conversation_id(i.id, s) for i in self.intents for s in range(self.samples)]
+
+    def want(self, cid: str) -> dict[str, Any] | None:
+        """What determines conversation ``cid`` in this run (None: the run does not cover it)."""
+        intent_id, _, sample = cid.rpartition("#")
+        intent = self.by_id.get(intent_id)
+        if intent is None or not sample.isdigit() or int(sample) >= self.samples or conversation_id(intent_id, int(sample)) != cid:
+            return None
+        return determinants(intent.text, self.recorded, self.user, self.assistant)
+
+    def anyone(self) -> dict[str, Any] | None:
+        """What determines any conversation of the run, its intent aside."""
+        return determinants(self.intents[0].text, self.recorded, self.user, self.assistant) if self.intents else None
+
+    def count_done(self, done: set[str]) -> int:
+        return sum(1 for cid in self.ids() if cid in done)
+
+    def todo(self, done: set[str]):
+        """The (intent, sample) pairs still to run, lazily."""
+        return ((i, s) for i in self.intents for s in range(self.samples) if conversation_id(i.id, s) not in done)
+
+
+def _open_output(path: Path | None, plan: _Plan, settings: RunSettings):
+    """The output's lock, the ids it already holds (checked against this run's settings) and its
+    writer; nothing is held when that fails."""
+    if path is None:
+        return None, set(), None
+    lock = OutputLock(path)
+    try:
+        return lock, _previous(path, plan.want, plan.anyone(), settings), ConversationWriter(path)
+    except BaseException:
+        lock.release()
+        raise
+
+
+class _Keeper:
+    """What happens to each finished conversation: written, kept, counted, shown on the bar."""
+
+    def __init__(self, summary: RunSummary, writer: ConversationWriter | None, plan: _Plan, keep: bool,
+                 on_finish: Callable[[Conversation], None] | None, progress: bool):
+        from tqdm.auto import tqdm
+
+        self.summary, self.writer, self.plan, self.keep, self.on_finish = summary, writer, plan, keep, on_finish
+        self.kept: dict[str, Conversation] = {}
+        self.bar = tqdm(total=summary.total, initial=summary.skipped, unit="conv", desc="simulating", disable=not progress)
+
+    def finished(self, conversation: Conversation) -> None:
+        summary = self.summary
+        conversation.fingerprint = fingerprint(self.plan.want(conversation.id) or {})
+        if self.keep:
+            self.kept[conversation.id] = conversation
+        if self.writer:
+            self.writer.write(conversation)
         summary.written += 1
         summary.end_reasons[conversation.end_reason] += 1
         if conversation.error is not None:
             summary.errors[f"{conversation.end_reason} ({conversation.error.split(':', 1)[0]})"] += 1
             summary.first_error = summary.first_error or f"{conversation.id}: {conversation.error}"
-        if on_finish:
-            on_finish(conversation)
-        bar.update(1)
-        bar.set_postfix(dict(summary.end_reasons), refresh=False)
+        if self.on_finish:
+            self.on_finish(conversation)
+        self.bar.update(1)
+        self.bar.set_postfix(dict(summary.end_reasons), refresh=False)
 
-    async def worker() -> None:  # a fixed pool of workers: tasks exist for what is in flight only
-        for intent, sample in todo:
-            await one(intent, sample)
+    def unfinished(self, exc: Unfinished) -> None:
+        self.summary.unfinished += 1
+        self.summary.first_unfinished = self.summary.first_unfinished or str(exc)
 
-    tasks = [asyncio.ensure_future(worker()) for _ in range(settings.concurrency)]
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer:
+            self.writer.close()
+
+    def in_order(self, path: Path | None, done: set[str]) -> list[Conversation]:
+        """Every conversation of the run in intent order: this run's and those an earlier run wrote."""
+        previous = {c.id: c for c in iter_conversations(path, tolerate_truncated_tail=True) if c.id in done} if done and path else {}
+        return [c for c in (self.kept.get(k) or previous.get(k) for k in self.plan.ids()) if c is not None]
+
+
+def _start_models(models: Sequence[object]) -> Lockstep:
+    """Local models batch in step with the conversations in flight (see :mod:`userlm.models.lockstep`)
+    and start from no other run's cached keys and values, so a run reproduces in any process."""
+    flight = Lockstep(strict=not any(is_remote(m) for m in models))
+    for model in models:
+        forget_conversations(model)
+        join_lockstep(model, flight)
+    return flight
+
+
+async def _release_models(models: Sequence[object], closing: Sequence[object]) -> None:
+    for model in models:
+        join_lockstep(model, None)
+    for model in closing:
+        await close(model)
+
+
+async def _in_pool(todo, one: Callable[..., Awaitable[None]], concurrency: int) -> None:
+    """``one(*item)`` for every item of ``todo`` by a fixed pool of workers (tasks exist for what is
+    in flight only); cancelling stops every worker."""
+
+    async def worker() -> None:
+        for item in todo:
+            await one(*item)
+
+    tasks = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
     try:
         await asyncio.gather(*tasks)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        bar.close()
-        summary.reasked = sum(reasked(m) for m in (user.model, assistant)) - reasked_before
-        if writer:
-            writer.close()
-        if lock:
-            lock.release()
-        for model in models:
-            join_lockstep(model, None)
-        for model in (user.model, assistant):
-            await close(model)
-    if keep:
-        order = [conversation_id(i.id, s) for i in intents for s in range(settings.samples)]
-        previous = {c.id: c for c in iter_conversations(path, tolerate_truncated_tail=True) if c.id in done} if done and path else {}
-        summary.conversations = [c for c in (finished.get(k) or previous.get(k) for k in order) if c is not None]
-    return summary
 
 
 def sampling_record(user_model: object, assistant: object) -> dict[str, Any]:
@@ -285,9 +365,10 @@ async def converse(conv: Conversation, user: SimulatedUser, assistant: ChatModel
     :class:`Unfinished` (the conversation is not the model's doing); a configuration error is raised;
     any other error is recorded (``user_error`` / ``assistant_error``)."""
     started = time.perf_counter()
+    handle = ConversationHandle(conv.id, conv.seed or 0)  # every request of this conversation, either side, carries it
     for turn_index in range(max_turns):
         try:
-            turn = await user.next_turn(conv.intent, conv.messages, seed=conv.seed or 0, conversation=conv.id)
+            turn = await user.next_turn(conv.intent, conv.messages, seed=conv.seed or 0, conversation=handle)
         except ConfigurationError:
             raise
         except UNREACHABLE as exc:
@@ -307,7 +388,8 @@ async def converse(conv: Conversation, user: SimulatedUser, assistant: ChatModel
             conv.end_reason = "max_turns"
             break
         try:
-            reply = await assistant.reply(assistant_view(conv.messages), seed=derive_seed(conv.seed or 0, "assistant", turn_index))
+            reply = await reply_in(assistant, assistant_view(conv.messages), seed=derive_seed(conv.seed or 0, "assistant", turn_index),
+                                   conversation=handle)
         except ConfigurationError:
             raise
         except AssistantQuit:

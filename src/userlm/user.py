@@ -19,6 +19,7 @@ from typing import Literal
 from .conversation import Message, Rejection, Usage
 from .guardrails import GuardrailConfig, check_draft
 from .models.base import UserModel, UserTurnRequest
+from .models.handle import ConversationHandle, handle_of
 from .render import END_OF_CONVERSATION
 
 
@@ -83,10 +84,12 @@ class SimulatedUser:
         return self.model.name
 
     async def next_turn(self, intent: str | None, messages: list[Message] | list[dict], *, seed: int = 0,
-                        conversation: str | None = None) -> UserTurn:
+                        conversation: ConversationHandle | str | None = None) -> UserTurn:
         """Draft the next user turn, resampling refused drafts up to ``max_attempts`` times.
-        ``conversation`` names the conversation (its id): engines key its cache and route its turns
-        on it; without one, nothing is kept for it between turns."""
+        ``conversation`` is the conversation's handle (or its id, for a new handle): engines route
+        its turns and key their caches on its id and keep the token ids of its turns in it; without
+        one, nothing is kept for it between turns."""
+        handle = handle_of(conversation, seed)
         chat = [m if isinstance(m, dict) else m.chat() for m in messages]
         earlier = [m["content"] for m in chat if m["role"] == "user"]
         g = self.guardrails
@@ -100,7 +103,7 @@ class SimulatedUser:
                 allow_end=g.end_allowed(len(earlier)),
                 banned_first_words=g.first_words,
                 end_threshold=g.end_threshold,
-                conversation_key=conversation,
+                conversation=handle,
             )
             draft = await self.model.draft(request)
             turn.usage.add(draft.prompt_tokens, draft.completion_tokens)
@@ -117,7 +120,7 @@ class SimulatedUser:
         turn.exhausted = True
         return turn
 
-    def session(self, intent: str | None, *, seed: int = 0, conversation: str | None = None) -> UserSession:
+    def session(self, intent: str | None, *, seed: int = 0, conversation: ConversationHandle | str | None = None) -> UserSession:
         """Drive this user turn by turn from your own code (``conversation``: its id, else a new one)."""
         return UserSession(self, intent, seed, conversation)
 
@@ -125,13 +128,14 @@ class SimulatedUser:
 class UserSession:
     """One conversation with a simulated user, driven by the caller."""
 
-    def __init__(self, user: SimulatedUser, intent: str | None, seed: int, conversation: str | None = None):
+    def __init__(self, user: SimulatedUser, intent: str | None, seed: int, conversation: ConversationHandle | str | None = None):
         import uuid
 
         self.user = user
         self.intent = intent
         self.seed = seed
-        self.conversation = conversation or f"session-{uuid.uuid4().hex}"  #: its id: engines keep its cache by it
+        #: its handle: engines route and keep its cache by its id, and keep its turns' token ids in it
+        self.conversation = handle_of(conversation or f"session-{uuid.uuid4().hex}", seed)
         self.messages: list[Message] = []
         self.last: UserTurn | None = None
         self.usage = Usage()

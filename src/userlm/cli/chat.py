@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..models.handle import ConversationHandle
 from .options import add_guardrail_options, add_model_options, guardrails_from, provider_options
 
 
@@ -82,7 +83,8 @@ class _Person:
 
     name = "human"
 
-    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None):
+    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None,
+                    conversation: ConversationHandle | None = None):
         from ..models.base import ChatReply
         from ..simulation import AssistantQuit
 

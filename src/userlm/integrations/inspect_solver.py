@@ -34,6 +34,7 @@ from ..conversation import Conversation
 from ..guardrails import GuardrailConfig
 from ..intents import Intent
 from ..models.base import ChatReply
+from ..models.handle import ConversationHandle
 from ..simulation import LoopHooks, converse, new_conversation
 from ..user import SimulatedUser, UserTurn
 
@@ -55,7 +56,8 @@ class _ModelUnderTest:
     def __init__(self, state: TaskState, generate: Generate):
         self.state, self.generate = state, generate
 
-    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None) -> ChatReply:
+    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None,
+                    conversation: ConversationHandle | None = None) -> ChatReply:
         self.state.messages.append(ChatMessageUser(content=messages[-1]["content"]))
         self.state = await self.generate(self.state)
         return ChatReply(text=self.state.output.completion)

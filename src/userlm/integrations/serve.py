@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigurationError
+from ..models.handle import Handles
 from ..render import END_OF_CONVERSATION, flipped_view
 from ..user import SimulatedUser
 
@@ -112,8 +113,10 @@ def conversation_key(body: dict, intent: str | None, turns: list[dict[str, str]]
     return f"prefix:{digest}"
 
 
-async def next_user_turn(user: SimulatedUser, body: dict, settings: ServeSettings, header: str | None = None) -> dict[str, Any]:
-    """The chat-completion answer for one request: the next user turn or the stop marker."""
+async def next_user_turn(user: SimulatedUser, body: dict, settings: ServeSettings, header: str | None = None,
+                         handles: Handles | None = None) -> dict[str, Any]:
+    """The chat-completion answer for one request: the next user turn or the stop marker.
+    ``handles`` keeps each conversation's handle between its requests (its token ids as sampled)."""
     intent, turns = conversation_of(body, settings.view)
     seed = body.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
@@ -121,7 +124,8 @@ async def next_user_turn(user: SimulatedUser, body: dict, settings: ServeSetting
     if body.get("metadata") is not None and not isinstance(body.get("metadata"), dict):
         raise BadRequest("metadata must be an object.")
     key = conversation_key(body, intent, turns, header)
-    turn = await user.next_turn(intent, turns, seed=seed if seed is not None else random.randrange(2**31), conversation=key)
+    seed = seed if seed is not None else random.randrange(2**31)
+    turn = await user.next_turn(intent, turns, seed=seed, conversation=handles.get(key, seed) if handles is not None else key)
     stopped = turn.text is None
     reason = None if not stopped else ("user_ended" if turn.ended else "guardrail_exhausted")
     return {
@@ -141,6 +145,8 @@ async def next_user_turn(user: SimulatedUser, body: dict, settings: ServeSetting
 def make_app(user: SimulatedUser, settings: ServeSettings = ServeSettings()):
     """The aiohttp application: ``GET /v1/models`` and ``POST /v1/chat/completions``."""
     from aiohttp import web
+
+    handles = Handles()  # each conversation's handle, by the key its requests carry
 
     def error(status: int, message: str, kind: str = "invalid_request_error") -> web.Response:
         return web.json_response({"error": {"message": message, "type": kind}}, status=status)
@@ -164,7 +170,7 @@ def make_app(user: SimulatedUser, settings: ServeSettings = ServeSettings()):
         except ValueError:
             return error(400, "the request body is not JSON.")
         try:
-            return web.json_response(await next_user_turn(user, body, settings, request.headers.get("X-Conversation-Id")))
+            return web.json_response(await next_user_turn(user, body, settings, request.headers.get("X-Conversation-Id"), handles))
         except BadRequest as exc:
             return error(400, str(exc))
         except ConfigurationError as exc:

@@ -7,8 +7,12 @@ implement one of these, and the simulation only ever talks to these interfaces.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from .handle import ConversationHandle
 
 if TYPE_CHECKING:
     from .lockstep import Lockstep
@@ -36,13 +40,19 @@ class UserTurnRequest:
     seed: int  #: differs per conversation, turn and attempt
     allow_end: bool  #: whether <|endconversation|> may be produced
     attempt: int = 0  #: how many drafts of this turn were refused already
-    conversation_key: str | None = None  #: stable per conversation (lets local models reuse its cache)
+    #: the conversation this turn belongs to: engines route on its id, key their caches on it and keep its token ids in it
+    conversation: ConversationHandle | None = None
     banned_first_words: tuple[str, ...] = ()
     end_threshold: float | None = None  #: end when P(end) at the start of the turn reaches this
 
     # The one end policy every user model obeys: with a threshold, P(end) decides and the end
     # token is never sampled; without one, the end token is sampled like any other; either only
     # where ending is allowed.
+
+    @property
+    def conversation_key(self) -> str | None:
+        """The conversation's id (None: a request that belongs to no conversation kept between turns)."""
+        return self.conversation.id if self.conversation is not None else None
 
     @property
     def ending_threshold(self) -> float | None:
@@ -96,11 +106,15 @@ class UserModel(Protocol):
 
 @runtime_checkable
 class ChatModel(Protocol):
-    """Answers as the assistant (or as the judge, or as a prompted user)."""
+    """Answers as the assistant (or as the judge, or as a prompted user). ``conversation`` is the
+    handle of the conversation a reply belongs to (None for one-off prompts such as a judge's);
+    a chat model may leave the keyword out of its ``reply``, and is then called without it
+    (:func:`reply_in`)."""
 
     name: str
 
-    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None) -> ChatReply: ...
+    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None,
+                    conversation: ConversationHandle | None = None) -> ChatReply: ...
 
 
 # Optional abilities: a model has one when it has the method or attribute; the runner and the
@@ -217,6 +231,25 @@ def sampling_of(model: object) -> SamplingSettings | None:
     if isinstance(model, Samples):
         return model.sampling
     return sampling_of(model.chat) if isinstance(model, WrapsChat) else None
+
+
+def reply_in(model: ChatModel, messages: list[dict[str, str]], *, seed: int | None,
+             conversation: ConversationHandle | None) -> Awaitable[ChatReply]:
+    """``model``'s reply in ``conversation``: the handle goes to a ``reply`` that takes it."""
+    if _takes_conversation(type(model)):
+        return model.reply(messages, seed=seed, conversation=conversation)
+    return model.reply(messages, seed=seed)
+
+
+@functools.cache
+def _takes_conversation(kind: type) -> bool:
+    import inspect
+
+    try:
+        parameters = inspect.signature(kind.reply).parameters  # type: ignore[attr-defined]
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return "conversation" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 def reasked(model: object) -> int:

@@ -20,6 +20,7 @@ from ...guardrails import GuardrailConfig
 from ...intents import Intent
 from ...models.base import ChatModel, ChatReply, HasWeights, MapsShards, ProbesEnd, UserModel, UserTurnRequest, WrapsChat
 from ...models.doubles.function import FunctionAssistant
+from ...models.handle import ConversationHandle
 from ...prompts import fill_prompt, load_prompt
 from ...simulation import LoopHooks, RunSettings, converse, new_conversation, simulate_async
 from ...user import SimulatedUser, derive_seed
@@ -269,7 +270,7 @@ async def termination_part(sim: Simulator, data: list[Conversation], alignment: 
         ends = []
         for k in range(settings.end_samples):
             request = UserTurnRequest(intent=intent, messages=chat, seed=derive_seed(settings.seed, conv.id, reply, k),
-                                      allow_end=True, conversation_key=f"{conv.id}@{reply}")
+                                      allow_end=True, conversation=ConversationHandle(f"{conv.id}@{reply}"))
             async with limit:
                 draft = await sim.model.draft(request)
             if draft.end_prob is not None:
@@ -297,7 +298,8 @@ class FixtureAssistant:
     def __init__(self) -> None:
         self.lines = package_lines("assistant_replies.txt")
 
-    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None) -> ChatReply:
+    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None,
+                    conversation: ConversationHandle | None = None) -> ChatReply:
         return ChatReply(pick(self.lines, seed, len(messages)))
 
 

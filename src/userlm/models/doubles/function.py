@@ -14,6 +14,7 @@ from typing import Any
 
 from ...errors import UserError
 from ..base import ChatReply
+from ..handle import ConversationHandle
 
 
 class FunctionAssistant:
@@ -25,7 +26,8 @@ class FunctionAssistant:
         self.name = name or f"python:{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
         self._is_async = inspect.iscoroutinefunction(fn)
 
-    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None) -> ChatReply:
+    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None,
+                    conversation: ConversationHandle | None = None) -> ChatReply:
         copy = [dict(m) for m in messages]  # a function may not change the conversation
         result = await self.fn(copy) if self._is_async else await asyncio.to_thread(self.fn, copy)
         if isinstance(result, ChatReply):

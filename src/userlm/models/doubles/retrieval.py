@@ -26,7 +26,7 @@ class RetrievalAssistant:
             for user, reply in zip(conv.messages[::2], conv.messages[1::2]):
                 self.pairs.append((set(normalise(user.content).split()), reply.content))
 
-    async def reply(self, messages, *, seed=None):
+    async def reply(self, messages, *, seed=None, conversation=None):
         words = set(self._normalise(messages[-1]["content"]).split())
         best = max(self.pairs, key=lambda p: (len(words & p[0]) / (1 + len(p[0])), -len(p[1])))
         text = best[1]

@@ -9,6 +9,7 @@ from pathlib import Path
 from ...errors import UserError
 from ...render import END_OF_CONVERSATION
 from ..base import ChatReply, UserDraft, UserTurnRequest
+from ..handle import ConversationHandle
 
 
 class ScriptedUser:
@@ -43,7 +44,8 @@ class ScriptedAssistant:
         self.replies = list(replies)
         self.name = name
 
-    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None) -> ChatReply:
+    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None,
+                    conversation: ConversationHandle | None = None) -> ChatReply:
         index = sum(1 for m in messages if m["role"] == "assistant")
         text = self.replies[index % len(self.replies)]
         return ChatReply(text=text, completion_tokens=len(text.split()))

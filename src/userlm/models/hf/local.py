@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,14 +18,15 @@ from ...render import (
     END_OF_TURN,
     chat_prompt_ids,
     chat_prompt_string,
-    spells_control_token,
     turn_opening,
     user_prompt_ids,
     user_prompt_string,
 )
 from ..base import ChatReply, ContextOverflow, SamplingSettings, UserDraft, UserTurnRequest
 from ..checkpoints import check_source
+from ..handle import ConversationHandle
 from ..lockstep import Lockstep
+from ..turn import table
 
 
 @dataclass(frozen=True)
@@ -263,56 +263,17 @@ class _Batcher:
                         future.set_exception(result) if isinstance(result, Exception) else future.set_result(result)
 
 
+def _whitespace(tokenizer):
+    """The tokenizer's whitespace table, as a tensor and as a token-id predicate."""
+    from ..vocab import vocab_tables
+
+    whitespace = vocab_tables(tokenizer).whitespace
+    return whitespace, table(whitespace.tolist())
+
+
 def _forget(model) -> None:
     if model.prefix_cache is not None:
         model.prefix_cache.clear()
-    if model.sampled is not None:
-        model.sampled.clear()
-
-
-class _SampledTurns:
-    """The token ids each conversation's last turn was actually sampled as.
-
-    A model's own turn comes back in the next prompt as text, and re-tokenizing that text need
-    not give the ids it was sampled as, so the prefix cache would stop matching where the turn
-    begins and the whole turn would be computed again. When the new prompt's text continues the
-    last prompt's text, the new prompt is the last prompt's ids, then the longest run of sampled
-    ids whose text the new prompt repeats (a turn is stored stripped, and a cut multi-byte
-    character does not spell itself), then the rest tokenized: the model sees its turn as it
-    wrote it, and only what is new is computed. Any other prompt is tokenized as usual."""
-
-    def __init__(self, tokenizer, max_entries: int):
-        self.tokenizer, self.max_entries = tokenizer, max_entries
-        self._last: OrderedDict[str, tuple[str, list[int], list[int]]] = OrderedDict()
-
-    def prompt(self, key: str | None, text: str, canonical, messages) -> list[int]:
-        last = self._last.get(key) if key is not None else None
-        if last is None or not text.startswith(last[0]):
-            return canonical()
-        if any(spells_control_token(self.tokenizer, m["content"]) for m in messages):
-            return canonical()  # message text that spells a control token: the renderer keeps it plain
-        prompt_text, prompt, tokens = last
-        decode = self.tokenizer.decode
-        for k in range(len(tokens), -1, -1):
-            spelled = prompt_text + decode(tokens[:k], skip_special_tokens=False)
-            if len(text) > len(spelled) and text.startswith(spelled):
-                rest = text[len(spelled) :]
-                rest_ids = self.tokenizer.encode(rest, add_special_tokens=False)
-                if decode(rest_ids, skip_special_tokens=False) != rest:  # a tokenizer that cannot tokenize pieces
-                    return canonical()
-                return prompt + tokens[:k] + rest_ids
-        return canonical()
-
-    def clear(self) -> None:
-        self._last.clear()
-
-    def remember(self, key: str | None, prompt_text: str, prompt: list[int], tokens: list[int]) -> None:
-        if key is None:
-            return
-        self._last[key] = (prompt_text, prompt, list(tokens))
-        self._last.move_to_end(key)
-        while len(self._last) > self.max_entries:
-            self._last.popitem(last=False)
 
 
 class LocalUserModel:
@@ -330,14 +291,16 @@ class LocalUserModel:
         self.opening, self.opening_text, self.content_offset = opening.ids, opening.text, opening.content_offset
         self._batcher = _Batcher(self._run, options.max_batch_size, order=lambda r: (r.conversation_key or "", r.seed))
         self.prefix_cache = _prefix_cache(options)
-        self.sampled = _SampledTurns(tok, 8 * options.max_batch_size) if options.reuse_cache else None
+        self.view = f"user:{self.name}"  #: what this model keeps in a conversation's handle
+        self.whitespace, self.is_space = _whitespace(tok)
+        self.reuse = options.reuse_cache
         self.stats = _stats()
 
     def prompt_ids(self, request: UserTurnRequest) -> list[int]:
         return user_prompt_ids(self.loaded.tokenizer, request.intent, request.messages)
 
     def forget_conversations(self) -> None:
-        """Drop every conversation's cached keys, values and sampled ids (a new run starts)."""
+        """Drop every conversation's cached keys and values (a new run starts)."""
         _forget(self)
 
     def join_lockstep(self, lockstep: Lockstep | None) -> None:
@@ -345,15 +308,17 @@ class LocalUserModel:
         self._batcher.join_lockstep(lockstep)
 
     def _prompt(self, request: UserTurnRequest) -> tuple[str, list[int]]:
-        """The prompt's text and ids (the ids of this conversation's last turn kept as sampled)."""
+        """The prompt's text and ids (continuing what the conversation's handle says this model was
+        fed and sampled, so its own turns come back as it wrote them)."""
 
         def canonical() -> list[int]:
             return self.prompt_ids(request) + self.opening
 
-        if self.sampled is None:
+        if not self.reuse or request.conversation is None:
             return "", canonical()
-        text = user_prompt_string(self.loaded.tokenizer, request.intent, request.messages) + self.opening_text
-        return text, self.sampled.prompt(request.conversation_key, text, canonical, request.messages)
+        tok = self.loaded.tokenizer
+        text = user_prompt_string(tok, request.intent, request.messages) + self.opening_text
+        return text, request.conversation.prompt(self.view, text, tok, canonical, request.messages)
 
     async def draft(self, request: UserTurnRequest) -> UserDraft:
         return await self._batcher.submit(request)
@@ -364,7 +329,7 @@ class LocalUserModel:
 
         tok = self.loaded.tokenizer
         tables = vocab_tables(tok)
-        items: list[tuple[Row, str] | ContextOverflow] = []
+        items: list[tuple[Row, str, ConversationHandle | None] | ContextOverflow] = []
         for r in requests:
             text, prompt = self._prompt(r)
             budget = self.loaded.budget(len(prompt), self.sampling.max_new_tokens)
@@ -378,8 +343,8 @@ class LocalUserModel:
                 content_offset=self.content_offset,
                 key=r.conversation_key,
                 max_new_tokens=budget,
-            ), text))
-        done = _generate_fitting(self, items, stop_ids=self.stop_ids, end_id=self.end_id, whitespace=tables.whitespace,
+            ), text, r.conversation if self.reuse else None))
+        done = _generate_fitting(self, items, stop_ids=self.stop_ids, end_id=self.end_id, whitespace=self.whitespace,
                                  wordless=tables.wordless)
         return [d if isinstance(d, ContextOverflow) else UserDraft(
             text="" if d[1].ended else tok.decode(d[1].tokens, skip_special_tokens=True).strip(),
@@ -392,9 +357,9 @@ class LocalUserModel:
 
 
 def _generate_fitting(model: LocalUserModel | LocalChatModel, items: list, **options: Any) -> list:
-    """Each item (a row and its prompt text, or the error of a prompt that does not fit the context)
-    as (row, its result) or that error: the rows that fit run as one batch, and each remembers the
-    ids it was sampled as."""
+    """Each item (a row, its prompt text and its conversation's handle, or the error of a prompt
+    that does not fit the context) as (row, its result) or that error: the rows that fit run as one
+    batch, and each conversation's handle keeps what its row was fed and sampled."""
     from .engine import generate
 
     rows = [item[0] for item in items if not isinstance(item, ContextOverflow)]
@@ -406,9 +371,9 @@ def _generate_fitting(model: LocalUserModel | LocalChatModel, items: list, **opt
         if isinstance(item, ContextOverflow):
             out.append(item)
             continue
-        (row, text), result = item, next(results)
-        if model.sampled is not None:
-            model.sampled.remember(row.key, text, row.prompt, result.tokens)
+        (row, text, handle), result = item, next(results)
+        if handle is not None:
+            handle.wrote(model.view, text, row.prompt, result.tokens, model.loaded.tokenizer, model.is_space)
         out.append((row, result))
     return out
 
@@ -424,35 +389,38 @@ class LocalChatModel:
             raise ConfigurationError(f"hf:{path} has no chat template, so it cannot play the assistant.")
         self._batcher = _Batcher(self._run, options.max_batch_size, order=lambda item: item[1])
         self.prefix_cache = _prefix_cache(options)
-        self.sampled = _SampledTurns(self.loaded.tokenizer, 8 * options.max_batch_size) if options.reuse_cache else None
+        self.view = f"assistant:{self.name}"  #: what this model keeps in a conversation's handle
+        self.whitespace, self.is_space = _whitespace(self.loaded.tokenizer)
+        self.reuse = options.reuse_cache
         self.stats = _stats()
 
-    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None) -> ChatReply:
-        return await self._batcher.submit((messages, seed or 0))
+    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None,
+                    conversation: ConversationHandle | None = None) -> ChatReply:
+        return await self._batcher.submit((messages, seed or 0, conversation))
 
     def forget_conversations(self) -> None:
-        """Drop every conversation's cached keys, values and sampled ids (a new run starts)."""
+        """Drop every conversation's cached keys and values (a new run starts)."""
         _forget(self)
 
     def join_lockstep(self, lockstep: Lockstep | None) -> None:
         """Batch in step with a run's conversations (None: batch freely again)."""
         self._batcher.join_lockstep(lockstep)
 
-    def _run(self, items: list[tuple[list[dict[str, str]], int]]) -> list[ChatReply | ContextOverflow]:
-        from ..vocab import vocab_tables
+    def _run(self, items: list[tuple[list[dict[str, str]], int, ConversationHandle | None]]) -> list[ChatReply | ContextOverflow]:
         from .engine import Row
 
         tok = self.loaded.tokenizer
-        rows: list[tuple[Row, str] | ContextOverflow] = []
-        for messages, seed in items:
-            # the first message identifies the conversation well enough: reuse is checked token by token
-            key = messages[0]["content"] if messages else None
-            text = chat_prompt_string(tok, messages) if self.sampled is not None else ""
+        rows: list[tuple[Row, str, ConversationHandle | None] | ContextOverflow] = []
+        for messages, seed, conversation in items:
+            handle = conversation if self.reuse else None
             canonical = lambda messages=messages: chat_prompt_ids(tok, messages)
-            prompt = self.sampled.prompt(key, text, canonical, messages) if self.sampled is not None else canonical()
+            text = chat_prompt_string(tok, messages) if handle is not None else ""
+            prompt = handle.prompt(self.view, text, tok, canonical, messages) if handle is not None else canonical()
             budget = self.loaded.budget(len(prompt), self.sampling.max_new_tokens)
-            rows.append(budget if isinstance(budget, ContextOverflow) else (Row(prompt=prompt, seed=seed, key=key, max_new_tokens=budget), text))
-        done = _generate_fitting(self, rows, stop_ids=self.loaded.eos_ids(), end_id=None, whitespace=vocab_tables(tok).whitespace)
+            rows.append(budget if isinstance(budget, ContextOverflow) else (
+                Row(prompt=prompt, seed=seed, key=conversation.id if conversation is not None else None, max_new_tokens=budget),
+                text, handle))
+        done = _generate_fitting(self, rows, stop_ids=self.loaded.eos_ids(), end_id=None, whitespace=self.whitespace)
         return [d if isinstance(d, ContextOverflow) else ChatReply(
             text=tok.decode(d[1].tokens, skip_special_tokens=True).strip(), prompt_tokens=len(d[0].prompt),
             completion_tokens=len(d[1].tokens) + int(d[1].finished),

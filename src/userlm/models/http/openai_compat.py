@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ...errors import ConfigurationError
 from ...render import END_OF_CONVERSATION, END_OF_TURN, USERLM_TURN_OPENING, user_prompt_text
 from ..base import ChatReply, SamplingSettings, UserDraft, UserTurnRequest
+from ..handle import ConversationHandle
 from ..retry import (
     Breaker,
     ConnectionLost,
@@ -237,7 +238,8 @@ class OpenAIChatModel(_OpenAIModel):
         super().__init__(model, **kwargs)
         self.name = f"openai:{model}"
 
-    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None) -> ChatReply:
+    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None,
+                    conversation: ConversationHandle | None = None) -> ChatReply:
         body = {"model": self.model, "messages": messages, **self._sampling_args()}
         if seed is not None:
             body["seed"] = seed

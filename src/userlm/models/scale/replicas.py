@@ -20,11 +20,12 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ...errors import ConfigurationError, UserError
 from ..base import ChatReply, SamplingSettings, UserDraft, UserTurnRequest, close, forget_conversations, sampling_of
+from ..handle import ConversationHandle, Handles
 from ..retry import ConnectionLost, RequestTimeout
 
 log = logging.getLogger(__name__)
@@ -111,9 +112,10 @@ class Replicated:
     async def draft(self, request: UserTurnRequest) -> UserDraft:
         return await self._ask(request.conversation_key, lambda backend: backend.draft(request))
 
-    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None) -> ChatReply:
-        key = messages[0]["content"] if messages else None  # as the local chat models key their cache
-        return await self._ask(key, lambda backend: backend.reply(messages, seed=seed))
+    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None,
+                    conversation: ConversationHandle | None = None) -> ChatReply:
+        key = conversation.id if conversation is not None else None
+        return await self._ask(key, lambda backend: backend.reply(messages, seed=seed, conversation=conversation))
 
     def forget_conversations(self) -> None:
         self.router.homes.clear()
@@ -201,6 +203,8 @@ class _Actor:
 
     def __init__(self, make: Callable[[], Any]):
         self.model: Any = make()
+        self.handles = Handles()  # a request's handle arrives as a copy: the token ids kept for it live here
+
 
     def ready(self) -> int:
         import os
@@ -208,16 +212,23 @@ class _Actor:
         return os.getpid()
 
     async def draft(self, request: UserTurnRequest) -> UserDraft:
+        request.conversation = self.handles.adopt(request.conversation)
         return await self.model.draft(request)
 
-    async def reply(self, messages: list[dict[str, str]], seed: int | None) -> ChatReply:
-        return await self.model.reply(messages, seed=seed)
+    async def reply(self, messages: list[dict[str, str]], seed: int | None, conversation: ConversationHandle | None) -> ChatReply:
+        return await self.model.reply(messages, seed=seed, conversation=self.handles.adopt(conversation))
 
     def forget_conversations(self) -> None:
+        self.handles.clear()
         forget_conversations(self.model)
 
     def map(self, fn: Callable[..., Any], items: list, **options: Any) -> Any:
         return fn(self.model, items, **options)
+
+
+def _slim(handle: ConversationHandle | None) -> ConversationHandle | None:
+    """The handle as a replica is sent it: its id and seed (the token ids its model keeps live in the replica)."""
+    return None if handle is None else ConversationHandle(handle.id, handle.seed)
 
 
 class RayReplica:
@@ -227,10 +238,11 @@ class RayReplica:
         self.handle, self.index = handle, index
 
     async def draft(self, request: UserTurnRequest) -> UserDraft:
-        return await self.handle.draft.remote(request)
+        return await self.handle.draft.remote(replace(request, conversation=_slim(request.conversation)))
 
-    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None) -> ChatReply:
-        return await self.handle.reply.remote(messages, seed)
+    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None,
+                    conversation: ConversationHandle | None = None) -> ChatReply:
+        return await self.handle.reply.remote(messages, seed, _slim(conversation))
 
     def forget_conversations(self) -> None:
         self.handle.forget_conversations.remote()

@@ -39,6 +39,7 @@ from ...render import (
     user_prompt_string,
 )
 from ..base import ChatReply, SamplingSettings, UserDraft, UserTurnRequest
+from ..handle import ConversationHandle
 from ..turn import TurnReader, TurnRules, table
 
 GUARD = "userlm.models.vllm.guard:Guardrails"
@@ -144,21 +145,23 @@ class Engine:
         self.eos = _eos_ids(path, self.tokenizer)
         atexit.register(self.close)  # after vLLM's own exit handlers, so it runs before them
 
-    async def generate(self, prompt: list[int], params) -> tuple[list[int], list, str | None]:
+    async def generate(self, prompt: list[int], params, conversation: str | None = None) -> tuple[list[int], list, str | None]:
         """Sample a continuation of ``prompt``: its token ids, their log-probability dicts and the
-        finish reason. Cancelling the caller aborts the request inside the engine."""
-        future = asyncio.run_coroutine_threadsafe(self._generate(prompt, params), self.loop)
+        finish reason. The request's id names its conversation (vLLM's logs and traces show it).
+        Cancelling the caller aborts the request inside the engine."""
+        request_id = f"userlm-{next(self._ids)}" + (f"-{conversation}" if conversation else "")
+        future = asyncio.run_coroutine_threadsafe(self._generate(prompt, params, request_id), self.loop)
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
             future.cancel()
             raise
 
-    async def _generate(self, prompt: list[int], params):
+    async def _generate(self, prompt: list[int], params, request_id: str):
         from vllm.inputs import TokensPrompt
 
         final: Any = None
-        async for output in self.llm.generate(TokensPrompt(prompt_token_ids=prompt), params, f"userlm-{next(self._ids)}"):
+        async for output in self.llm.generate(TokensPrompt(prompt_token_ids=prompt), params, request_id):
             final = output
         completion = final.outputs[0]
         return list(completion.token_ids), list(completion.logprobs or []), completion.finish_reason
@@ -241,30 +244,35 @@ def _sampling(settings: SamplingSettings, seed: int, **extra):
 
 
 class _InEngine:
-    """A model in vLLM's engine (shared by every provider that names the same checkpoint), and the
-    ids each conversation's last turn was sampled as."""
+    """A model in vLLM's engine (shared by every provider that names the same checkpoint). What
+    it was fed and sampled in each conversation lives in the conversation's handle, under its view."""
 
     remote = True  #: vLLM's scheduler batches its requests, not userlm's lockstep
+    role = ""
 
     def __init__(self, path: str, sampling: SamplingSettings, options: VLLMOptions):
-        from ..hf.local import _SampledTurns
+        from ..vocab import vocab_tables
 
         self.name = f"vllm:{path}"
+        self.view = f"{self.role}:{self.name}"  #: what this model keeps in a conversation's handle
         self.sampling = sampling
         self.engine = engine(path, options)
-        self.sampled = _SampledTurns(self.engine.tokenizer, 4096)
+        self.is_space = table(vocab_tables(self.engine.tokenizer).whitespace.tolist())
 
-    def forget_conversations(self) -> None:
-        """Forget the ids each conversation's turns were sampled as (a new run starts)."""
-        self.sampled.clear()
+    def _prompt(self, conversation: ConversationHandle | None, text: str, canonical, messages) -> list[int]:
+        return conversation.prompt(self.view, text, self.engine.tokenizer, canonical, messages) if conversation else canonical()
+
+    def _wrote(self, conversation: ConversationHandle | None, text: str, prompt: list[int], turn: list[int]) -> None:
+        if conversation is not None:
+            conversation.wrote(self.view, text, prompt, turn, self.engine.tokenizer, self.is_space)
 
 
 class VLLMUserModel(_InEngine):
     """A UserLM-format user model in vLLM's engine; guardrails exact inside the sampler."""
 
-    def __init__(self, path: str, *, sampling: SamplingSettings, options: VLLMOptions = VLLMOptions()):
-        from ..vocab import vocab_tables
+    role = "user"
 
+    def __init__(self, path: str, *, sampling: SamplingSettings, options: VLLMOptions = VLLMOptions()):
         super().__init__(path, sampling, options)
         tok = self.engine.tokenizer
         self.end_id = _token_id(tok, END_OF_CONVERSATION)
@@ -272,13 +280,6 @@ class VLLMUserModel(_InEngine):
         self.stop_ids = self.engine.eos | ({eot} if eot is not None else set())
         opening = turn_opening(tok)
         self.opening, self.opening_text, self.content_offset = opening.ids, opening.text, opening.content_offset
-        self.is_space = table(vocab_tables(tok).whitespace.tolist())
-
-    def prompt_ids(self, request: UserTurnRequest) -> list[int]:
-        tok = self.engine.tokenizer
-        text = user_prompt_string(tok, request.intent, request.messages) + self.opening_text
-        return self.sampled.prompt(request.conversation_key, text, lambda: user_prompt_ids(tok, request.intent, request.messages) + self.opening,
-                                   request.messages)
 
     def guard(self, request: UserTurnRequest) -> dict:
         """The guardrail arguments of ``request`` for :class:`userlm.models.vllm.guard.Guardrails`."""
@@ -296,7 +297,8 @@ class VLLMUserModel(_InEngine):
     async def draft(self, request: UserTurnRequest) -> UserDraft:
         tok = self.engine.tokenizer
         text = user_prompt_string(tok, request.intent, request.messages) + self.opening_text
-        prompt = self.prompt_ids(request)
+        prompt = self._prompt(request.conversation, text, lambda: user_prompt_ids(tok, request.intent, request.messages) + self.opening,
+                              request.messages)
         guard = self.guard(request)
         params = _sampling(
             self.sampling, request.seed,
@@ -304,10 +306,10 @@ class VLLMUserModel(_InEngine):
             logprob_token_ids=[self.end_id] if self.end_id is not None else None,
             extra_args={"userlm": guard},
         )
-        tokens, logprobs, _reason = await self.engine.generate(prompt, params)
+        tokens, logprobs, _reason = await self.engine.generate(prompt, params, request.conversation_key)
         turn = self._read(tokens, logprobs, guard["end_threshold"])
         kept, ended = turn.tokens, turn.ended
-        self.sampled.remember(request.conversation_key, text, prompt, kept)
+        self._wrote(request.conversation, text, prompt, kept)
         return UserDraft(
             text="" if ended else tok.decode(kept, skip_special_tokens=True).strip(),
             ended=ended,
@@ -340,21 +342,22 @@ def _probability(logprobs: list, step: int, token: int) -> float | None:
 class VLLMChatModel(_InEngine):
     """An instruction-tuned model in vLLM's engine as the assistant, prompted with its own chat template."""
 
+    role = "assistant"
+
     def __init__(self, path: str, *, sampling: SamplingSettings, options: VLLMOptions = VLLMOptions()):
         super().__init__(path, sampling, options)
         if not self.engine.tokenizer.chat_template:
             raise ConfigurationError(f"vllm:{path} has no chat template, so it cannot play the assistant.")
 
-    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None) -> ChatReply:
+    async def reply(self, messages: list[dict[str, str]], *, seed: int | None = None,
+                    conversation: ConversationHandle | None = None) -> ChatReply:
         tok = self.engine.tokenizer
-        key = messages[0]["content"] if messages else None
-
         text = chat_prompt_string(tok, messages)
-        prompt = self.sampled.prompt(key, text, lambda: chat_prompt_ids(tok, messages), messages)
+        prompt = self._prompt(conversation, text, lambda: chat_prompt_ids(tok, messages), messages)
         params = _sampling(self.sampling, seed or 0, stop_token_ids=sorted(self.engine.eos))
-        tokens, _, _ = await self.engine.generate(prompt, params)
+        tokens, _, _ = await self.engine.generate(prompt, params, conversation.id if conversation else None)
         kept = [t for t in tokens if t not in self.engine.eos]
-        self.sampled.remember(key, text, prompt, kept)
+        self._wrote(conversation, text, prompt, kept)
         return ChatReply(
             text=tok.decode(kept, skip_special_tokens=True).strip(),
             prompt_tokens=len(prompt),
