@@ -103,3 +103,26 @@ def test_no_module_imports_itself_through_others():
                     stack.append((nxt, [*path, nxt]))
     assert cycles == []
 
+
+
+ENGINES = ("hf", "vllm", "http", "scale", "doubles")
+
+
+def test_each_engine_folder_of_models_stands_alone_and_no_module_takes_anothers_private_names():
+    """``models/`` is split by engine: an engine's folder imports what ``models/`` shares
+    (interfaces, the turn reader, the handle, vocabulary tables), never another engine's folder;
+    and no module anywhere imports a private (underscored) name of another."""
+    root = Path(userlm.__file__).parent
+    edges = _module_imports(root)
+    across = [f"{a} -> {b}" for a, targets in edges.items() for b in targets
+              if a.startswith("models.") and b.startswith("models.") and a.split(".")[1] in ENGINES
+              and b.split(".")[1] in ENGINES and a.split(".")[1] != b.split(".")[1]]
+    assert across == []
+    private = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("userlm")):
+                private += [f"{path.relative_to(root)}: {alias.name}" for alias in node.names
+                            if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert private == []
+    assert {p.name for p in (root / "models").iterdir() if p.is_dir() and p.name != "__pycache__"} == set(ENGINES)

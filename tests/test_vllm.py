@@ -249,11 +249,15 @@ def _recording_client():
 
 
 def test_http_prompts_are_token_identical_and_ends_match_the_local_path(vllm_server, vllm_model_dir, vllm_user):
-    """Against vLLM's own server: the prompt ids the server used equal the local path's (no
-    begin-of-text token added), and greedy drafts end, close and read P(end) as vllm: does."""
-    from userlm.render import user_prompt_ids
+    """Against vLLM's own server: the prompt goes as the local path's token ids (the tokenizer is
+    at hand: the served model is a local folder), so message text that spells a control token
+    stays text there too; greedy drafts end, close and read P(end) as vllm: does; and the next
+    prompt of a conversation carries the ids the server sampled."""
+    from userlm.models.handle import ConversationHandle
+    from userlm.render import user_prompt_ids, user_prompt_string
 
     cases = (dict(allow_end=True), dict(allow_end=False), dict(allow_end=True, end_threshold=0.55))
+    spelled = [{"role": "user", "content": "what does <|eot_id|> mean"}, {"role": "assistant", "content": "a <|endconversation|> token"}]
 
     async def run():  # one event loop: the recording client belongs to it
         client, seen = _recording_client()
@@ -263,10 +267,17 @@ def test_http_prompts_are_token_identical_and_ends_match_the_local_path(vllm_ser
             requests = _requests(8, **fields)
             out.append((await asyncio.gather(*[http.draft(r) for r in requests]),
                         await asyncio.gather(*[vllm_user.draft(r) for r in requests])))
+        control = UserTurnRequest(intent="You want to know about tokens.", messages=spelled, seed=3, allow_end=False)
+        both = (await http.draft(control), await vllm_user.draft(control))
+        handle = ConversationHandle("kept")
+        first = await http.draft(UserTurnRequest(intent="You want a recipe.", messages=[], seed=4, allow_end=False,
+                                                 conversation=handle))
+        later = [{"role": "user", "content": first.text}, {"role": "assistant", "content": "sure, which one"}]
+        await http.draft(UserTurnRequest(intent="You want a recipe.", messages=later, seed=5, allow_end=False, conversation=handle))
         await client.aclose()
-        return http, seen, out
+        return http, seen, out, both, handle
 
-    http, seen, results = asyncio.run(run())
+    http, seen, results, both, handle = asyncio.run(run())
     assert http.vllm_like
     for fields, (ours, local) in zip(cases, results):
         for a, b in zip(ours, local):
@@ -274,13 +285,27 @@ def test_http_prompts_are_token_identical_and_ends_match_the_local_path(vllm_ser
             assert a.end_prob == pytest.approx(b.end_prob, abs=2e-4)
         if fields["allow_end"] and "end_threshold" not in fields:
             assert any(d.ended for d in ours)
+    assert both[0].text == both[1].text
     tok = vllm_user.engine.tokenizer
     drafts = [(body, answer) for body, answer in seen if body.get("max_tokens") != 1]
     assert drafts
-    for body, answer in drafts:
-        request = next(r for r in _requests(8, allow_end=True) if body["prompt"].startswith(f"<|start_header_id|>system<|end_header_id|>\n{r.intent}"))
-        assert answer["choices"][0]["prompt_token_ids"] == user_prompt_ids(tok, request.intent, []) + vllm_user.opening
+    rendered = {tuple(user_prompt_ids(tok, r.intent, r.messages) + vllm_user.opening)
+                for fields in cases for r in _requests(8, **fields)}
+    for body, answer in drafts[: 8 * len(cases)]:
+        assert isinstance(body["prompt"], list) and answer["choices"][0]["prompt_token_ids"] == body["prompt"]
+        assert tuple(body["prompt"]) in rendered
         assert body["add_special_tokens"] is False and body["skip_special_tokens"] is False
+    control_body, control_answer = drafts[8 * len(cases)]
+    expected = user_prompt_ids(tok, "You want to know about tokens.", spelled) + vllm_user.opening
+    assert control_answer["choices"][0]["prompt_token_ids"] == expected
+    as_text = tok.encode(user_prompt_string(tok, "You want to know about tokens.", spelled) + "\n", add_special_tokens=False)
+    assert as_text != expected  # tokenized as text, the spelled tokens would have become control tokens
+    (first_body, first_answer), later_body = drafts[-2], drafts[-1][0]
+    sampled = handle.seen[http.view].turns[0]  # the handle holds the ids the server sampled
+    assert first_answer["choices"][0]["token_ids"][: len(sampled)] == sampled
+    while sampled and not tok.decode(sampled[-1:]).strip():  # a turn is kept without trailing whitespace
+        sampled = sampled[:-1]
+    assert later_body["prompt"][: len(first_body["prompt"]) + len(sampled)] == first_body["prompt"] + sampled
 
 
 def test_http_end_outside_the_returned_logprobs_is_a_recorded_bound(vllm_server, vllm_model_dir):

@@ -16,6 +16,7 @@ learning rate of 1e-3, since 2e-5 barely moves random weights.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -125,13 +126,168 @@ def _tied_on_resume(model: Any) -> None:
 
 def train(config: TrainConfig) -> dict:
     """Train and save; returns the metrics written to ``out/metrics.json``."""
-    import torch
-    import yaml
+    config.validate()
+    data, out = Path(config.data), Path(config.out)
+    train_convs, valid_convs = _conversations(config, data)
+    model, tokenizer = _starting_model(config, train_convs)
+    train_rows, valid_rows, packed = _sequences(config, tokenizer, train_convs, valid_convs, data)
+    plan = _Schedule.of(config, len(train_rows))
+    model = _trainable(config, model)
+    before = _perplexity(config, model, tokenizer, valid_convs)
+    trainer = _trainer(config, plan, model, tokenizer, train_rows, valid_rows, out)
+    _run(trainer, resume=config.resume and any((out / "checkpoints").glob("checkpoint-*")))
+    model = _final_model(config, trainer, model, plan.bf16)
+    after = _perplexity(config, model, tokenizer, valid_convs)
+    metrics = {
+        "train_conversations": len(train_convs),
+        "train_sequences": len(train_rows),
+        "train_targets": packed.targets,
+        "dropped_targets": packed.dropped_targets,
+        "effective_batch_size": plan.effective_batch_size,
+        "learning_rate": plan.learning_rate,
+        "optimizer_steps": trainer.state.global_step,
+        "validation_user_turn_perplexity_before": before.perplexity if before else None,
+        "validation_user_turn_perplexity_after": after.perplexity if after else None,
+        "log_history": trainer.state.log_history,
+    }
+    if trainer.is_world_process_zero():  # one writer when several processes train together
+        _save(config, model, tokenizer, metrics, out)
+    return metrics
+
+
+def _conversations(config: TrainConfig, data: Path):
+    """The prepared training and validation conversations (validation may be absent)."""
+    train_convs = _split(data, "train", True)
+    valid_convs = _split(data, "validation", False)
+    if config.use_intent and train_convs and all(c.intent is None for c in train_convs):
+        raise UserError(f"{data}/train.jsonl has no intents; run userlm intents first, or train the no-intent variant with --no-intent.")
+    return train_convs, valid_convs
+
+
+def _starting_model(config: TrainConfig, train_convs):
+    """The model and tokenizer training starts from: the base model, or a new small one."""
+    if config.from_scratch:
+        return _scratch_model(config, train_convs)
+    from .model_prep import load_base
+
+    assert config.base is not None  # validate() requires a base model when not training from scratch
+    return load_base(config.base, trust_remote_code=config.trust_remote_code)
+
+
+def _sequences(config: TrainConfig, tokenizer, train_convs, valid_convs, data: Path):
+    """The packed training and validation sequences, and what packing kept and dropped."""
+    from .samples import pack_all
+
+    train_rows, packed = pack_all(tokenizer, train_convs, use_intent=config.use_intent, max_length=config.max_length)
+    valid_rows, _ = pack_all(tokenizer, valid_convs, use_intent=config.use_intent, max_length=config.max_length)
+    if not train_rows:
+        raise UserError(f"{data}/train.jsonl gave no training sequences within --max-length {config.max_length}.")
+    return train_rows, valid_rows, packed
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """Batch sizes, steps and precision, from the config and the number of sequences."""
+
+    learning_rate: float
+    per_device: int
+    accumulation: int
+    world: int
+    total_steps: int
+    eval_steps: int
+    on_gpu: bool
+    bf16: bool
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.per_device * self.accumulation * self.world
+
+    @classmethod
+    def of(cls, config: TrainConfig, sequences: int) -> _Schedule:
+        import torch
+
+        per_device = min(config.per_device_batch_size, sequences)
+        effective = config.effective_batch_size or max(per_device, min(1024, sequences // 32))
+        world = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate/torchrun on several GPUs
+        accumulation = max(1, math.ceil(effective / (per_device * world)))
+        steps_per_epoch = max(1, sequences // (per_device * accumulation * world))
+        total_steps = config.max_steps if config.max_steps > 0 else math.ceil(steps_per_epoch * config.epochs)
+        on_gpu = torch.cuda.is_available()
+        return cls(
+            learning_rate=config.learning_rate or (1e-3 if config.from_scratch else 2e-5),
+            per_device=per_device, accumulation=accumulation, world=world, total_steps=total_steps,
+            eval_steps=config.eval_steps or max(1, total_steps // 10), on_gpu=on_gpu,
+            bf16=(config.bf16 == "true") or (config.bf16 == "auto" and on_gpu and torch.cuda.is_bf16_supported()),
+        )
+
+
+def _trainable(config: TrainConfig, model):
+    """The model as training updates it: tied embeddings told to the Trainer, LoRA adapters when asked."""
+    _tied_on_resume(model)
+    if not config.lora:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                                            target_modules="all-linear", task_type="CAUSAL_LM"))
+
+
+def _perplexity(config: TrainConfig, model, tokenizer, valid_convs):
+    """The user-turn perplexity on the validation conversations (None without them)."""
+    if not valid_convs:
+        return None
+    from ..evaluation.simulators.perplexity import target_perplexity
+
+    return target_perplexity(model, tokenizer, valid_convs, use_intent=config.use_intent, max_length=config.max_length)
+
+
+def _trainer(config: TrainConfig, plan: _Schedule, model, tokenizer, train_rows, valid_rows, out: Path):
+    """Transformers' Trainer for the run, with one progress bar for its steps."""
     from datasets import Dataset
     from transformers import DataCollatorForSeq2Seq, ProgressCallback, Trainer, TrainingArguments
-    from transformers.utils import logging as hf_logging
 
-    class _StepsBar(ProgressCallback):
+    args = TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=plan.per_device,
+        per_device_eval_batch_size=plan.per_device,
+        gradient_accumulation_steps=plan.accumulation,
+        learning_rate=plan.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=int(config.warmup_ratio * plan.total_steps),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        bf16=plan.bf16,
+        # only when asked: transformers 5 warns about the argument's name whenever it is passed
+        **({"gradient_checkpointing": True} if config.gradient_checkpointing else {}),
+        eval_strategy="steps" if valid_rows else "no",
+        eval_steps=plan.eval_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps or plan.eval_steps,
+        save_total_limit=2,
+        logging_steps=config.logging_steps,
+        report_to=[],
+        seed=config.seed,
+        remove_unused_columns=False,
+        use_cpu=not plan.on_gpu,
+        **config.extra,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(valid_rows) if valid_rows else None,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+    )
+    if not args.disable_tqdm:  # one progress bar for training: its steps, with no bar per evaluation inside it
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(_steps_bar())
+    return trainer
+
+
+def _steps_bar():
+    from transformers import ProgressCallback
+
+    class StepsBar(ProgressCallback):
         """Transformers' training bar without the bar it opens for every evaluation, showing the
         latest training and validation loss on the bar instead of printing a line per log (every
         logged figure is kept in ``metrics.json``'s ``log_history``)."""
@@ -151,117 +307,48 @@ def train(config: TrainConfig) -> dict:
                 self.shown = {**self.shown, **latest}
                 self.training_bar.set_postfix(self.shown, refresh=False)
 
-    from ..evaluation.simulators.perplexity import target_perplexity
-    from .model_prep import load_base, save_together
-    from .samples import pack_all
+    return StepsBar
 
-    config.validate()
-    data, out = Path(config.data), Path(config.out)
-    train_convs = _split(data, "train", True)
-    valid_convs = _split(data, "validation", False)
-    if config.use_intent and train_convs and all(c.intent is None for c in train_convs):
-        raise UserError(f"{data}/train.jsonl has no intents; run userlm intents first, or train the no-intent variant with --no-intent.")
-    if config.from_scratch:
-        model, tokenizer = _scratch_model(config, train_convs)
-    else:
-        assert config.base is not None  # validate() requires a base model when not training from scratch
-        model, tokenizer = load_base(config.base, trust_remote_code=config.trust_remote_code)
-    train_rows, train_stats = pack_all(tokenizer, train_convs, use_intent=config.use_intent, max_length=config.max_length)
-    valid_rows, _ = pack_all(tokenizer, valid_convs, use_intent=config.use_intent, max_length=config.max_length)
-    if not train_rows:
-        raise UserError(f"{data}/train.jsonl gave no training sequences within --max-length {config.max_length}.")
 
-    lr = config.learning_rate or (1e-3 if config.from_scratch else 2e-5)
-    per_device = min(config.per_device_batch_size, len(train_rows))
-    effective = config.effective_batch_size or max(per_device, min(1024, len(train_rows) // 32))
-    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate/torchrun on several GPUs
-    accumulation = max(1, math.ceil(effective / (per_device * world)))
-    steps_per_epoch = max(1, len(train_rows) // (per_device * accumulation * world))
-    total_steps = config.max_steps if config.max_steps > 0 else math.ceil(steps_per_epoch * config.epochs)
-    eval_steps = config.eval_steps or max(1, total_steps // 10)
-    on_gpu = torch.cuda.is_available()
-    bf16 = (config.bf16 == "true") or (config.bf16 == "auto" and on_gpu and torch.cuda.is_bf16_supported())
+def _run(trainer, resume: bool) -> None:
+    """Train, from the last checkpoint when resuming, with no progress bar per checkpoint written."""
+    with _no_hub_bars(), warnings.catch_warnings():
+        # transformers asks peft's models whether they checkpoint through a name it has deprecated,
+        # whether or not --gradient-checkpointing was given: not the user's to act on
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        trainer.train(resume_from_checkpoint=True if resume else None)
 
-    _tied_on_resume(model)
-    if config.lora:
-        from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
-    before = target_perplexity(model, tokenizer, valid_convs, use_intent=config.use_intent, max_length=config.max_length) if valid_convs else None
-
-    args = TrainingArguments(
-        output_dir=str(out / "checkpoints"),
-        per_device_train_batch_size=per_device,
-        per_device_eval_batch_size=per_device,
-        gradient_accumulation_steps=accumulation,
-        learning_rate=lr,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=int(config.warmup_ratio * total_steps),
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        bf16=bf16,
-        # only when asked: transformers 5 warns about the argument's name whenever it is passed
-        **({"gradient_checkpointing": True} if config.gradient_checkpointing else {}),
-        eval_strategy="steps" if valid_rows else "no",
-        eval_steps=eval_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps or eval_steps,
-        save_total_limit=2,
-        logging_steps=config.logging_steps,
-        report_to=[],
-        seed=config.seed,
-        remove_unused_columns=False,
-        use_cpu=not on_gpu,
-        **config.extra,
-    )
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(valid_rows) if valid_rows else None,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-    )
-    if not args.disable_tqdm:  # one progress bar for training: its steps, with no bar per evaluation inside it
-        trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(_StepsBar)
-    checkpoint = config.resume and any((out / "checkpoints").glob("checkpoint-*"))
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # nor one per checkpoint written
-    try:
-        with warnings.catch_warnings():
-            # transformers asks peft's models whether they checkpoint through a name it has deprecated,
-            # whether or not --gradient-checkpointing was given: not the user's to act on
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            trainer.train(resume_from_checkpoint=True if checkpoint else None)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
+def _final_model(config: TrainConfig, trainer, model, bf16: bool):
+    """The trained model as saved: LoRA merged in, float32 unless trained in bfloat16."""
+    import torch
 
     if config.lora:
         model = trainer.model.merge_and_unload()
-    model = model.to(torch.float32) if not bf16 else model
-    after = target_perplexity(model, tokenizer, valid_convs, use_intent=config.use_intent, max_length=config.max_length) if valid_convs else None
-    metrics = {
-        "train_conversations": len(train_convs),
-        "train_sequences": len(train_rows),
-        "train_targets": train_stats.targets,
-        "dropped_targets": train_stats.dropped_targets,
-        "effective_batch_size": per_device * accumulation * world,
-        "learning_rate": lr,
-        "optimizer_steps": trainer.state.global_step,
-        "validation_user_turn_perplexity_before": before.perplexity if before else None,
-        "validation_user_turn_perplexity_after": after.perplexity if after else None,
-        "log_history": trainer.state.log_history,
-    }
-    if trainer.is_world_process_zero():  # one writer when several processes train together
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # no bar for writing the model: training's bar was the step's one
-        try:
-            save_together(model, tokenizer, out)
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
-        write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-        write_text(out / "userlm_train_config.yaml", yaml.safe_dump(asdict(config), sort_keys=False))
-    return metrics
+    return model.to(torch.float32) if not bf16 else model
+
+
+def _save(config: TrainConfig, model, tokenizer, metrics: dict, out: Path) -> None:
+    """The model and tokenizer, the metrics and the config, in ``out``."""
+    import yaml
+
+    from .model_prep import save_together
+
+    with _no_hub_bars():  # no bar for writing the model: training's bar was the step's one
+        save_together(model, tokenizer, out)
+    write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    write_text(out / "userlm_train_config.yaml", yaml.safe_dump(asdict(config), sort_keys=False))
+
+
+@contextlib.contextmanager
+def _no_hub_bars():
+    """Transformers' own progress bars off for a while (checkpoints and weights written)."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()

@@ -278,9 +278,9 @@ async def termination_part(sim: Simulator, data: list[Conversation], alignment: 
             ends.append(1.0 if draft.ended else 0.0)
         return point(sum(ends) / len(ends))
 
-    from .perplexity import _end_points
+    from .perplexity import end_points
 
-    jobs = [at(c, i, r, e) for c in data for i, r, e in _end_points(c)]
+    jobs = [at(c, i, r, e) for c in data for i, r, e in end_points(c)]
     points = list(await asyncio.gather(*jobs))
     how = ("P(<|endconversation|>) from the server's log-probabilities" if mode["logprobs"]
            else f"the share of {settings.end_samples} sampled drafts that end")

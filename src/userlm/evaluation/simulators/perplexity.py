@@ -81,7 +81,7 @@ class Perplexity:
     dropped_targets: int  #: targets past max_length, not scored
 
 
-def _end_points(conv: Conversation) -> list[tuple[int, int, bool]]:
+def end_points(conv: Conversation) -> list[tuple[int, int, bool]]:
     """(message index of the user turn or len(messages) for the end, reply number, ended)."""
     out, replies = [], 0
     for i, m in enumerate(conv.messages):
@@ -104,7 +104,7 @@ def userlm_sequences(tokenizer, conv: Conversation, owner: int, *, use_intent: b
     spans = target_spans(mask)
     user_index = [i for i, m in enumerate(conv.messages) if m.role == "user"] + [len(conv.messages)]
     span_of = dict(zip(user_index, spans))
-    for message_index, _, _ in _end_points(conv):
+    for message_index, _, _ in end_points(conv):
         start = span_of[message_index][0]
         if ids[start : start + len(newline)] == newline:
             seqs[0].probes.append(start + len(newline) - 1)
@@ -119,7 +119,7 @@ def flipped_sequences(tokenizer, conv: Conversation, owner: int, *, use_intent: 
     intent = conv.intent if use_intent else None
     chat = [m.chat() for m in conv.messages] + [{"role": "user", "content": END_OF_CONVERSATION}]
     seqs = [_Sequence(ids, mask, owner=owner) for ids, mask in chat_target_ids(tokenizer, prompted_user_view(intent, chat, allow_end=True))]
-    for message_index, reply, _ in _end_points(conv):
+    for message_index, reply, _ in end_points(conv):
         so_far = [m.chat() for m in conv.messages[:message_index]] + [{"role": "user", "content": END_OF_CONVERSATION}]
         ((ids, mask),) = chat_target_ids(tokenizer, prompted_user_view(intent, so_far, allow_end=True), last_only=True)
         seqs.append(_Sequence(ids, mask, owner=owner, role="end", position=reply))
@@ -296,7 +296,7 @@ def held_out_scores(model, tokenizer, conversations: Sequence[Conversation], *, 
         probes[s.owner].extend(r.probes)
     points = []
     for owner, conv in enumerate(conversations):
-        where = _end_points(conv)
+        where = end_points(conv)
         if fmt == "userlm":
             probs = _in_order(seqs, scored, owner)
         else:

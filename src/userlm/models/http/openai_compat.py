@@ -23,7 +23,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ...errors import ConfigurationError
-from ...render import END_OF_CONVERSATION, END_OF_TURN, USERLM_TURN_OPENING, user_prompt_text
+from ...render import (
+    END_OF_CONVERSATION,
+    END_OF_TURN,
+    USERLM_TURN_OPENING,
+    turn_opening,
+    user_prompt_ids,
+    user_prompt_string,
+    user_prompt_text,
+)
 from ..base import ChatReply, SamplingSettings, UserDraft, UserTurnRequest
 from ..handle import ConversationHandle
 from ..retry import (
@@ -89,6 +97,22 @@ def _aiohttp_session(endpoint: Endpoint):
     start_eagerly(asyncio.get_running_loop(), [ClientRequest.write_bytes])  # Python 3.11: requests leave at once
     connector = aiohttp.TCPConnector(limit=max(endpoint.concurrency, 1), ttl_dns_cache=300)
     return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=endpoint.timeout_s))
+
+
+def _local_tokenizer(model: str) -> Any:
+    """The tokenizer of a served model whose name is a local folder holding one (None otherwise)."""
+    from pathlib import Path
+
+    folder = Path(model).expanduser()
+    if not (folder / "tokenizer_config.json").is_file():
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(folder))
+    except Exception:  # a folder it cannot read: the prompt goes as text, as to any server
+        log.info("%s: could not load the tokenizer there; prompts go as text", model)
+        return None
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -269,11 +293,20 @@ class OpenAIUserModel(_OpenAIModel):
     ignore the bias. Other servers get plain completions; ``end_threshold`` then needs one that
     returns ``logprobs``, and P(end) comes from the top ``max_logprobs``: an end token outside
     them is recorded as an upper bound (``end_prob_below``), never as zero.
+
+    Where the tokenizer is at hand (``tokenizer``, or the served model's name is a local folder
+    holding one, as ``vllm serve DIR`` names it), a vLLM server gets the prompt as token ids,
+    rendered as the ``hf:`` and ``vllm:`` paths render it (message text that spells a control
+    token stays text), continuing the conversation's handle: the server returns the ids it
+    sampled, and the next prompt carries them as sampled.
     """
 
-    def __init__(self, model: str, *, end_token_id: int | None = None, max_logprobs: int = 20, **kwargs: Any):
+    def __init__(self, model: str, *, end_token_id: int | None = None, max_logprobs: int = 20, tokenizer: Any = None,
+                 **kwargs: Any):
         super().__init__(model, **kwargs)
         self.name = f"openai:{model}"
+        self.view = f"user:{self.name}"  #: what this model keeps in a conversation's handle
+        self._tokenizer = tokenizer if tokenizer is not None else _local_tokenizer(model)
         self.max_logprobs = max_logprobs
         self._end_token_id = end_token_id
         self._probed = False
@@ -327,6 +360,21 @@ class OpenAIUserModel(_OpenAIModel):
     def prompt(self, request: UserTurnRequest) -> str:
         """The prompt text sent for ``request``: the rendered conversation and the turn's opening."""
         return user_prompt_text(request.intent, request.messages) + USERLM_TURN_OPENING
+
+    def prompt_ids(self, request: UserTurnRequest) -> tuple[str, list[int]] | None:
+        """The prompt as the tokenizer renders it, text and token ids, when the tokenizer is at
+        hand and the server takes ids exactly (vLLM); else None (the text is sent)."""
+        tok = self._tokenizer
+        if tok is None or not self.vllm_like:
+            return None
+        opening = turn_opening(tok)
+        text = user_prompt_string(tok, request.intent, request.messages) + opening.text
+
+        def canonical() -> list[int]:
+            return user_prompt_ids(tok, request.intent, request.messages) + opening.ids
+
+        conversation = request.conversation
+        return text, conversation.prompt(self.view, text, tok, canonical, request.messages) if conversation else canonical()
 
     def _first_position(self, logprobs: dict[str, Any] | None, end_id: int | None) -> tuple[float | None, float | None]:
         """P(end) at the first generated position, or (None, an upper bound) when the end token is
@@ -390,7 +438,9 @@ class OpenAIUserModel(_OpenAIModel):
             if end_prob >= threshold:
                 return UserDraft(text="", ended=True, end_prob=end_prob)
         suppress_end = not request.end_may_be_sampled
-        body: dict[str, Any] = {"prompt": prompt, "stop": [END_OF_TURN], "seed": request.seed, **self._sampling_args()}
+        rendered = self.prompt_ids(request)
+        body: dict[str, Any] = {"prompt": prompt if rendered is None else rendered[1], "stop": [END_OF_TURN], "seed": request.seed,
+                                **self._sampling_args()}
         if suppress_end and end_id is not None:
             body["logit_bias"] = {str(end_id): -100}
         if self.vllm_like:
@@ -402,6 +452,8 @@ class OpenAIUserModel(_OpenAIModel):
             if end_prob is None and bound is not None:
                 self._say_bound(bound, threshold)
         text, turn = self._read(choice.get("text") or "", choice, end_id, end_prob, threshold)
+        if rendered is not None and request.conversation is not None and isinstance(choice.get("token_ids"), list):
+            self._wrote(request.conversation, *rendered, choice["token_ids"], end_id)
         usage = response.get("usage") or {}
         return UserDraft(
             text="" if turn.ended else text,
@@ -413,6 +465,15 @@ class OpenAIUserModel(_OpenAIModel):
             end_prob_below=bound,
             closed_by_end=turn.closed_by_end,
         )
+
+    def _wrote(self, conversation: ConversationHandle, text: str, prompt: list[int], sampled: list[int], end_id: int | None) -> None:
+        """Keep the ids the server sampled (without the stop or end token that closed the turn) in the handle."""
+        tok = self._tokenizer
+        stops = {end_id, tok.convert_tokens_to_ids(END_OF_TURN), tok.eos_token_id} - {None}
+        turn = list(sampled)
+        if turn and turn[-1] in stops:
+            turn.pop()
+        conversation.wrote(self.view, text, prompt, turn, tok, lambda token: not tok.decode([token]).strip())
 
     def _read(self, raw: str, choice: dict[str, Any], end_id: int | None, end_prob: float | None,
               threshold: float | None) -> tuple[str, TurnReader]:
