@@ -9,7 +9,7 @@ import userlm
 
 #: bottom to top: errors, files and the data that ships with the package, records and rendering, guardrails, models, simulated user, runner, data
 #: preparation, evaluation, training, reports, integrations, command line
-LAYERS = ["errors", "files", "data", "conversation", "intents", "runs", "prompts", "render", "guardrails", "models", "user", "simulation",
+LAYERS = ["errors", "files", "data", "conversation", "intents", "runs", "prompts", "render", "guardrails", "faults", "models", "user", "simulation",
           "prepare", "evaluation", "training", "reports", "integrations", "cli"]
 
 

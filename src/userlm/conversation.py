@@ -88,6 +88,9 @@ class Message(BaseModel):
         default=None, description="when end_prob is unknown: the server's log-probabilities bound it below this "
                                   "(the end token was outside their top entries)")
     truncated: bool | None = Field(default=None, description="the user model's token budget ran out before this turn ended")
+    faults: list[str] | None = Field(
+        default=None, description="user turns: the faults the turn shows (userlm.faults.FAULTS), empty when clean; "
+                                  "absent in records made before faults were caught")
     events: list[Annotated[AnswerAttempt | Event, Field(union_mode="left_to_right")]] | None = Field(
         default=None, description="things that happened at this turn (answer attempts, shards revealed, ...)"
     )

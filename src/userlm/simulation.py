@@ -183,6 +183,7 @@ def run_record(user: SimulatedUser, assistant: ChatModel, settings: RunSettings,
         "max_turns": settings.max_turns,
         "samples": settings.samples,
         "guardrails": user.guardrails.to_dict(),
+        **fault_record(user),
         **sampling_record(user.model, assistant),
         **(generation or {}),
     }
@@ -310,6 +311,21 @@ async def _in_pool(todo, one: Callable[..., Awaitable[None]], concurrency: int) 
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def fault_record(user: SimulatedUser) -> dict[str, Any]:
+    """How the run catches faults, when it does more than the rules (which every run applies)."""
+    policy = user.faults
+    if not policy.reject and policy.judge is None:
+        return {}
+    return {"faults": {"reject": list(policy.reject), "judge": policy.judge.name if policy.judge is not None else None}}
+
+
+def required_details(metadata: dict[str, Any]) -> tuple[str, ...]:
+    """The details an intent requires the user to give before ending (``required_details`` in
+    its metadata, as SimulatorArena's bullet-point answers are read), for the premature_end fault."""
+    details = metadata.get("required_details") or ()
+    return tuple(str(d) for d in details if str(d).strip()) if isinstance(details, (list, tuple)) else ()
+
+
 def sampling_record(user_model: object, assistant: object) -> dict[str, Any]:
     """What a run records of how each side samples, read off the models themselves (a side
     that does not sample, a script or a function, records nothing), so that a run started from
@@ -368,7 +384,8 @@ async def converse(conv: Conversation, user: SimulatedUser, assistant: ChatModel
     handle = ConversationHandle(conv.id, conv.seed or 0)  # every request of this conversation, either side, carries it
     for turn_index in range(max_turns):
         try:
-            turn = await user.next_turn(conv.intent, conv.messages, seed=conv.seed or 0, conversation=handle)
+            turn = await user.next_turn(conv.intent, conv.messages, seed=conv.seed or 0, conversation=handle,
+                                        required=required_details(conv.metadata))
         except ConfigurationError:
             raise
         except UNREACHABLE as exc:

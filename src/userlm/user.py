@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from .conversation import Message, Rejection, Usage
+from .faults import FAULTS, TurnContext, detect, judge_prompt, judge_verdict
 from .guardrails import GuardrailConfig, check_draft
-from .models.base import UserModel, UserTurnRequest
+from .models.base import ChatModel, UserModel, UserTurnRequest
 from .models.handle import ConversationHandle, handle_of
 from .render import END_OF_CONVERSATION
 
@@ -41,6 +43,7 @@ class UserTurn:
     truncated: bool = False  #: the kept draft ran out of tokens before it ended
     rejected: list[Rejection] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
+    faults: list[str] | None = field(default_factory=list)  #: the faults the kept turn (or the end) shows (userlm.faults); None: not checked
 
     @property
     def end_reason(self) -> Literal["user_ended", "guardrail_exhausted"] | None:
@@ -69,31 +72,53 @@ class UserTurn:
             end_prob=self.end_prob,
             end_prob_below=self.end_prob_below,
             truncated=self.truncated or None,
+            faults=list(self.faults) if self.faults is not None else None,
         )
 
 
-class SimulatedUser:
-    """A user model plus the guardrails that keep its turns realistic."""
+@dataclass(frozen=True)
+class FaultPolicy:
+    """How a simulated user's faults (:mod:`userlm.faults`) are caught: the rules always; a judge
+    model's verdicts too when given; the faults in ``reject`` refuse the draft, as a guardrail."""
 
-    def __init__(self, model: UserModel, guardrails: GuardrailConfig | None = None):
+    reject: tuple[str, ...] = ()  #: faults that refuse a draft (it is drafted again; the refusal names the fault)
+    judge: ChatModel | None = None  #: a chat model asked for its verdict on every turn (``--fault-judge``)
+    check: bool = True  #: False: no checks and no ``faults`` recorded (a scripted user replaying a task's own words)
+
+
+class SimulatedUser:
+    """A user model plus the guardrails that keep its turns realistic, and the fault checks that
+    say where they are not."""
+
+    def __init__(self, model: UserModel, guardrails: GuardrailConfig | None = None, faults: FaultPolicy | None = None):
         self.model = model
         self.guardrails = guardrails or GuardrailConfig()
+        self.faults = faults or FaultPolicy()
+
+    async def _faults(self, text: str | None, ended: bool, context: TurnContext, seed: int) -> list[str]:
+        found = detect(text, ended=ended, context=context)
+        judge = self.faults.judge
+        if judge is not None:
+            answer = await judge.reply([{"role": "user", "content": judge_prompt(text, ended, context)}], seed=seed)
+            found = [name for name in FAULTS if name in set(found) | set(judge_verdict(answer.text))]
+        return found
 
     @property
     def name(self) -> str:
         return self.model.name
 
     async def next_turn(self, intent: str | None, messages: list[Message] | list[dict], *, seed: int = 0,
-                        conversation: ConversationHandle | str | None = None) -> UserTurn:
+                        conversation: ConversationHandle | str | None = None, required: Sequence[str] = ()) -> UserTurn:
         """Draft the next user turn, resampling refused drafts up to ``max_attempts`` times.
         ``conversation`` is the conversation's handle (or its id, for a new handle): engines route
         its turns and key their caches on its id and keep the token ids of its turns in it; without
-        one, nothing is kept for it between turns."""
+        one, nothing is kept for it between turns. ``required``: the details the intent requires
+        the user to give before ending (for the ``premature_end`` fault)."""
         handle = handle_of(conversation, seed)
         chat = [m if isinstance(m, dict) else m.chat() for m in messages]
         earlier = [m["content"] for m in chat if m["role"] == "user"]
         g = self.guardrails
-        turn = UserTurn(text=None)
+        turn = UserTurn(text=None, faults=[] if self.faults.check else None)
         for attempt in range(g.max_attempts):
             request = UserTurnRequest(
                 intent=intent,
@@ -110,6 +135,14 @@ class SimulatedUser:
             if turn.end_prob is None and turn.end_prob_below is None:
                 turn.end_prob, turn.end_prob_below = draft.end_prob, draft.end_prob_below
             verdict = check_draft(draft.text, ended=draft.ended, intent=intent, earlier_user_turns=earlier, config=g)
+            if verdict.accepted and self.faults.check:
+                faults = await self._faults(None if verdict.ended else draft.text, verdict.ended,
+                                            TurnContext(intent, earlier, tuple(required)), derive_seed(seed, len(earlier), attempt, "faults"))
+                refused = [name for name in faults if name in self.faults.reject]
+                if refused:
+                    turn.rejected.append(Rejection.of(draft.text if not draft.ended else END_OF_CONVERSATION, f"fault:{refused[0]}"))
+                    continue
+                turn.faults = faults
             if verdict.accepted:
                 turn.ended = verdict.ended
                 turn.text = None if verdict.ended else draft.text

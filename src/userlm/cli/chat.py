@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from ..models.handle import ConversationHandle
-from .options import add_guardrail_options, add_model_options, guardrails_from, provider_options
+from .options import add_guardrail_options, add_model_options, faults_from, guardrails_from, provider_options
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from ..user import SimulatedUser
 
     intent = _intent(args)
-    user = SimulatedUser(user_model(args.user, provider_options(args, "user")), guardrails_from(args))
+    user = SimulatedUser(user_model(args.user, provider_options(args, "user")), guardrails_from(args), faults_from(args))
     # the same id and seed as `userlm simulate --seed S` gives sample N of this intent: the same user turns
     conv = new_conversation(intent, args.sample, user, _Person(), args.seed)
     print(f"intent: {intent.text}\n(type the assistant's replies; /quit, Ctrl-D or Ctrl-C to stop)\n", file=sys.stderr)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import add_guardrail_options, add_model_options, guardrails_from, provider_options
+from .options import add_guardrail_options, add_model_options, faults_from, guardrails_from, provider_options
 from .stopping import run_async
 
 
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     extractor = chat_model(args.extractor, provider_options(args, "assistant")) if args.extractor else None
     rephrase = chat_model(args.rephrase, provider_options(args, "assistant")) if args.rephrase else None
     settings = EvalSettings(modes=modes, samples=args.samples, max_turns=args.max_turns, seed=args.seed,
-                            concurrency=args.concurrency, guardrails=guardrails_from(args))
+                            concurrency=args.concurrency, guardrails=guardrails_from(args), faults=faults_from(args))
     report = run_async(evaluate(tasks, assistant, args.out, user_model=user, extractor=extractor, rephrase=rephrase,
                                   settings=settings, progress=not args.no_progress))
     from ..evaluation.assistants.evaluate import markdown

@@ -42,8 +42,11 @@ def register(commands: argparse._SubParsersAction) -> None:
                    "natural_questions or a JSONL file (repeatable; default: both fixtures)")
     p.add_argument("--scenario-limit", type=int, default=50, metavar="N", help="questions and intents per scenario (default: 50)")
     p.add_argument("--scenario-assistant", metavar="SPEC", help="chat model told to hedge / divert in the scenarios (default: scripted replies)")
-    p.add_argument("--parts", default="alignment,termination,conversations,naturalness,role,intent", metavar="P,P",
-                   help="comma-separated parts out of alignment, termination, conversations, naturalness, role, intent (default: all)")
+    p.add_argument("--parts", metavar="P,P",
+                   help="comma-separated parts out of alignment, termination, conversations, naturalness, role, intent, replay "
+                        "(default: all; replay when the held-out conversations carry intents, as SimulatorArena's files do)")
+    p.add_argument("--replay-drafts", type=int, default=3, metavar="N",
+                   help="replay: drafts of the next turn at each point a person spoke (default: 3; 2 or more give the simulator-vs-itself control)")
     p.add_argument("--end-samples", type=int, default=4, metavar="K", help="drafts per point for simulators without probabilities (default: 4)")
     p.add_argument("--published", metavar="FILE", help="published figures to show alongside (JSON, same shape as the built-in file)")
     p.add_argument("--resamples", type=int, default=1000, metavar="N", help="bootstrap resamples (default: 1000)")
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import UserError
     from ..evaluation.simulators.detectors import detector as make_detector
-    from ..evaluation.simulators.evaluate import evaluate_users, held_out_conversations, intents_to_simulate
+    from ..evaluation.simulators.evaluate import default_parts, evaluate_users, held_out_conversations, intents_to_simulate
     from ..evaluation.simulators.judge import CachedJudge
     from ..evaluation.simulators.parts import PARTS, Simulator, UserEvalSettings
     from ..evaluation.simulators.table import markdown
@@ -76,12 +79,16 @@ def run(args: argparse.Namespace) -> int:
     from ..models.base import SamplingSettings
     from ..models.registry import chat_model, user_model
 
-    parts = tuple(x.strip() for x in args.parts.split(",") if x.strip())
+    parts = tuple(x.strip() for x in (args.parts or ",".join(PARTS)).split(",") if x.strip())
     if not parts or any(x not in PARTS for x in parts):
         raise UserError(f"unknown part(s) in --parts {args.parts!r}; use some of {', '.join(PARTS)}.")
+    if args.replay_drafts < 1:
+        raise UserError("--replay-drafts must be at least 1.")
     data = held_out_conversations(_source(args.data), args.data_split, args.limit)
     if not data:
         raise UserError(f"{args.data}: no conversations with an assistant reply; give held-out chat logs.")
+    if args.parts is None:
+        parts = default_parts(data)
     intents = intents_to_simulate(args.intents, data, args.first_turns)
     questions = []
     from ..evaluation.simulators.scenarios import load_questions
@@ -96,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     detector = make_detector(args.detector, judge) if args.detector else None
     scenario_assistant = chat_model(args.scenario_assistant, provider_options(args, "assistant")) if args.scenario_assistant else None
     settings = UserEvalSettings(parts=parts, max_turns=args.max_turns, scenario_limit=args.scenario_limit, end_samples=args.end_samples,
+                                replay_drafts=args.replay_drafts,
                                 seed=args.seed, concurrency=args.concurrency, resamples=args.resamples, guardrails=guardrails_from(args))
     published = published_rows(args.published) if args.published else None
     report = run_async(evaluate_users(

@@ -105,6 +105,11 @@ def add_guardrail_options(parser: argparse.ArgumentParser, *, min_turns: int | N
     g.add_argument("--no-repetition-check", action="store_true", help="allow repeated turns and copies of the intent")
     g.add_argument("--max-attempts", type=COUNT, default=d.max_attempts, metavar="N", help=f"drafts per turn before giving up (default: {d.max_attempts})")
     g.add_argument("--no-guardrails", action="store_true", help="switch every guardrail off (ends still follow --min-turns)")
+    f = parser.add_argument_group("faults (caught on every user turn and recorded; see userlm.faults)")
+    f.add_argument("--reject-faults", metavar="NAME,NAME", default="",
+                   help="faults that refuse a draft like a guardrail: it is drafted again, and the refusal names the fault "
+                        "(role_inversion, reasoning_leak, intent_dump, premature_end, language_switch, degenerate)")
+    f.add_argument("--fault-judge", metavar="SPEC", help="also ask this chat model for its verdict on every user turn (e.g. openai:gpt-4o-mini)")
 
 
 def guardrails_from(args: argparse.Namespace) -> GuardrailConfig:
@@ -123,6 +128,16 @@ def guardrails_from(args: argparse.Namespace) -> GuardrailConfig:
         )
     except ValueError as exc:
         raise UserError(f"invalid guardrail setting: {exc}.") from None
+
+
+def faults_from(args: argparse.Namespace):
+    """The fault policy the flags ask for (:class:`userlm.user.FaultPolicy`)."""
+    from ..faults import parse_fault_names
+    from ..models.registry import chat_model
+    from ..user import FaultPolicy
+
+    judge = chat_model(args.fault_judge) if args.fault_judge else None
+    return FaultPolicy(reject=parse_fault_names(args.reject_faults), judge=judge)
 
 
 def provider_options(args: argparse.Namespace, side: str) -> ProviderOptions:

@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from .options import COUNT, add_guardrail_options, add_model_options, guardrails_from, provider_options
+from .options import COUNT, add_guardrail_options, add_model_options, faults_from, guardrails_from, provider_options
 from .stopping import run_async
 
 
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from ..user import SimulatedUser
 
     settings = ServeSettings(view=args.view, stop_marker=args.stop_marker, api_key=args.api_key, model_name=args.served_model_name)
-    user = SimulatedUser(user_model(args.user, provider_options(args, "user")), guardrails_from(args))
+    user = SimulatedUser(user_model(args.user, provider_options(args, "user")), guardrails_from(args), faults_from(args))
     run_async(serve(user, settings, args.host, args.port, ready=lambda line: print(line, file=sys.stderr, flush=True)),
               hint="the server stopped.")
     return 0

@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _notes(m: Message) -> str:
     parts = []
+    if m.faults:
+        parts.append("faults: " + ", ".join(m.faults))
     if m.rejected:
         parts.append(f"{len(m.rejected)} refused: " + ", ".join(r.reason for r in m.rejected))
     if m.end_prob is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import COUNT, add_guardrail_options, add_model_options, guardrails_from, provider_options
+from .options import COUNT, add_guardrail_options, add_model_options, faults_from, guardrails_from, provider_options
 from .stopping import run_async
 
 
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     )
     intents = load_intents(args.intents)
     guardrails = guardrails_from(args)
-    user = SimulatedUser(user_model(args.user, provider_options(args, "user")), guardrails)
+    user = SimulatedUser(user_model(args.user, provider_options(args, "user")), guardrails, faults_from(args))
     assistant = chat_model(args.assistant, provider_options(args, "assistant"))
     summary = run_async(
         simulate_async(

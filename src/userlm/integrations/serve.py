@@ -137,7 +137,7 @@ async def next_user_turn(user: SimulatedUser, body: dict, settings: ServeSetting
                      "message": {"role": "assistant", "content": settings.stop_marker if stopped else turn.text}}],
         "usage": {"prompt_tokens": turn.usage.prompt_tokens, "completion_tokens": turn.usage.completion_tokens,
                   "total_tokens": turn.usage.prompt_tokens + turn.usage.completion_tokens},
-        "userlm": {"ended": stopped, "end_reason": reason, "attempts": turn.attempts, "end_prob": turn.end_prob,
+        "userlm": {"ended": stopped, "end_reason": reason, "attempts": turn.attempts, "end_prob": turn.end_prob, "faults": turn.faults,
                    "refused": [r.model_dump(exclude_none=True) for r in turn.rejected]},
     }
 

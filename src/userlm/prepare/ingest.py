@@ -8,7 +8,17 @@ Formats (detected from the fields of each row, or forced):
 * ``openai``    -- ``messages`` = [{role, content}];
 * ``oasst``     -- Open-Assistant message trees: every root-to-leaf path is a thread; synthetic
   and deleted messages and messages in other languages are dropped with their replies;
-* ``userlm``    -- this project's own conversation records.
+* ``userlm``    -- this project's own conversation records;
+* ``simulator-arena`` -- SimulatorArena's annotation files (microsoft/SimulatorArena), real people
+  working with an assistant until satisfied: ``user_queries`` and ``ai_responses``, in both task
+  types. Document creation records carry the person's ``intent``; the intent given to a simulator
+  is that text followed by the details the person had in mind (``bullet_points`` with their own
+  ``bullet_points_responses``), which are also kept as ``required_details`` (the premature-end
+  fault checks them). Math tutoring records have no intent field: it is written from the record,
+  "You are a student ({math_expertise} background) working on a {level} {type} problem from the
+  MATH dataset ({question_location}) ...", the problem's text when the record holds it
+  (``problem``), and why the person asked the tutor (``why_ask_tutor``); the conversation is cut
+  to the first problem's turns (``problem_1_turns``). ``why_stop`` and the ratings go to metadata.
 
 Sources are local ``.json``/``.jsonl``/``.parquet`` files, or hub dataset names read with
 ``datasets.load_dataset`` where a network is available.
@@ -25,7 +35,7 @@ from typing import Any
 from ..conversation import Conversation, Message
 from ..errors import UserError
 
-FORMATS = ("auto", "wildchat", "sharegpt", "openai", "oasst", "prism", "userlm")
+FORMATS = ("auto", "wildchat", "sharegpt", "openai", "oasst", "prism", "userlm", "simulator-arena")
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant", "bard": "assistant",
                    "bing": "assistant", "assistant": "assistant", "model": "assistant"}
 
@@ -99,7 +109,10 @@ def detect_format(row: dict[str, Any]) -> str:
         return "openai"
     if "prompt" in row and isinstance(row["prompt"], dict) and "replies" in row["prompt"]:
         return "oasst"
-    raise ValueError("no 'conversation', 'conversations', 'messages' or Open-Assistant 'prompt' tree field")
+    if "user_queries" in row and "ai_responses" in row:
+        return "simulator-arena"
+    raise ValueError("no 'conversation', 'conversations', 'messages', SimulatorArena 'user_queries'/'ai_responses' "
+                     "or Open-Assistant 'prompt' tree field")
 
 
 def conversations_from(
@@ -119,7 +132,7 @@ def conversations_from(
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             advice = ("check --format" if fmt != "auto" else
                       "give chat logs in a format userlm reads: WildChat, ShareGPT, OpenAI messages, Open-Assistant trees, "
-                      "PRISM or userlm records")
+                      "PRISM, SimulatorArena annotation files (user_queries, ai_responses) or userlm records")
             raise UserError(f"{where}: not a {fmt if fmt != 'auto' else 'known chat-log'} row ({exc}); {advice}.") from None
         for conv in threads:
             if conv is not None:
@@ -194,6 +207,46 @@ def _userlm(row: dict[str, Any], where: str) -> Conversation:
     return Conversation.model_validate(row)
 
 
+def _simulator_arena(row: dict[str, Any], where: str) -> Conversation:
+    if not isinstance(row["user_queries"], list) or not isinstance(row["ai_responses"], list):
+        raise TypeError("user_queries and ai_responses must be lists")
+    queries, replies = [_text(q) for q in row["user_queries"]], [_text(r) for r in row["ai_responses"]]
+    meta: dict[str, Any] = {"source": "simulator-arena"}
+    meta |= {k: row[k] for k in ("why_stop", "model", "overall_interaction_rating", "overall_document_rating", "overall_rating",
+                                 "document_type", "type", "level", "workerId") if row.get(k) is not None}
+    if row.get("intent"):
+        meta["task"] = "document_creation"
+        details = [(str(q), str(a)) for q, a in zip(row.get("bullet_points") or [], row.get("bullet_points_responses") or [])
+                   if str(a).strip()]
+        intent = str(row["intent"]).strip()
+        if details:
+            intent += "\n\nDetails you have in mind:\n" + "\n".join(f"- {q} {a.strip()}" for q, a in details)
+            meta["required_details"] = [a.strip() for _, a in details]
+    else:
+        meta["task"] = "math_tutoring"
+        cut = row.get("problem_1_turns")
+        if isinstance(cut, int) and cut > 0:
+            queries, replies = queries[:cut], replies[:cut]
+        intent = _math_intent(row)
+    turns = [turn for q, r in zip(queries, replies) for turn in (("user", q), ("assistant", r))]
+    number = where.rsplit(" ", 1)[-1]
+    cid = f"simulator-arena-{meta['task'].replace('_', '-')}-{number}"
+    return _record(cid, turns, meta, intent)
+
+
+def _math_intent(row: dict[str, Any]) -> str:
+    """An intent for a SimulatorArena math tutoring record, written from what it holds."""
+    background = f" ({row['math_expertise']} math background)" if row.get("math_expertise") else ""
+    kind = " ".join(str(row[k]) for k in ("level", "type") if row.get(k)) or "math"
+    where = f" ({row['question_location']})" if row.get("question_location") else ""
+    intent = f"You are a student{background} working on a {kind} problem from the MATH dataset{where} with an AI tutor."
+    if row.get("problem"):
+        intent += f"\n\nThe problem: {str(row['problem']).strip()}"
+    if row.get("why_ask_tutor"):
+        intent += f"\n\nWhy you asked the tutor: {str(row['why_ask_tutor']).strip()}"
+    return intent + "\n\nWork through it with the tutor until you can solve it yourself."
+
+
 def _oasst_threads(tree: dict[str, Any], languages: tuple[str, ...], stats: IngestStats) -> Iterator[Conversation]:
     tree_id = str(tree.get("message_tree_id") or tree["prompt"]["message_id"])
     wanted = {lang.casefold() for lang in languages}
@@ -228,4 +281,4 @@ def _oasst_threads(tree: dict[str, Any], languages: tuple[str, ...], stats: Inge
             yield conv
 
 
-_CONVERTERS = {"wildchat": _wildchat, "sharegpt": _sharegpt, "openai": _openai, "prism": _prism, "userlm": _userlm}
+_CONVERTERS = {"simulator-arena": _simulator_arena, "wildchat": _wildchat, "sharegpt": _sharegpt, "openai": _openai, "prism": _prism, "userlm": _userlm}

@@ -20,6 +20,8 @@ def _compact(conv: Conversation, run: int) -> dict[str, Any]:
             item["x"] = [[r.reason, r.draft] for r in m.rejected]
         if m.end_prob is not None:
             item["p"] = round(m.end_prob, 4)
+        if m.faults:
+            item["q"] = list(m.faults)
         attempts = m.answer_attempts()
         if attempts:
             item["a"] = [[e.answer[:2000], e.score] for e in attempts]
@@ -31,7 +33,8 @@ def _compact(conv: Conversation, run: int) -> dict[str, Any]:
         "score": scores[-1] if scores else None, "error": conv.error,
     }
     if conv.final_turn is not None:
-        out["f"] = {"x": [[r.reason, r.draft] for r in conv.final_turn.rejected or []], "p": conv.final_turn.end_prob}
+        out["f"] = {"x": [[r.reason, r.draft] for r in conv.final_turn.rejected or []], "p": conv.final_turn.end_prob,
+                    "q": list(conv.final_turn.faults or [])}
     return out
 
 
@@ -58,7 +61,31 @@ def run_summary(path: Path, convs: list[Conversation]) -> dict[str, Any]:
         "turns_per_conversation": [len(c.user_turns()) for c in convs],
         "words_per_user_turn": [len(m.content.split()) for m in user_turns],
         "end_probability_by_turn": _end_probability_by_turn(convs),
+        **fault_summary(convs),
     }
+
+
+def fault_summary(convs: list[Conversation], examples: int = 3) -> dict[str, Any]:
+    """Per fault (:data:`userlm.faults.FAULTS`): how many user turns show it, the share of checked
+    turns that do (turns recorded before faults were caught are not counted), and the first
+    conversations that show it, to open from the report."""
+    from ..faults import FAULTS
+
+    checked = 0
+    counts: Counter = Counter()
+    where: dict[str, list[str]] = defaultdict(list)
+    for c in convs:
+        for m in [*c.user_turns(), *([c.final_turn] if c.final_turn is not None else [])]:
+            if m.faults is None:
+                continue
+            checked += 1
+            for name in m.faults:
+                counts[name] += 1
+                if c.id not in where[name] and len(where[name]) < examples:
+                    where[name].append(c.id)
+    return {"fault_checked_turns": checked,
+            "faults": {name: {"turns": counts[name], "rate": counts[name] / checked if checked else None, "examples": where[name]}
+                       for name in FAULTS}}
 
 
 def _end_probability_by_turn(convs: list[Conversation]) -> list[dict[str, float | None]]:

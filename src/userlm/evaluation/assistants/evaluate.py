@@ -26,6 +26,7 @@ from typing import Any
 
 from ...conversation import AnswerAttempt, Conversation
 from ...errors import UserError
+from ...faults import FAULTS, covered
 from ...files import write_text
 from ...guardrails import OFF as GUARDRAILS_OFF
 from ...guardrails import GuardrailConfig
@@ -33,7 +34,7 @@ from ...intents import Intent
 from ...models.base import ChatModel, UserDraft, UserModel, UserTurnRequest
 from ...prompts import fill_prompt
 from ...simulation import RunSettings, simulate_async
-from ...user import SimulatedUser
+from ...user import FaultPolicy, SimulatedUser
 from ..metrics import MeanCI, aptitude_unreliability, describe, mean_ci, paired_difference_ci
 from ..tables import Footnotes, number, published_rows
 from ..text import content_words, words
@@ -81,6 +82,7 @@ class EvalSettings:
     concurrency: int = 32
     sandbox_parallel: int = 2  #: code runs in parallel
     guardrails: GuardrailConfig = field(default_factory=GuardrailConfig)
+    faults: FaultPolicy = field(default_factory=FaultPolicy)  #: how the simulated user's faults are caught
 
 
 async def evaluate(
@@ -115,9 +117,9 @@ async def evaluate(
         if mode == "simulated":
             if user_model is None:
                 raise ValueError("the simulated mode needs a user model")
-            user = SimulatedUser(user_model, settings.guardrails)
+            user = SimulatedUser(user_model, settings.guardrails, settings.faults)
         else:
-            user = SimulatedUser(TaskUser(by_id, mode, rephrase), GUARDRAILS_OFF)
+            user = SimulatedUser(TaskUser(by_id, mode, rephrase), GUARDRAILS_OFF, FaultPolicy(check=False))
         intents = [Intent(id=t.id, text=t.intent, metadata={"task_id": t.id, "suite": t.suite, "mode": mode}) for t in tasks]
         run = await simulate_async(
             intents, user, assistant, out=out / "transcripts" / f"{mode}.jsonl",
@@ -178,16 +180,69 @@ def summarise(tasks: list[Task], records: dict[str, list[Conversation]]) -> Assi
             if mode == "simulated":
                 row["intent_coverage"] = describe([intent_coverage(by_id[c.metadata["task_id"]], c) for c in items])
                 row["lexical_difference"] = describe([lexical_difference(by_id[c.metadata["task_id"]], c) for c in items])
+            scripted = mode != "simulated"
+            causes = [failure_cause(by_id[c.metadata["task_id"]], c, s, scripted) for c, s in zip(items, scores)]
+            clean = [s for c, s in zip(items, scores)
+                     if not missing_shards(by_id[c.metadata["task_id"]], c) and (scripted or user_faults(c) == [])]
+            row["score_simulator_clean"] = mean_ci(clean)
+            row["simulator_failure_rate"] = mean_ci([1.0 if cause in ("simulator", "both") else 0.0 for cause in causes])
+            row["failure_causes"] = {cause: causes.count(cause) for cause in CAUSES if cause in causes}
             rows.append(row)
-            for c, s in zip(items, scores):
+            for c, s, cause in zip(items, scores, causes):
+                task = by_id[c.metadata["task_id"]]
                 per_conversation.append({"id": c.id, "task_id": c.metadata["task_id"], "suite": suite, "mode": mode,
-                                         "score": s, "turns": len(c.user_turns()), "end_reason": c.end_reason})
+                                         "score": s, "turns": len(c.user_turns()), "end_reason": c.end_reason,
+                                         "failure_cause": cause, "missing_shards": missing_shards(task, c),
+                                         "faults": user_faults(c)})
     for row in rows:
         full = task_means.get((row["suite"], "full"))
         if full is not None and row["mode"] != "full":
             # full minus this mode: positive when the mode scored worse than the whole task in one turn
             row["drop_vs_full"] = paired_difference_ci(full, task_means[(row["suite"], row["mode"])])
     return {"results": rows, "conversations": per_conversation}
+
+
+#: why a conversation failed its task (``failure_cause``): see :func:`failure_cause`
+CAUSES = ("assistant", "simulator", "both", "unknown")
+
+
+def missing_shards(task: Task, conv: Conversation) -> list[int]:
+    """The shards of ``task`` the user never conveyed (by index): a shard counts as conveyed when
+    half its content words appear in the user's turns (:func:`userlm.faults.covered`)."""
+    said = [m.content for m in conv.user_turns()]
+    return [i for i, shard in enumerate(task.shards or [task.text]) if not covered(shard, said)]
+
+
+def user_faults(conv: Conversation) -> list[str] | None:
+    """The faults the user's turns show (each once, in :data:`userlm.faults.FAULTS` order); None
+    when the record predates fault checks."""
+    turns = [*conv.user_turns(), *([conv.final_turn] if conv.final_turn is not None else [])]
+    if not turns or any(m.faults is None for m in turns):
+        return None
+    found = {name for m in turns for name in m.faults or []}
+    return [name for name in FAULTS if name in found]
+
+
+def failure_cause(task: Task, conv: Conversation, score: float, scripted: bool = False) -> str | None:
+    """Why a conversation failed its task (None when it did not fail):
+
+    * ``simulator``: the user never conveyed a shard the task needs, so no assistant could solve it;
+    * ``both``: every shard was conveyed, but the user's turns show faults (the assistant had what
+      it needed, and the user also misbehaved);
+    * ``assistant``: every shard was conveyed by clean user turns;
+    * ``unknown``: the record carries no fault checks (made before they existed).
+
+    ``scripted``: the user replayed the task's own words (the full, concat and sharded modes):
+    its turns are not checked for faults, only for the shards they conveyed.
+    """
+    if score >= 1.0:
+        return None
+    faults = [] if scripted else user_faults(conv)
+    if missing_shards(task, conv):
+        return "simulator"
+    if faults is None:
+        return "unknown"
+    return "both" if faults else "assistant"
 
 
 def intent_coverage(task: Task, conv: Conversation) -> float:
@@ -210,10 +265,13 @@ def _fmt(ci: MeanCI | None, scale: float = 100.0) -> str | None:
     return f"{scale * ci['mean']:.1f} [{scale * ci['low']:.1f}, {scale * ci['high']:.1f}]"
 
 
-HEADINGS = ["suite", "mode", "n", "score (95% CI)", "drop vs full (full − mode)", "aptitude", "unreliability", "turns (mean)",
-            "intent coverage", "lexical difference"]
+HEADINGS = ["suite", "mode", "n", "score (95% CI)", "score, simulator-clean", "simulator-caused failures", "drop vs full (full − mode)",
+            "aptitude", "unreliability", "turns (mean)", "intent coverage", "lexical difference"]
 NOTE = ("Scores and drops are percentages; intervals are percentile bootstraps over conversations (drops: over tasks). "
-        "A drop is the full mode's score minus this mode's, task by task: positive means this mode did worse.")
+        "A drop is the full mode's score minus this mode's, task by task: positive means this mode did worse. "
+        "Simulator-clean: the conversations whose user conveyed every shard of the task in turns without faults. "
+        "Simulator-caused failures: the share of all conversations that failed with the user at fault: a shard never "
+        "conveyed (failure_cause simulator) or faults in the user's turns (both); per conversation in assistant.json.")
 
 
 def table(report: AssistantReport, notes: Footnotes) -> list[list[str]]:
@@ -231,8 +289,11 @@ def table(report: AssistantReport, notes: Footnotes) -> list[list[str]]:
             drop_reason = "no task was scored in both this mode and the full mode."
         only_simulated = "measured for the simulated mode only (the other modes replay the task's own words)."
         unscored = "no task was scored."
+        no_checks = "no conversation was both clean and checked: every one missed a shard or showed a fault, or the records predate fault checks."
         rows.append([r["suite"], r["mode"], str(r["conversations"]),
                      notes.cell(_fmt(r["score"]), "no conversation was scored."),
+                     notes.cell(_fmt(r.get("score_simulator_clean")), no_checks),
+                     notes.cell(_fmt(r.get("simulator_failure_rate")), "no conversation was scored."),
                      notes.cell(_fmt(r.get("drop_vs_full")), drop_reason),
                      notes.cell(number(r["aptitude"], "{:.1f}"), unscored),
                      notes.cell(number(r["unreliability"], "{:.1f}"), unscored),

@@ -26,6 +26,9 @@ class ModeResult(TypedDict):
     intent_coverage: NotRequired[Descriptor]  #: simulated mode: share of the task's words the user conveyed
     lexical_difference: NotRequired[Descriptor]  #: simulated mode: share of the user's words not in the task
     drop_vs_full: NotRequired[MeanCI]  #: full mode's score minus this mode's, task by task (positive: this mode did worse)
+    score_simulator_clean: NotRequired[MeanCI]  #: mean score over the conversations whose user conveyed every shard without faults
+    simulator_failure_rate: NotRequired[MeanCI]  #: share of conversations that failed with the user at fault (simulator or both)
+    failure_causes: NotRequired[dict[str, int]]  #: failed conversations by cause (assistant, simulator, both, unknown)
 
 
 class ConversationResult(TypedDict):
@@ -36,6 +39,9 @@ class ConversationResult(TypedDict):
     score: float
     turns: int
     end_reason: str | None
+    failure_cause: NotRequired[str | None]  #: why it failed: assistant, simulator, both, unknown (None: it did not fail)
+    missing_shards: NotRequired[list[int]]  #: the task's shards the user never conveyed
+    faults: NotRequired[list[str] | None]  #: the faults its user's turns show (None: records before fault checks)
 
 
 class AssistantReport(TypedDict):

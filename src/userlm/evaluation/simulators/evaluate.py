@@ -151,6 +151,7 @@ async def evaluate_users(
                 await run("naturalness", lambda: naturalness_part(texts, detector, settings))
             await run("role", lambda: role_part(sim, list(questions), judge, scenario_assistant, settings))
             await run("intent", lambda: intent_part(sim, intents[: settings.scenario_limit], judge, scenario_assistant, settings))
+            await run("replay", lambda: _replay(sim, data, settings, alignment, inner))
             metrics, missing = _collect(parts, settings, detector is not None)
             results.append({"simulator": sim.spec, "metrics": metrics, "missing": missing, "parts": cast(Parts, parts),
                             "warnings": [p["warning"] for p in parts.values() if isinstance(p, dict) and p.get("warning")]})
@@ -162,7 +163,7 @@ async def evaluate_users(
         "real_users": reference,
         "published": published if published is not None else published_rows(),
         "settings": {"parts": list(settings.parts), "max_turns": settings.max_turns, "scenario_limit": settings.scenario_limit,
-                     "end_samples": settings.end_samples, "seed": settings.seed, "resamples": settings.resamples,
+                     "end_samples": settings.end_samples, "replay_drafts": settings.replay_drafts, "seed": settings.seed, "resamples": settings.resamples,
                      "held_out_conversations": len(data), "intents": len(intents), "questions": len(questions),
                      "assistant": assistant.name, "judge": judge.name if judge else None, "detector": detector.name if detector else None,
                      "scenario_assistant": scenario_assistant.name if scenario_assistant else "fixture (scripted replies)"},
@@ -177,6 +178,19 @@ PART_OF = {"ppl_intent": "alignment", "ppl_no_intent": "alignment", "end_f1": "t
            "first_turn_diversity": "conversations", "distinct_1": "conversations", "distinct_2": "conversations",
            "intent_overlap_first": "conversations", "intent_overlap_turn": "conversations", "naturalness": "naturalness",
            "role_adherence": "role", "intent_adherence": "intent"}
+
+
+async def _replay(sim: Simulator, data: list[Conversation], settings: UserEvalSettings, alignment: AlignmentPart, progress: bool) -> dict:
+    from .replay import replay_part
+
+    if not any(c.intent for c in data):
+        return {"skipped": "the held-out conversations carry no intents to replay them with (SimulatorArena's files do)"}
+    return await replay_part(sim, data, settings, alignment.get("end_points") if alignment else None, progress)
+
+
+def default_parts(data: list[Conversation]) -> tuple[str, ...]:
+    """Every part, the replay when the held-out conversations carry intents to replay them with."""
+    return tuple(p for p in PARTS if p != "replay" or any(c.intent for c in data))
 
 
 def _collect(parts: dict[str, Any], settings: UserEvalSettings, has_detector: bool) -> tuple[dict[str, Figure], dict[str, str]]:

@@ -85,3 +85,56 @@ def best_threshold(probabilities: Sequence[float], ended: Sequence[bool]) -> End
     never gives the end any probability scores 0."""
     curve = [s for s in end_curve(probabilities, ended) if s.threshold > 0]
     return max(curve, key=lambda s: (s.f1, -s.threshold)) if curve else end_scores(probabilities, ended, 0.5)
+
+
+# --- lexical diversity ----------------------------------------------------------------------
+# Three standard measures of a text's lexical diversity, over its lower-cased word tokens:
+# MATTR (Covington & McFall 2010): the mean type-token ratio of every window of ``window`` tokens;
+# HD-D (McCarthy & Jarvis 2010): the expected type-token ratio of a random sample of ``draws``
+#   tokens, from the hypergeometric distribution of each word type (scipy's);
+# Yule's K (Yule 1944): 10^4 (sum_i i^2 V_i - N) / N^2, with V_i the number of types seen i times;
+#   higher K, more repetition.
+
+
+def mattr(tokens: Sequence[str], window: int = 25) -> float | None:
+    """Moving-average type-token ratio (the plain ratio for a text shorter than ``window``)."""
+    if not tokens:
+        return None
+    if len(tokens) <= window:
+        return len(set(tokens)) / len(tokens)
+    from collections import Counter
+
+    counts = Counter(tokens[:window])
+    total = len(counts)
+    for i in range(window, len(tokens)):
+        counts[tokens[i]] += 1
+        old = tokens[i - window]
+        counts[old] -= 1
+        if counts[old] == 0:
+            del counts[old]
+        total += len(counts)
+    return total / ((len(tokens) - window + 1) * window)
+
+
+def hdd(tokens: Sequence[str], draws: int = 42) -> float | None:
+    """HD-D: the sum over word types of P(the type is in a random sample of ``draws`` tokens),
+    divided by ``draws`` (None for a text shorter than ``draws``)."""
+    if len(tokens) < draws:
+        return None
+    from collections import Counter
+
+    from scipy.stats import hypergeom
+
+    n = len(tokens)
+    return float(sum(1.0 - hypergeom.pmf(0, n, count, draws) for count in Counter(tokens).values()) / draws)
+
+
+def yule_k(tokens: Sequence[str]) -> float | None:
+    """Yule's K (None for an empty text)."""
+    if not tokens:
+        return None
+    from collections import Counter
+
+    n = len(tokens)
+    spectrum = Counter(Counter(tokens).values())
+    return 1e4 * (sum(i * i * v for i, v in spectrum.items()) - n) / (n * n)

@@ -18,7 +18,7 @@ from pathlib import Path
 from ...conversation import Conversation
 from ...guardrails import GuardrailConfig
 from ...intents import Intent
-from ...models.base import ChatModel, ChatReply, HasWeights, MapsShards, ProbesEnd, UserModel, UserTurnRequest, WrapsChat
+from ...models.base import ChatModel, ChatReply, ContextOverflow, HasWeights, MapsShards, ProbesEnd, UserModel, UserTurnRequest, WrapsChat
 from ...models.doubles.function import FunctionAssistant
 from ...models.handle import ConversationHandle
 from ...prompts import fill_prompt, load_prompt
@@ -42,7 +42,7 @@ from .results import (
 )
 from .scenarios import Question, package_lines, pick, role_rule_check, transcript
 
-PARTS = ("alignment", "termination", "conversations", "naturalness", "role", "intent")
+PARTS = ("alignment", "termination", "conversations", "naturalness", "role", "intent", "replay")
 
 
 @dataclass
@@ -51,6 +51,7 @@ class UserEvalSettings:
     max_turns: int = 3  #: user turns per simulated conversation
     scenario_limit: int = 50  #: questions / intents per scenario
     end_samples: int = 4  #: drafts per point for simulators that give no probabilities
+    replay_drafts: int = 3  #: drafts of the next turn at each point a person spoke (the replay part)
     seed: int = 0
     concurrency: int = 32
     resamples: int = 1000
@@ -138,6 +139,24 @@ FOLDS = 5  #: termination F1 is cross-validated over this many folds of conversa
 MIN_CONVERSATIONS = 10  #: fewer cannot tune a threshold out of sample
 
 
+def out_of_sample(probs: Sequence[float], ended: Sequence[bool], members: list[list[int]], seed: int) -> tuple[list[bool], list[float]]:
+    """Whether each point is predicted to end, by a P(end) threshold tuned on the other folds of
+    conversations (``members``: each conversation's point indices), and each fold's threshold."""
+    order = list(range(len(members)))
+    random.Random(seed).shuffle(order)
+    predicted = [False] * len(probs)
+    thresholds = []
+    for fold in range(FOLDS):
+        held = set(order[fold::FOLDS])
+        train = [k for g in range(len(members)) if g not in held for k in members[g]]
+        threshold = best_threshold([probs[k] for k in train], [ended[k] for k in train]).threshold
+        thresholds.append(threshold)
+        for g in held:
+            for k in members[g]:
+                predicted[k] = probs[k] >= threshold
+    return predicted, thresholds
+
+
 def termination_figure(points: list[TerminationPoint], settings: UserEvalSettings, how: str) -> Figure:
     """Termination F1 out of sample: the P(end) threshold is tuned on the other folds of conversations
     and applied to each held-out fold; the interval resamples whole conversations. The threshold to
@@ -169,18 +188,7 @@ def termination_figure(points: list[TerminationPoint], settings: UserEvalSetting
         return figure(None, None, len(points), note=(
             f"too few conversations to tune a threshold out of sample ({len(members)} conversations with {positives} ends; "
             f"at least {MIN_CONVERSATIONS} conversations and {FOLDS} ends are needed)."), **common)
-    order = list(range(len(members)))
-    random.Random(settings.seed).shuffle(order)
-    predicted = [False] * len(points)
-    thresholds = []
-    for fold in range(FOLDS):
-        held = {g for g in order[fold::FOLDS]}
-        train = [k for g in range(len(members)) if g not in held for k in members[g]]
-        threshold = best_threshold([probs[k] for k in train], [ended[k] for k in train]).threshold
-        thresholds.append(threshold)
-        for g in held:
-            for k in members[g]:
-                predicted[k] = probs[k] >= threshold
+    predicted, thresholds = out_of_sample(probs, ended, members, settings.seed)
     said = [1.0 if p else 0.0 for p in predicted]
     scores = end_scores(said, ended, 0.5)
 
@@ -254,7 +262,13 @@ async def termination_part(sim: Simulator, data: list[Conversation], alignment: 
     probe = sim.model.end_probability if isinstance(sim.model, ProbesEnd) else None
     mode = {"logprobs": probe is not None}
 
-    async def at(conv: Conversation, upto: int, reply: int, ended: bool) -> TerminationPoint:
+    async def at(conv: Conversation, upto: int, reply: int, ended: bool) -> TerminationPoint | None:
+        try:
+            return await measure(conv, upto, reply, ended)
+        except ContextOverflow:
+            return None  # the conversation so far does not fit the model's context: no point here
+
+    async def measure(conv: Conversation, upto: int, reply: int, ended: bool) -> TerminationPoint:
         chat = [m.chat() for m in conv.messages[:upto]]
         intent = conv.intent if use_intent else None
 
@@ -281,10 +295,14 @@ async def termination_part(sim: Simulator, data: list[Conversation], alignment: 
     from .perplexity import end_points
 
     jobs = [at(c, i, r, e) for c in data for i, r, e in end_points(c)]
-    points = list(await asyncio.gather(*jobs))
+    measured = list(await asyncio.gather(*jobs))
+    points = [p for p in measured if p is not None]
     how = ("P(<|endconversation|>) from the server's log-probabilities" if mode["logprobs"]
            else f"the share of {settings.end_samples} sampled drafts that end")
-    return {"end_f1": termination_figure(points, settings, how), "points": points}
+    part: TerminationPart = {"end_f1": termination_figure(points, settings, how), "points": points}
+    if len(points) < len(measured):
+        part["beyond_context"] = len(measured) - len(points)
+    return part
 
 
 # --- simulated conversations --------------------------------------------------------------

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
+from typing_extensions import NotRequired
+
 from ..metrics import Figure
 
 
@@ -40,6 +42,7 @@ class AlignmentPart(TypedDict, total=False):
 class TerminationPart(TypedDict):
     end_f1: Figure
     points: list[TerminationPoint]
+    beyond_context: NotRequired[int]  #: points left out: the conversation so far did not fit the model's context
 
 
 class ConversationsPart(TypedDict, total=False):

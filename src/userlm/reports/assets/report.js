@@ -25,7 +25,21 @@
     }).join("");
     document.getElementById("summary-body").innerHTML =
       `<table id="summary-table"><tr><th>run</th><th>user model</th><th>assistant</th><th>conversations</th><th>intents</th>` +
-      `<th>user turns</th><th>end reasons</th><th>guardrail rejections</th><th>settings</th></tr>${rows}</table>`;
+      `<th>user turns</th><th>end reasons</th><th>guardrail rejections</th><th>settings</th></tr>${rows}</table>` + faults();
+  }
+
+  // fault rates per run (share of checked user turns), each with conversations that show it: a click opens the transcript
+  function faults() {
+    const runs = DATA.runs.filter((r) => r.fault_checked_turns);
+    if (!runs.length) return `<p class="hint">Faults: these runs were recorded before faults were caught per turn.</p>`;
+    const names = Object.keys(runs[0].faults);
+    const head = `<tr><th>fault</th>${runs.map((r) => `<th>${esc(r.name)} (${r.fault_checked_turns} turns)</th>`).join("")}</tr>`;
+    const rows = names.map((name) => `<tr><td>${esc(name)}</td>${runs.map((r) => {
+      const f = r.faults[name];
+      const links = f.examples.map((id) => `<a href="#browser" class="fault-example" data-run="${DATA.runs.indexOf(r)}" data-id="${esc(id)}">${esc(id)}</a>`).join(" ");
+      return `<td>${pct(f.rate)}% (${f.turns})${links ? ` ${links}` : ""}</td>`;
+    }).join("")}</tr>`).join("");
+    return `<h3>Faults per user turn</h3><table id="faults-table">${head}${rows}</table>`;
   }
 
   // ---------------------------------------------------------------- plots
@@ -210,6 +224,7 @@
     const parts = [];
     if (m.x && m.x.length) parts.push(`<div class="notes guardrails">${m.x.length} draft(s) refused: ` +
       m.x.map(([reason, draft]) => `<div>&bull; <b>${esc(reason)}</b> <span class="draft">${esc(draft)}</span></div>`).join("") + "</div>");
+    if (m.q && m.q.length) parts.push(`<div class="notes faults">faults: ${m.q.map((q) => `<b>${esc(q)}</b>`).join(", ")}</div>`);
     if (m.p != null) parts.push(`<div class="notes">P(end) = ${(+m.p).toFixed(3)}</div>`);
     (m.a || []).forEach(([answer, score]) => parts.push(`<div class="attempt ${score >= 1 ? "ok" : "bad"}">answer attempt: ` +
       `<code>${esc(String(answer).slice(0, 300))}</code> &rarr; score ${score == null ? "-" : (+score).toFixed(2)}</div>`));
@@ -251,6 +266,12 @@
     els("prev").addEventListener("click", () => { state.page -= 1; renderList(); });
     els("next").addEventListener("click", () => { state.page += 1; renderList(); });
     els("list").addEventListener("click", (e) => { const li = e.target.closest("li"); if (li) open(+li.dataset.i); });
+    document.getElementById("summary-body").addEventListener("click", (e) => {
+      const a = e.target.closest("a.fault-example");
+      if (!a) return;
+      const c = convs.find((x) => x.id === a.dataset.id && x.run === +a.dataset.run);
+      if (c) open(c._i);
+    });
     renderList();
   }
 
