@@ -11,6 +11,7 @@ import pytest
 from userlm.evaluation.assistants.evaluate import EvalSettings, evaluate, intent_coverage, lexical_difference
 from userlm.evaluation.assistants.tasks import Task, extract_answer, load_gsm8k, load_humaneval, load_sharded, score
 from userlm.evaluation.metrics import aptitude_unreliability, mean_ci, percentile
+from userlm.guardrails import GuardrailConfig
 from userlm.models.doubles.function import FunctionAssistant
 from userlm.models.doubles.scripted import ScriptedUser
 
@@ -128,7 +129,13 @@ def test_end_to_end_scores_are_exactly_as_expected(tmp_path):
     assert "| gsm8k | simulated | 4 | 50.0" in md
     assert "drop vs full (full − mode)" in md and "positive means this mode did worse" in md
     simulated_row = next(line for line in md.splitlines() if line.startswith("| gsm8k | simulated"))
-    assert simulated_row.split(" | ")[4].startswith("50.0")
+    assert simulated_row.split(" | ")[6].startswith("50.0")  # drop vs full
+    # the eggs task failed because the user never conveyed it: the simulator's failure, not the assistant's
+    assert simulated["t2"]["failure_cause"] == "simulator" and simulated["t2"]["missing_shards"] == [1, 2]  # the boxes and the eggs per box
+    assert simulated["t1"]["failure_cause"] is None and simulated["t1"]["faults"] == []
+    assert rows[("gsm8k", "simulated")]["simulator_failure_rate"]["mean"] == 0.5
+    assert rows[("gsm8k", "simulated")]["score_simulator_clean"]["mean"] == 1.0  # the apples conversations, clean and solved
+    assert simulated_row.split(" | ")[4].startswith("100.0") and simulated_row.split(" | ")[5].startswith("50.0")
     # every empty cell points at a footnote that says why
     full_row = next(line for line in md.splitlines() if line.startswith("| gsm8k | full"))
     assert "-[^1]" in full_row and "[^1]: the full mode is the baseline" in md
@@ -136,6 +143,47 @@ def test_end_to_end_scores_are_exactly_as_expected(tmp_path):
     # the paper's Table 3 is shown, labelled as published
     assert "Published: simulated users talking to GPT-4o" in md and "| *UserLM-8b* | *57.4* |" in md
     assert report["published"]["rows"][2]["simulator"] == "UserLM-8b"
+
+
+def test_failures_are_attributed_on_real_tasks(tmp_path, shared_data):
+    """Real GSM8K tasks, an assistant that never gets them right, and three simulated users: one
+    who conveys every sentence of the task, a sentence a turn (the assistant's failure), one who
+    does it while talking like an assistant (both), and one who never gives the numbers (the
+    simulator's)."""
+    tasks = load_gsm8k(shared_data("gsm8k/test.jsonl"))[:3]
+
+    class Users:
+        name = "scripted-three"
+
+        async def draft(self, request):
+            from userlm.models.base import UserDraft
+
+            task = next(t for t in tasks if t.id == request.conversation_key.rpartition("#")[0])
+            said = sum(m["role"] == "user" for m in request.messages)
+            if said == len(task.shards) or (task is tasks[2] and said):
+                return UserDraft(text="", ended=True)
+            text = {tasks[0].id: task.shards[said], tasks[1].id: "As an AI language model, I will say: " + task.shards[said],
+                    tasks[2].id: "Can you help me with a math question about a store?"}[task.id]
+            return UserDraft(text=text)
+
+    report = asyncio.run(evaluate(tasks, FunctionAssistant(lambda messages: "The answer is 123456789."), tmp_path,
+                                  user_model=Users(), settings=EvalSettings(modes=("simulated",), max_turns=8,
+                                                                           guardrails=GuardrailConfig(min_turns=1, first_words=(),
+                                                                                                      max_words=None, block_repetition=False)),
+                                  progress=False))
+    causes = {c["task_id"]: c["failure_cause"] for c in report["conversations"]}
+    assert causes == {tasks[0].id: "assistant", tasks[1].id: "both", tasks[2].id: "simulator"}
+    faults = {c["task_id"]: c["faults"] for c in report["conversations"]}
+    assert faults[tasks[1].id] == ["role_inversion"] and faults[tasks[0].id] == []
+    row = report["results"][0]
+    assert row["failure_causes"] == {"assistant": 1, "simulator": 1, "both": 1}
+    assert row["simulator_failure_rate"]["mean"] == pytest.approx(2 / 3) and row["score_simulator_clean"]["mean"] == 0.0
+    # the transcripts carry the faults on the user's turns
+    records = [json.loads(line) for line in (tmp_path / "transcripts" / "simulated.jsonl").read_text().splitlines()]
+    both = next(r for r in records if r["metadata"]["task_id"] == tasks[1].id)
+    assert both["messages"][0]["faults"] == ["role_inversion"]
+    md = (tmp_path / "assistant.md").read_text()
+    assert "score, simulator-clean" in md and "simulator-caused failures" in md and "| gsm8k | simulated | 3 | 0.0" in md
 
 
 def test_descriptors_on_a_hand_computed_case():

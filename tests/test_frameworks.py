@@ -60,6 +60,10 @@ def test_the_endpoint_answers_with_guarded_user_turns_and_says_how(server):
         assert check_draft(text, ended=False, intent=INTENT, earlier_user_turns=[], config=GuardrailConfig()).accepted
     assert extension["attempts"] == len(extension["refused"]) + (0 if extension["end_reason"] == "guardrail_exhausted" else 1)
     assert all(r["reason"] for r in extension["refused"])
+    from userlm.faults import TurnContext, detect
+
+    # the audit field says which faults the turn shows, as the rules find them
+    assert extension["faults"] == detect(None if extension["ended"] else text, ended=extension["ended"], context=TurnContext(INTENT))
     again = post(server, {"model": "userlm", "messages": flipped("Hi! How can I help you today?"), "seed": 5}).json()
     assert again["choices"][0]["message"]["content"] == text  # the seed is honoured
 

@@ -81,7 +81,7 @@ def test_a_finished_turn_takes_no_more_tokens():
 
 def test_text_pieces_read_by_the_same_rules():
     rules = TurnRules(end="<end>", stops=frozenset({"<eot>"}))
-    spaced = lambda piece: not piece.strip()  # noqa: E731
+    spaced = lambda piece: not piece.strip()
     assert TurnReader(rules, spaced).read_all(["  ", "<end>"]).ended
     closed = TurnReader(rules, spaced).read_all(["Thanks", "<end>"])
     assert closed.closed_by_end and not closed.ended and closed.tokens == ["Thanks"]

@@ -6,23 +6,26 @@ a guardrail (the draft is refused and drafted again, and the refusal says which 
 
 =====================  ==========================================================================
 ``role_inversion``     the turn reads as the assistant's: it offers help ("how can I help you",
-                       "would you like me to"), speaks as an AI ("as an AI", "language model"),
+                       "would you like me to"), speaks as an AI ("as an AI", "I am a language model"),
                        or lists options for the assistant to pick from
 ``reasoning_leak``     a scratchpad or thinking tags (``<think>``, "Reasoning:"), or talk about
                        the intent, the instructions, a system prompt or being a simulated user
 ``intent_dump``        the turn restates most of the intent at once (at least 60% of the
                        intent's content words, for an intent of at least 8 of them): the
                        decomposition failure the UserLM paper measures
-``premature_end``      the user ends before the details the intent requires were given, where
-                       the intent lists them (SimulatorArena's bullet points: a detail counts as
-                       given when half its content words appeared in the user's turns); else
-                       when the user ends before its first turn
+``premature_end``      the user ends having given fewer than a quarter of the details the intent
+                       lists (SimulatorArena's bullet points; a detail counts as given when a
+                       quarter of its content words appeared in the user's turns), else when it
+                       ends before its first turn. Real people convey details in their own words,
+                       so the bar is low: of SimulatorArena's 51 real conversations, 6 ends are
+                       flagged; ending the same conversations after their first turn, 35
 ``language_switch``    the turn is written in another script (Latin, Cyrillic, Greek, Arabic,
                        Hebrew, Devanagari, CJK, Hangul, Thai) than the intent and the earlier
                        user turns
-``degenerate``         repeated word n-grams (a word three-gram three times, a word four times in
-                       a row), or mostly non-words (tokens with no letter or digit, or runs of 30+
-                       characters without a space that are not links)
+``degenerate``         repeated word n-grams (a word four times in a row, or one word three-gram
+                       three times or more, making up at least 30% of the turn's words), or mostly
+                       non-words (tokens with no letter or digit, or runs of 30+ characters
+                       without a space that are not links)
 =====================  ==========================================================================
 
 These are cheap rules: they run on every turn by default. ``--fault-judge SPEC`` adds a judge
@@ -46,7 +49,7 @@ FaultName = Literal["role_inversion", "reasoning_leak", "intent_dump", "prematur
 FAULTS: tuple[str, ...] = ("role_inversion", "reasoning_leak", "intent_dump", "premature_end", "language_switch", "degenerate")
 
 ASSISTANT_VOICE = re.compile(
-    r"\b(as an ai\b|i'?m an ai\b|i am an ai\b|language model|happy to help|glad to help|i can help you|i'?d be happy|"
+    r"\b(as an ai\b|i'?m an ai\b|i am an ai\b|(?:i'?m|i am|as) an? (?:ai |large )?language model|happy to help|glad to help|i can help you|i'?d be happy|"
     r"great question|good question|here'?s (?:a|an|the|my) (?:answer|explanation|breakdown|summary)|let me explain|"
     r"the correct answer is|in summary|i hope this helps|feel free to ask)",
     re.I,
@@ -54,8 +57,10 @@ ASSISTANT_VOICE = re.compile(
 _OFFERS = re.compile(
     r"\b(how (?:can|may) i (?:help|assist)(?: you)?|what can i (?:do|help) (?:for|with)|is there anything else (?:i|you)|"
     r"would you like me to|let me know if you (?:need|have|want)|do you want me to|i can (?:also )?(?:provide|suggest|offer|draft|write) "
-    r"(?:you|some|a)|here are (?:some|a few|several) (?:options|suggestions|ideas|choices|ways))",
-    re.I,
+    r"(?:you|some|a)|here are (?:some|a few|several) (?:options|suggestions|ideas|choices|ways)|"
+    r"here'?s (?:a|an|the|your) (?:revised|updated|refined|polished|draft|template|version|sample|outline)|"
+    r"i'?ve (?:revised|updated|refined|drafted|incorporated|adjusted)|^\W*(?:of course|certainly|absolutely)\b[,!.])",
+    re.I | re.M,
 )
 _LIST_ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022]|\(?[a-e]\))\s+\S", re.M)
 _LEAK = re.compile(
@@ -72,8 +77,9 @@ _STOP = frozenset(
 
 
 def content_words(text: str) -> list[str]:
-    """The words of ``text`` that carry content: lower-cased, no stop words, three letters or more."""
-    return [w for w in (m.group(0).lower() for m in _WORD.finditer(text)) if len(w) > 2 and w not in _STOP]
+    """The words of ``text`` that carry content: lower-cased, no stop words, three letters or more,
+    and every number."""
+    return [w for w in (m.group(0).lower() for m in _WORD.finditer(text)) if (len(w) > 2 and w not in _STOP) or any(c.isdigit() for c in w)]
 
 
 def covered(detail: str, said: Iterable[str], share: float = 0.5) -> bool:
@@ -125,9 +131,10 @@ def intent_dump(text: str, intent: str | None, *, share: float = 0.6, min_words:
     return len(wanted & set(content_words(text))) >= share * len(wanted)
 
 
-def premature_end(context: TurnContext) -> bool:
+def premature_end(context: TurnContext, *, word_share: float = 0.25, detail_share: float = 0.25) -> bool:
     if context.required:
-        return not all(covered(detail, context.earlier_user_turns) for detail in context.required)
+        given = sum(covered(detail, context.earlier_user_turns, word_share) for detail in context.required)
+        return given < detail_share * len(context.required)
     return not context.earlier_user_turns
 
 
@@ -142,8 +149,10 @@ def degenerate(text: str) -> bool:
     if any(words[i] == words[i + 1] == words[i + 2] == words[i + 3] for i in range(len(words) - 3)):
         return True
     grams = Counter(zip(words, words[1:], words[2:]))
-    if grams and grams.most_common(1)[0][1] >= 3:
-        return True
+    if grams:
+        count = grams.most_common(1)[0][1]
+        if count >= 3 and 3 * count >= 0.3 * len(words):
+            return True
     tokens = text.split()
     if not tokens:
         return False
@@ -177,7 +186,7 @@ def parse_fault_names(value: str | Sequence[str] | None, flag: str = "--reject-f
     names = [n.strip() for n in (value.split(",") if isinstance(value, str) else value) if n.strip()]
     unknown = [n for n in names if n not in FAULTS]
     if unknown:
-        raise UserError(f"{flag}: unknown fault {unknown[0]!r}; the faults are {', '.join(FAULTS)}.")
+        raise UserError(f"{flag}: unknown fault {unknown[0]!r}; the faults are {', '.join(FAULTS)}.".removeprefix(": "))
     return tuple(dict.fromkeys(names))
 
 

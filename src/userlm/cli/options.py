@@ -106,7 +106,7 @@ def add_guardrail_options(parser: argparse.ArgumentParser, *, min_turns: int | N
     g.add_argument("--max-attempts", type=COUNT, default=d.max_attempts, metavar="N", help=f"drafts per turn before giving up (default: {d.max_attempts})")
     g.add_argument("--no-guardrails", action="store_true", help="switch every guardrail off (ends still follow --min-turns)")
     f = parser.add_argument_group("faults (caught on every user turn and recorded; see userlm.faults)")
-    f.add_argument("--reject-faults", metavar="NAME,NAME", default="",
+    f.add_argument("--reject-faults", metavar="NAME,NAME", default=(), type=fault_names,
                    help="faults that refuse a draft like a guardrail: it is drafted again, and the refusal names the fault "
                         "(role_inversion, reasoning_leak, intent_dump, premature_end, language_switch, degenerate)")
     f.add_argument("--fault-judge", metavar="SPEC", help="also ask this chat model for its verdict on every user turn (e.g. openai:gpt-4o-mini)")
@@ -130,14 +130,24 @@ def guardrails_from(args: argparse.Namespace) -> GuardrailConfig:
         raise UserError(f"invalid guardrail setting: {exc}.") from None
 
 
+def fault_names(value: str) -> tuple[str, ...]:
+    """``--reject-faults``: fault names, each one of :data:`userlm.faults.FAULTS`."""
+    from ..errors import UserError
+    from ..faults import parse_fault_names
+
+    try:
+        return parse_fault_names(value, "")
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(": ")) from None
+
+
 def faults_from(args: argparse.Namespace):
     """The fault policy the flags ask for (:class:`userlm.user.FaultPolicy`)."""
-    from ..faults import parse_fault_names
     from ..models.registry import chat_model
     from ..user import FaultPolicy
 
     judge = chat_model(args.fault_judge) if args.fault_judge else None
-    return FaultPolicy(reject=parse_fault_names(args.reject_faults), judge=judge)
+    return FaultPolicy(reject=tuple(args.reject_faults), judge=judge)
 
 
 def provider_options(args: argparse.Namespace, side: str) -> ProviderOptions:

@@ -142,17 +142,20 @@ def load_evaluation(path: Path) -> dict[str, Any]:
 def _user_evaluation(path: Path, data: dict[str, Any]) -> dict[str, Any]:
     """Table rows as the markdown shows them (empty cells footnoted), and each simulator's termination curve."""
     from ..evaluation.simulators.results import UserEvalReport
-    from ..evaluation.simulators.table import NOTE, table, warnings
+    from ..evaluation.simulators.table import NOTE, REPLAY_NOTE, replay_table, table, warnings
     from ..evaluation.tables import Footnotes
 
     report = cast("UserEvalReport", data)
     notes = Footnotes()
     headings, cells = table(report, notes)
     rows = [dict(zip(headings, [c.replace("`", "") for c in row])) for row in cells]
+    replay = replay_table(report, notes)
+    replay_view = None if replay is None else {
+        "headings": replay[0], "rows": [[c.replace("`", "") for c in row] for row in replay[1]], "note": REPLAY_NOTE}
     curves = [{"simulator": s["simulator"], **{key: [p[key] for p in s["metrics"]["end_f1"]["curve"]] for key in ("threshold", "f1", "precision", "recall")}}
               for s in data["simulators"] if (s["metrics"].get("end_f1") or {}).get("curve")]
     return {"name": path.name, "kind": "user", "results": rows, "curves": curves, "settings": data.get("settings", {}),
-            "notes": notes.reasons, "note": NOTE, "warnings": warnings(report)}
+            "notes": notes.reasons, "note": NOTE, "warnings": warnings(report), "replay": replay_view}
 
 
 def build(runs: list[Path], evaluations: list[Path], reference: Path | None = None) -> dict[str, Any]:

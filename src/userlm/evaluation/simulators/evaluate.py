@@ -153,8 +153,11 @@ async def evaluate_users(
             await run("intent", lambda: intent_part(sim, intents[: settings.scenario_limit], judge, scenario_assistant, settings))
             await run("replay", lambda: _replay(sim, data, settings, alignment, inner))
             metrics, missing = _collect(parts, settings, detector is not None)
-            results.append({"simulator": sim.spec, "metrics": metrics, "missing": missing, "parts": cast(Parts, parts),
-                            "warnings": [p["warning"] for p in parts.values() if isinstance(p, dict) and p.get("warning")]})
+            result: SimulatorResult = {"simulator": sim.spec, "metrics": metrics, "missing": missing, "parts": cast(Parts, parts),
+                                       "warnings": [p["warning"] for p in parts.values() if isinstance(p, dict) and p.get("warning")]}
+            if isinstance(parts.get("replay"), dict):
+                result["replay"] = parts["replay"]
+            results.append(result)
     finally:
         bar.close()
     reference = await _real_users(data, intents, detector, settings, out)

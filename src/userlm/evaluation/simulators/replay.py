@@ -42,7 +42,7 @@ from ...user import SimulatedUser, derive_seed
 from ..metrics import Figure, bootstrap, figure
 from ..text import words
 from .metrics import best_threshold, end_scores, hdd, mattr, yule_k
-from .parts import FOLDS, MIN_CONVERSATIONS, Simulator, UserEvalSettings, out_of_sample, termination_part
+from .parts import FOLDS, MIN_CONVERSATIONS, Simulator, UserEvalSettings, alignment_part, out_of_sample, scorable, termination_part
 from .results import TerminationPoint
 
 LEXICAL = {"mattr": mattr, "hdd": hdd, "yule_k": yule_k}
@@ -88,8 +88,12 @@ async def replay_part(sim: Simulator, data: list[Conversation], settings: UserEv
         return {"skipped": "no conversation with a person's turn and an assistant reply to replay"}
     beyond_context = 0
     if end_points is None or not {p["conversation"] for p in end_points} <= {c.id for c in convs}:
-        stops = await termination_part(sim, convs, {}, settings)
-        end_points, beyond_context = stops["points"], stops.get("beyond_context", 0)
+        end_points = None
+        if scorable(sim.model) is not None:  # a local model: P(end) at every point in one pass over each conversation
+            end_points = (await alignment_part(sim, convs, settings)).get("end_points")
+        if end_points is None:
+            stops = await termination_part(sim, convs, {}, settings)
+            end_points, beyond_context = stops["points"], stops.get("beyond_context", 0)
     points = [p for p in points_of(convs) if p.human is not None]
     drafts = await _drafts(sim, convs, points, settings, progress)
     unfit = sum(1 for made in drafts if not any(made))

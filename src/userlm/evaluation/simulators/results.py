@@ -99,6 +99,7 @@ class Parts(TypedDict, total=False):
     naturalness: NaturalnessPart
     role: RolePart
     intent: IntentPart
+    replay: dict[str, Any]  #: the replay against real people (see :mod:`.replay`)
 
 
 class SimulatorResult(TypedDict):
@@ -107,6 +108,7 @@ class SimulatorResult(TypedDict):
     missing: dict[str, str]  #: for each column without a figure, why
     parts: Parts
     warnings: list[str]
+    replay: NotRequired[dict[str, Any]]  #: the replay figures (stop, turn_words, lexical, next_turn, controls), as in parts
 
 
 class RealUsers(TypedDict):

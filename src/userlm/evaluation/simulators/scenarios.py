@@ -22,6 +22,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from ...errors import UserError
+from ...faults import role_inversion
 from ...user import derive_seed
 from ..text import content_words
 
@@ -111,12 +112,6 @@ def pick(lines: list[str], *parts: object) -> str:
 
 # --- rule checks ---------------------------------------------------------------------------
 
-_ASSISTANT_VOICE = re.compile(
-    r"\b(as an ai\b|i'?m an ai\b|i am an ai\b|language model|happy to help|glad to help|i can help you|i'?d be happy|"
-    r"great question|good question|here'?s (?:a|an|the|my) (?:answer|explanation|breakdown|summary)|let me explain|"
-    r"the correct answer is|in summary|i hope this helps|feel free to ask)",
-    re.I,
-)
 # option letters are matched in capitals only, so "I think a fridge" is not a pick of (A)
 _PICKS = re.compile(r"(?i:answer(?: is|'s)?|it'?s|go with|pick|choose|i think|i'?d say|probably|must be)\s*:?\s*\(?([A-J])\)?(?![\w'])")
 _BARE = re.compile(r"^\W*\(?([A-J])\)?\W*$")
@@ -151,7 +146,7 @@ def role_rule_check(turn: str, question: Question) -> RoleCheck:
     letters = {m.upper() for m in _PICKS.findall(statements)} | {m.upper() for m in _BARE.findall(turn.strip())}
     letters = {x for x in letters if LETTERS.index(x) < len(question.options)}
     answered = len(mentioned) == 1 or len(letters) == 1
-    return RoleCheck(answered_itself=answered, assistant_voice=bool(_ASSISTANT_VOICE.search(turn)), mentioned=mentioned)
+    return RoleCheck(answered_itself=answered, assistant_voice=role_inversion(turn), mentioned=mentioned)
 
 
 def transcript(messages: list[dict[str, str]]) -> str:

@@ -3,6 +3,8 @@ rows shown alongside (package data, or a file given with ``--published``)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..metrics import Figure
 from ..tables import Footnotes
 from .results import UserEvalReport
@@ -71,6 +73,78 @@ def table(report: UserEvalReport, notes: Footnotes) -> tuple[list[str], list[lis
     return headings, rows
 
 
+#: The replay table's columns: where the figure sits in a replay part, heading, better direction, scale
+REPLAY = (
+    (("stop", "f1"), "stop F1", "higher", 100.0),
+    (("stop", "precision"), "stop precision", "higher", 100.0),
+    (("stop", "recall"), "stop recall", "higher", 100.0),
+    (("stop", "auroc"), "stop AUROC", "higher", 100.0),
+    (("turn_words", "first"), "words/turn distance, 1st turns", "lower", 1.0),
+    (("turn_words", "follow_up"), "words/turn distance, follow-ups", "lower", 1.0),
+    (("lexical", "mattr"), "MATTR z", "closer to 0", 1.0),
+    (("lexical", "hdd"), "HD-D z", "closer to 0", 1.0),
+    (("lexical", "yule_k"), "Yule's K z", "closer to 0", 1.0),
+    (("next_turn",), "next-turn similarity", "higher", 100.0),
+)
+REPLAY_NOTE = ("Replay against real people: at every point where a person spoke or stopped, the simulator was given the "
+               "intent and the real history. Stop: ending against where the person stopped (the threshold tuned out of "
+               "sample; AUROC of P(end)); words/turn distance: Wasserstein-1, in words, between the simulator's and the "
+               "people's words per turn; lexical: the simulator's mean MATTR, HD-D and Yule's K as z-scores against the "
+               "people's; next-turn similarity: TF-IDF cosine of a draft with the person's actual next turn. Percentages "
+               "except distances and z; brackets are 95% intervals resampling conversations. Control rows give each figure "
+               "a scale: people against people (the conversations split in halves; the stop row is a rule that knows only "
+               "how many replies came before) and each simulator against itself (its first drafts against its second).")
+
+
+def _at(part: dict, where: tuple[str, ...]) -> Any:
+    found: Any = part
+    for key in where:
+        found = found.get(key) if isinstance(found, dict) else None
+    return found
+
+
+def _replay_cell(part: dict, where: tuple[str, ...], scale: float) -> str | None:
+    fig = _at(part, where)
+    if not isinstance(fig, dict) or fig.get("value") is None:
+        return None
+    out = f"{fig['value'] * scale:.{1 if scale != 1.0 else 2}f}"
+    if fig.get("low") is not None and fig.get("high") is not None:
+        out += f" [{fig['low'] * scale:.{1 if scale != 1.0 else 2}f}, {fig['high'] * scale:.{1 if scale != 1.0 else 2}f}]"
+    return out
+
+
+def replay_table(report: UserEvalReport, notes: Footnotes) -> tuple[list[str], list[list[str]]] | None:
+    """The replay table (None when no simulator has a replay part): each simulator beside the
+    others, then each one against itself, then people against people."""
+    replays: list[tuple[str, dict[str, Any]]] = []
+    for r in report["simulators"]:
+        part = r["parts"].get("replay")
+        if isinstance(part, dict) and "stop" in part:
+            replays.append((r["simulator"], part))
+    if not replays:
+        return None
+    arrow = {"higher": "↑", "lower": "↓", "closer to 0": "→0"}
+    headings = ["simulator"] + [f"{h} {arrow[d]}" for _, h, d, _ in REPLAY]
+
+    def row(label: str, part: dict) -> list[str]:
+        return [label] + [notes.cell(_replay_cell(part, where, scale), (_why(part, where) or "not measured for this row."))
+                          for where, _, _, scale in REPLAY]
+
+    rows = [row(f"`{name}`", part) for name, part in replays]
+    rows += [row(f"*control:* `{name}` against itself", part["controls"]["simulator_vs_itself"]) for name, part in replays]
+    rows.append(row("*control:* people against people", replays[0][1]["controls"]["human_vs_human"]))
+    return headings, rows
+
+
+def _why(part: dict, where: tuple[str, ...]) -> str | None:
+    """The note nearest the figure: its own, or that of what holds it (a whole measure, the row)."""
+    for depth in range(len(where), -1, -1):
+        found = _at(part, where[:depth])
+        if isinstance(found, dict) and found.get("note"):
+            return str(found["note"])
+    return None
+
+
 def warnings(report: UserEvalReport) -> list[str]:
     return [w for r in report["simulators"] for w in r.get("warnings", [])]
 
@@ -101,6 +175,15 @@ def markdown(report: UserEvalReport) -> str:
     pub = report.get("published") or {}
     if pub.get("rows"):
         lines += [f"Rows in italics are published figures, not measured here: {pub.get('source', '')} {pub.get('note', '')}".strip(), ""]
+    replay = replay_table(report, notes)
+    if replay is not None:
+        headings, rows = replay
+        lines += ["## Replay against real people", "", "| " + " | ".join(headings) + " |", "|---|" + "---|" * (len(headings) - 1)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        first = next(r["parts"]["replay"] for r in report["simulators"] if isinstance(r["parts"].get("replay"), dict)
+                     and "stop" in r["parts"]["replay"])
+        lines += ["", REPLAY_NOTE, f"{first['conversations']} conversations, {first['points']} points "
+                  f"({first['drafts']} drafts at each point a person spoke).", ""]
     for r in report["simulators"]:
         f1 = r["metrics"].get("end_f1")
         value = f1.get("value") if f1 else None

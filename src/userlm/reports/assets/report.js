@@ -143,8 +143,10 @@
       }
       const keys = [...new Set(e.results.flatMap((r) => Object.keys(r).filter((x) => x !== "simulator")))];
       const rows = e.results.map((r) => `<tr><td>${shown(r.simulator)}</td>${keys.map((key) => `<td>${shown(r[key])}</td>`).join("")}</tr>`).join("");
+      const replay = e.replay ? `<h4>Replay against real people</h4><table class="eval-table replay-table"><tr>${e.replay.headings.map((h) => `<th>${esc(h)}</th>`).join("")}</tr>` +
+        e.replay.rows.map((r) => `<tr>${r.map((c) => `<td>${shown(c)}</td>`).join("")}</tr>`).join("") + `</table><p class="hint">${esc(e.replay.note)}</p>` : "";
       return `<h3>${esc(e.name)} (user simulators)</h3>${warnings(e.warnings)}<p class="hint">${esc(e.note)} Rows in italics are the paper's published figures, not measured here.</p>` +
-        `<table class="eval-table"><tr><th>simulator</th>${keys.map((x) => `<th>${esc(x)}</th>`).join("")}</tr>${rows}</table>${footnotes(e)}<div class="plot" id="eval-plot-${k}"></div>`;
+        `<table class="eval-table"><tr><th>simulator</th>${keys.map((x) => `<th>${esc(x)}</th>`).join("")}</tr>${rows}</table>${replay}${footnotes(e)}<div class="plot" id="eval-plot-${k}"></div>`;
     }).join("");
     DATA.evaluations.forEach((e, k) => {
       if (e.kind === "user" && e.curves && e.curves.length) {
