@@ -88,8 +88,9 @@ CASES = {
                                         "OPENAI_API_KEY is not set; export it, or point --judge-base-url"),
     "eval-user on data that is no chat log": (lambda f: ["eval-user", "--user", f"scripted:{f['user']}", "--data", f["intents"],
                                                          "--out", f["dir"] / "ev"],
-                                              "not a known chat-log row (no 'conversation', 'conversations', 'messages' or "
-                                              "Open-Assistant 'prompt' tree field); give chat logs in a format userlm reads"),
+                                              "not a known chat-log row (no 'conversation', 'conversations', 'messages', SimulatorArena "
+                                              "'user_queries'/'ai_responses' or Open-Assistant 'prompt' tree field); give chat logs in a "
+                                              "format userlm reads"),
     "hf: a mistyped local path": (lambda f: sim(f, user=f"hf:{f['dir']}/no_such_model"), "no_such_model: no such model folder"),
     "hf: a folder that is not a model": (lambda f: sim(f, user=f"hf:{f['not_a_model']}"),
                                          "not_a_model is a folder but holds no model (no config.json)"),

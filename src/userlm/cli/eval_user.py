@@ -29,7 +29,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("eval-user", help="evaluate user simulators: alignment and the intrinsic metrics", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, metavar="SOURCE", help="held-out real conversations: a file, owner/name[:config], wildchat or prism (from the hub), "
-                   "or oasst (100 Open-Assistant trees that ship with userlm)")
+                   "oasst (100 Open-Assistant trees that ship with userlm) or simulator-arena (51 real people's document-writing "
+                   "conversations with their intents, which ship with userlm; a path reads either SimulatorArena annotation file)")
     p.add_argument("--data-split", default="train", metavar="SPLIT", help="split of a hub dataset (default: train)")
     p.add_argument("--limit", type=int, default=500, metavar="N", help="held-out conversations to use (default: 500)")
     p.add_argument("--intents", metavar="FILE", help="intents for the simulated conversations (default: the data's intents, else a built-in set)")

@@ -25,7 +25,7 @@ BUILTIN = {
 
 
 #: the built-in sets that are chat logs: ``userlm prepare`` and ``eval-user --data`` take their names
-CONVERSATIONS = ("oasst",)
+CONVERSATIONS = ("oasst", "simulator-arena")
 
 
 def conversations_source(source: str) -> str:

@@ -118,7 +118,7 @@ def replay_table(report: UserEvalReport, notes: Footnotes) -> tuple[list[str], l
     others, then each one against itself, then people against people."""
     replays: list[tuple[str, dict[str, Any]]] = []
     for r in report["simulators"]:
-        part = r["parts"].get("replay")
+        part = (r.get("parts") or {}).get("replay")
         if isinstance(part, dict) and "stop" in part:
             replays.append((r["simulator"], part))
     if not replays:
@@ -180,8 +180,8 @@ def markdown(report: UserEvalReport) -> str:
         headings, rows = replay
         lines += ["## Replay against real people", "", "| " + " | ".join(headings) + " |", "|---|" + "---|" * (len(headings) - 1)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
-        first = next(r["parts"]["replay"] for r in report["simulators"] if isinstance(r["parts"].get("replay"), dict)
-                     and "stop" in r["parts"]["replay"])
+        first = next(part for r in report["simulators"] if isinstance(part := (r.get("parts") or {}).get("replay"), dict)
+                     and "stop" in part)
         lines += ["", REPLAY_NOTE, f"{first['conversations']} conversations, {first['points']} points "
                   f"({first['drafts']} drafts at each point a person spoke).", ""]
     for r in report["simulators"]:
