@@ -185,3 +185,14 @@ def test_the_cli_refuses_an_unknown_fault_in_one_sentence(tmp_path, intents_file
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 2 and "--reject-faults" in done.stderr and "unknown fault 'rude'; the faults are role_inversion" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_run_resumed_with_other_fault_settings_is_refused(tmp_path):
+    intents = [Intent("a", "You want to write an apology letter to a friend."), Intent("b", "You want a cake recipe.")]
+    out = tmp_path / "run.jsonl"
+    user = SimulatedUser(ScriptedUser(["Can you help me with this, please?"]), GuardrailConfig(min_turns=1, first_words=()))
+    simulate(intents[:1], user, ScriptedAssistant(["Sure."]), out=str(out), settings=RunSettings(max_turns=3), progress=False)
+    strict = SimulatedUser(user.model, user.guardrails, FaultPolicy(reject=("role_inversion",)))
+    with pytest.raises(UserError, match="faults"):
+        simulate(intents, strict, ScriptedAssistant(["Sure."]), out=str(out), settings=RunSettings(max_turns=3), progress=False)
+    assert len(read_conversations(out)) == 1  # nothing added, nothing lost

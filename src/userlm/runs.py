@@ -20,9 +20,9 @@ from typing import Any
 from .errors import UserError
 
 #: the determinants that a resumed run must share with what the file already holds
-KEYS = ("intent", "run_seed", "max_turns", "sampling", "guardrails", "user", "assistant")
+KEYS = ("intent", "run_seed", "max_turns", "sampling", "guardrails", "faults", "user", "assistant")
 _FLAGS = {"intent": "the intents file", "run_seed": "--seed", "max_turns": "--max-turns", "sampling": "the sampling options",
-          "guardrails": "the guardrail options", "user": "--user", "assistant": "--assistant"}
+          "guardrails": "the guardrail options", "faults": "--reject-faults and --fault-judge", "user": "--user", "assistant": "--assistant"}
 
 
 class OutputLock:
@@ -109,6 +109,9 @@ def determinants(intent: str | None, settings: dict[str, Any], user: str, assist
         "max_turns": settings.get("max_turns"),
         "sampling": {k: v for k, v in sorted(settings.items()) if k.endswith("_sampling")},
         "guardrails": settings.get("guardrails"),
+        # only when a run rejects faults or asks a judge: what every run does (the rules) leaves no trace, so
+        # records made before faults were caught keep their fingerprints
+        **({"faults": settings["faults"]} if settings.get("faults") else {}),
         "user": model_identity(user),
         "assistant": model_identity(assistant),
     }, default=str))
