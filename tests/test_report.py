@@ -42,6 +42,8 @@ def make_run(path: Path, n: int, reply: str, phrase_at: int = 7) -> Path:
             text = f"tell me about subject {k} turn {turn}"
             if k == phrase_at:
                 text += " with purple elephants"
+            if k == 5:  # a user turn that reads as the assistant's: the role_inversion fault
+                text += ", how can I help you today"
             return userlm.UserDraft(text=text, end_prob=0.1 * turn)
 
     user = userlm.SimulatedUser(Users(), GuardrailConfig(max_attempts=3))
@@ -156,6 +158,17 @@ def test_a_conversation_opens_with_its_guardrail_notes(page):
     assert "first_word" in detail.inner_text() and "Here is my question for you" in detail.inner_text()
     assert "P(end) = 0.100" in detail.inner_text()
     tab.fill("#search", "")
+
+
+def test_fault_rates_per_run_and_their_examples_open_the_transcript(page):
+    tab, _ = page
+    table = tab.locator("#faults-table")
+    assert "role_inversion" in table.inner_text() and "reasoning_leak" in table.inner_text()
+    row = table.locator("tr", has_text="role_inversion").first
+    assert "0.0%" not in row.inner_text().split("\t")[1] and "i5#0" in row.inner_text()
+    row.locator("a.fault-example").first.click()
+    detail = tab.locator("#detail")
+    assert "i5#0" in detail.inner_text() and "faults: role_inversion" in detail.inner_text()
 
 
 def test_two_runs_side_by_side(page):
