@@ -239,6 +239,8 @@ def _score_chunked(model, seq: _Sequence, end_id, chunk_tokens: int, device) -> 
     import torch
     from transformers import DynamicCache
 
+    from ...models.hf.engine import cache_keyword
+
     body, head = _heads(model)
     cache = DynamicCache()
     scored = Scored()
@@ -246,10 +248,10 @@ def _score_chunked(model, seq: _Sequence, end_id, chunk_tokens: int, device) -> 
         chunk = torch.tensor([seq.ids[offset : offset + chunk_tokens]], device=device)
         positions, targets, probe_slots = _wanted(seq, offset, chunk.shape[1])
         if body is not None:
-            hidden = body(input_ids=chunk, past_key_values=cache, use_cache=True).last_hidden_state[0]
+            hidden = body(input_ids=chunk, **{cache_keyword(body): cache}, use_cache=True).last_hidden_state[0]
             logits = _project(head, hidden[[p - offset for p in positions]]) if positions else None
         else:
-            full = model(input_ids=chunk, past_key_values=cache, use_cache=True).logits[0]
+            full = model(input_ids=chunk, **{cache_keyword(model): cache}, use_cache=True).logits[0]
             logits = full[[p - offset for p in positions]] if positions else None
         if logits is not None:
             _read(logits, targets, probe_slots, end_id, scored)

@@ -189,7 +189,7 @@ def generate(
         own, model.generation_config = model.generation_config, GenerationConfig()
         try:
             model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                           **{_cache_keyword(model): cache}, generation_config=config,
+                           **{cache_keyword(model): cache}, generation_config=config,
                            logits_processor=LogitsProcessorList([guard]))
         finally:
             model.generation_config = own
@@ -320,7 +320,7 @@ def _prefill(model, rows: list[Row], pasts, heads: list[int], pad_id: int, devic
         past = _left_padded([pasts[b][0].layers if n else None for b, n in zip(group, reused)], reused, p_max, device) if p_max else None
         cache = _reserved_cache(p_max + n_max, past)
         model(input_ids=input_ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
-              use_cache=True, **{_cache_keyword(model): cache}, **_last_logits_only(model))
+              use_cache=True, **{cache_keyword(model): cache}, **_last_logits_only(model))
         for i, b in enumerate(group):
             where = attention[i].nonzero().squeeze(-1).to(device)
             per_row[b] = [(layer.keys[i, :, where], layer.values[i, :, where]) for layer in cache.layers]
@@ -357,7 +357,7 @@ def _generation_lock(model) -> threading.Lock:
         return _locks.setdefault(model, threading.Lock())
 
 
-def _cache_keyword(model) -> str:
+def cache_keyword(model) -> str:
     """The name under which the model's forward and ``generate`` take a key/value cache:
     ``cache`` from transformers 5.20, ``past_key_values`` before."""
     import inspect
