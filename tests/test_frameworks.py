@@ -15,6 +15,7 @@ import httpx
 import pytest
 from servers import HANG_S, free_port
 
+from userlm.errors import ConfigurationError
 from userlm.guardrails import GuardrailConfig, check_draft
 from userlm.integrations.serve import BadRequest, ServeSettings, conversation_of, next_user_turn
 from userlm.models.base import UserDraft
@@ -95,16 +96,52 @@ def test_concurrent_requests_run_as_batches_in_the_local_engine(tiny_user_dir):
     assert stats.rows >= 6 and stats.batches < stats.rows  # drafts of different requests shared batches
 
 
-@pytest.mark.parametrize("body,status,sentence", [
-    ({"messages": "hi"}, 400, 'the request needs "messages"'),
-    ({"messages": [{"role": "tool", "content": "x"}]}, 400, "role 'tool' is not supported"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400, "only text content parts are supported"),
-    ({"messages": [], "stream": True}, 400, "stream is not supported"),
-    ({"messages": [], "seed": "x"}, 400, "seed must be an integer"),
+@pytest.mark.parametrize("body,status,sentence,param", [
+    ({"messages": "hi"}, 400, 'the request needs "messages"', None),
+    ({"messages": [{"role": "function", "content": "x"}]}, 400, "role 'function' is not supported", "messages[0].role"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400, "only text content parts are supported", None),
+    ({"messages": [], "stream": True}, 400, "stream is not supported", "stream"),
+    ({"messages": [], "n": 2}, 400, "n must be 1", "n"),
+    ({"messages": [], "seed": "x"}, 400, "seed must be an integer", None),
+    ({"messages": [], "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools is not supported", "tools"),
+    ({"messages": [], "response_format": {"type": "json_object"}}, 400, "response_format is not supported", "response_format"),
+    ({"messages": [], "logprobs": True}, 400, "logprobs is not supported", "logprobs"),
+    ({"messages": [], "logit_bias": {"5": -100}}, 400, "logit_bias is not supported", "logit_bias"),
+    ({"messages": [], "model": "gpt-4o"}, 404, "The model 'gpt-4o' does not exist here", "model"),
 ])
-def test_bad_requests_get_4xx_in_one_sentence(server, body, status, sentence):
+def test_bad_requests_get_4xx_in_one_sentence(server, body, status, sentence, param):
     answer = post(server, body)
-    assert answer.status_code == status and sentence in answer.json()["error"]["message"]
+    error = answer.json()["error"]
+    assert answer.status_code == status and sentence in error["message"] and error["param"] == param
+    assert set(error) == {"message", "type", "param", "code"}  # OpenAI's error shape
+
+
+def test_every_error_is_openais_json_shape_whatever_its_status(server):
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    too_big = httpx.post(f"{server}/chat/completions", content=b'{"messages": "' + b"x" * (10 * 2**20) + b'"}', headers=headers,
+                         timeout=HANG_S)
+    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
+    for answer, status in ((httpx.post(f"{server}/completions", json={}, headers=headers, timeout=HANG_S), 404),
+                           (httpx.post(f"{server}/responses", json={}, headers=headers, timeout=HANG_S), 404),
+                           (httpx.get(f"{server}/chat/completions", headers=headers, timeout=HANG_S), 405)):
+        assert answer.status_code == status and answer.headers["content-type"].startswith("application/json")
+        assert answer.json()["error"]["message"]
+
+
+def test_a_conversation_past_the_context_is_a_400_naming_the_code(server):
+    long = " ".join(["a long reply that goes on"] * 1500)  # past the tiny model's 2,048 tokens
+    answer = post(server, {"model": "userlm", "messages": flipped("Hello, what do you need?", "I need help.", long)})
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_tool_messages_are_the_agents_side():
+    from userlm.integrations.serve import conversation_of
+
+    intent, turns = conversation_of({"messages": [{"role": "system", "content": "i"}, {"role": "user", "content": "hi, how can I help"},
+                                                  {"role": "assistant", "content": "find me a flight"},
+                                                  {"role": "tool", "content": "{\"flights\": 2}"}]}, "flipped")
+    assert turns == [{"role": "assistant", "content": "hi, how can I help"}, {"role": "user", "content": "find me a flight"},
+                     {"role": "assistant", "content": "{\"flights\": 2}"}]
 
 
 def test_a_missing_token_is_refused(server):
@@ -126,6 +163,24 @@ def test_views_and_the_stop_marker():
     assert first["choices"][0]["message"]["content"] == "can you plan a trip to lisbon for me?"
     done = asyncio.run(next_user_turn(user, {"messages": flipped("Hi", "can you plan a trip to lisbon for me?", "Done!")}, settings))
     assert done["choices"][0]["message"]["content"] == MARKER and done["userlm"]["end_reason"] == "user_ended"
+    # a turn whose every draft was refused answers with its own marker, never the user's stop
+    refused = SimulatedUser(ScriptedUser([["I want a trip."]]), GuardrailConfig(min_turns=1, max_attempts=2))
+    gave_up = asyncio.run(next_user_turn(refused, {"messages": flipped("Hi")}, ServeSettings(stop_marker=MARKER,
+                                                                                          exhausted_marker="###OUT-OF-SCOPE###")))
+    assert gave_up["choices"][0]["message"]["content"] == "###OUT-OF-SCOPE###"
+    assert gave_up["userlm"]["end_reason"] == "guardrail_exhausted" and gave_up["userlm"]["ended"]
+    with pytest.raises(ConfigurationError, match="--exhausted-marker"):
+        ServeSettings(stop_marker=MARKER, exhausted_marker=MARKER)
+    # the cap on the turn: a turn its token budget cut says so
+    cut = SimulatedUser(Truncating(), GuardrailConfig(min_turns=1, max_words=None))
+    assert asyncio.run(next_user_turn(cut, {"messages": flipped("Hi")}, settings))["choices"][0]["finish_reason"] == "length"
+
+
+class Truncating:
+    name = "truncating"
+
+    async def draft(self, request):
+        return UserDraft(text="please plan a long trip to lisbon and then porto and then", truncated=True)
 
 
 def test_a_served_conversation_is_keyed_on_what_the_client_sends_never_on_the_seed():

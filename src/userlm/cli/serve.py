@@ -28,6 +28,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "prompted user); plain: the other way round (default: flipped)")
     p.add_argument("--stop-marker", default="<|endconversation|>", metavar="TEXT",
                    help="the answer when the user ends the conversation (default: <|endconversation|>; tau2-bench: ###STOP###)")
+    p.add_argument("--exhausted-marker", default="<|guardrail_exhausted|>", metavar="TEXT",
+                   help="the answer when every draft of a turn was refused, never the stop marker (default: <|guardrail_exhausted|>; "
+                        "tau2-bench: ###OUT-OF-SCOPE###, which it records as an out-of-scope stop rather than the user's)")
     p.add_argument("--served-model-name", metavar="NAME", help="the model id /v1/models lists (default: the --user spec)")
     p.add_argument("--api-key", metavar="TOKEN", default=os.environ.get("USERLM_SERVE_API_KEY"),
                    help="require 'Authorization: Bearer TOKEN' (default: USERLM_SERVE_API_KEY, else no token)")
@@ -41,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from ..models.registry import user_model
     from ..user import SimulatedUser
 
-    settings = ServeSettings(view=args.view, stop_marker=args.stop_marker, api_key=args.api_key, model_name=args.served_model_name)
+    settings = ServeSettings(view=args.view, stop_marker=args.stop_marker, exhausted_marker=args.exhausted_marker, api_key=args.api_key,
+                             model_name=args.served_model_name)
     user = SimulatedUser(user_model(args.user, provider_options(args, "user")), guardrails_from(args), faults_from(args))
     run_async(serve(user, settings, args.host, args.port, ready=lambda line: print(line, file=sys.stderr, flush=True)),
               hint="the server stopped.")

@@ -13,7 +13,14 @@ the simulated user's next turn, drafted under the guardrails, or the stop marker
 * ``plain``: ``system`` is the intent, ``user`` the user's turns, ``assistant`` the agent's.
 
 ``seed`` is honoured (the same request and seed give the same turn on a local model); the server's
-own sampling flags decide the rest. A request's conversation is what the client names (the
+own sampling flags decide the rest. What the endpoint cannot mean (``tools``, ``response_format``,
+``logprobs``, ``logit_bias``, ``n`` > 1, ``stream``, ...) is a 400 naming the parameter; a model other
+than the one served (its id in ``/v1/models``, or ``userlm``) is a 404; a conversation past the user
+model's context is a 400 with code ``context_length_exceeded``; every error, whatever its status
+(404 and 413 included), is OpenAI's JSON error shape. ``tool`` messages belong to the agent's side
+(the simulated user sees them as the agent's). A turn ended because every draft was refused answers
+with its own marker (``--exhausted-marker``), never the stop marker, and ``finish_reason`` is
+``length`` when the user model's token budget cut the turn. A request's conversation is what the client names (the
 ``X-Conversation-Id`` header, a ``conversation_id`` field or ``metadata.conversation_id``), else its
 intent and first user turn: a local model keeps that conversation's cache between its requests. The answer's ``userlm`` field says how the turn came about:
 refused drafts with their reasons, attempts, P(end) where known, and why the user stopped.
@@ -32,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigurationError
+from ..models.base import ContextOverflow
 from ..models.handle import Handles
 from ..render import END_OF_CONVERSATION, flipped_view
 from ..user import SimulatedUser
@@ -40,13 +48,38 @@ VIEWS = ("flipped", "plain")
 
 
 class BadRequest(ValueError):
-    """A request the server cannot serve, explained in one sentence (answered with 400)."""
+    """A request the server cannot serve, explained in one sentence (answered with 400, or ``status``)."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None, status: int = 400):
+        super().__init__(message)
+        self.param, self.code, self.status = param, code, status
+
+
+#: request fields the endpoint cannot mean: a request that sets one is refused, naming it
+UNSUPPORTED = {
+    "tools": "the simulated user calls no tools",
+    "tool_choice": "the simulated user calls no tools",
+    "functions": "the simulated user calls no functions",
+    "function_call": "the simulated user calls no functions",
+    "parallel_tool_calls": "the simulated user calls no tools",
+    "response_format": "the simulated user writes plain turns, never JSON or a schema",
+    "logprobs": "the simulated user's log-probabilities are not returned (P(end) is in the userlm field)",
+    "top_logprobs": "the simulated user's log-probabilities are not returned (P(end) is in the userlm field)",
+    "logit_bias": "the guardrails decide which tokens may be sampled",
+    "audio": "the simulated user writes text only",
+    "prediction": "predicted outputs are not supported",
+}
+#: the largest request body the server reads
+MAX_BODY = 8 * 2**20
+#: the name every served user model also answers to
+ALIAS = "userlm"
 
 
 @dataclass(frozen=True)
 class ServeSettings:
     view: str = "flipped"  #: how the caller lays out the conversation (see the module docs)
     stop_marker: str = END_OF_CONVERSATION  #: the answer's text when the user ends
+    exhausted_marker: str = "<|guardrail_exhausted|>"  #: the answer's text when every draft was refused
     api_key: str | None = None  #: the bearer token callers must send, if any
     model_name: str | None = None  #: the id /v1/models lists (default: the user model's spec)
 
@@ -55,6 +88,9 @@ class ServeSettings:
             raise ConfigurationError(f"unknown --view {self.view!r}; use one of {', '.join(VIEWS)}.")
         if not self.stop_marker:
             raise ConfigurationError("--stop-marker must not be empty.")
+        if not self.exhausted_marker or self.exhausted_marker == self.stop_marker:
+            raise ConfigurationError("--exhausted-marker must be set and differ from --stop-marker, so that a turn whose every "
+                                     "draft was refused is never read as the user stopping.")
 
 
 def _text(content: Any, index: int) -> str:
@@ -78,9 +114,12 @@ def conversation_of(body: Any, view: str) -> tuple[str | None, list[dict[str, st
     if not isinstance(messages, list):
         raise BadRequest('the request needs "messages", a list of {"role", "content"} objects.')
     if body.get("stream"):
-        raise BadRequest("stream is not supported; send stream: false.")
-    if body.get("n", 1) != 1:
-        raise BadRequest("n must be 1: the simulated user writes one next turn.")
+        raise BadRequest("stream is not supported; send stream: false.", param="stream", code="unsupported_parameter")
+    if body.get("n", 1) not in (1, None):
+        raise BadRequest("n must be 1: the simulated user writes one next turn.", param="n", code="unsupported_parameter")
+    for name, why in UNSUPPORTED.items():
+        if body.get(name) not in (None, False, [], {}):
+            raise BadRequest(f"{name} is not supported: {why}; leave it out.", param=name, code="unsupported_parameter")
     intents, turns = [], []
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or "role" not in message:
@@ -90,8 +129,11 @@ def conversation_of(body: Any, view: str) -> tuple[str | None, list[dict[str, st
             intents.append(text)
         elif role in ("user", "assistant"):
             turns.append({"role": role, "content": text})
+        elif role == "tool":  # a tool's result is the agent's: the simulated user sees it on the agent's side
+            turns.append({"role": "user" if view == "flipped" else "assistant", "content": text})
         else:
-            raise BadRequest(f"messages[{index}]: role {role!r} is not supported; use system, user and assistant.")
+            raise BadRequest(f"messages[{index}]: role {role!r} is not supported; use system, user, assistant and tool.",
+                             param=f"messages[{index}].role")
     if view == "flipped":
         turns = flipped_view(turns)
     intent = "\n\n".join(t for t in intents if t.strip()) or None
@@ -118,6 +160,11 @@ async def next_user_turn(user: SimulatedUser, body: dict, settings: ServeSetting
     """The chat-completion answer for one request: the next user turn or the stop marker.
     ``handles`` keeps each conversation's handle between its requests (its token ids as sampled)."""
     intent, turns = conversation_of(body, settings.view)
+    served = settings.model_name or user.name
+    model = body.get("model")
+    if model is not None and model not in (served, ALIAS):
+        raise BadRequest(f"The model {model!r} does not exist here; this server serves {served!r} (it also answers to {ALIAS!r}).",
+                         param="model", code="model_not_found", status=404)
     seed = body.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise BadRequest("seed must be an integer.")
@@ -125,16 +172,20 @@ async def next_user_turn(user: SimulatedUser, body: dict, settings: ServeSetting
         raise BadRequest("metadata must be an object.")
     key = conversation_key(body, intent, turns, header)
     seed = seed if seed is not None else random.randrange(2**31)
-    turn = await user.next_turn(intent, turns, seed=seed, conversation=handles.get(key, seed) if handles is not None else key)
+    try:
+        turn = await user.next_turn(intent, turns, seed=seed, conversation=handles.get(key, seed) if handles is not None else key)
+    except ContextOverflow as exc:
+        raise BadRequest(f"{exc}", param="messages", code="context_length_exceeded") from None
     stopped = turn.text is None
     reason = None if not stopped else ("user_ended" if turn.ended else "guardrail_exhausted")
+    content = turn.text if not stopped else settings.stop_marker if turn.ended else settings.exhausted_marker
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": settings.model_name or user.name,
-        "choices": [{"index": 0, "finish_reason": "stop",
-                     "message": {"role": "assistant", "content": settings.stop_marker if stopped else turn.text}}],
+        "model": served,
+        "choices": [{"index": 0, "finish_reason": "length" if turn.truncated and not stopped else "stop",
+                     "message": {"role": "assistant", "content": content}}],
         "usage": {"prompt_tokens": turn.usage.prompt_tokens, "completion_tokens": turn.usage.completion_tokens,
                   "total_tokens": turn.usage.prompt_tokens + turn.usage.completion_tokens},
         "userlm": {"ended": stopped, "end_reason": reason, "attempts": turn.attempts, "end_prob": turn.end_prob, "faults": turn.faults,
@@ -148,8 +199,23 @@ def make_app(user: SimulatedUser, settings: ServeSettings = ServeSettings()):
 
     handles = Handles()  # each conversation's handle, by the key its requests carry
 
-    def error(status: int, message: str, kind: str = "invalid_request_error") -> web.Response:
-        return web.json_response({"error": {"message": message, "type": kind}}, status=status)
+    def error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+              code: str | None = None) -> web.Response:
+        return web.json_response({"error": {"message": message, "type": kind, "param": param, "code": code}}, status=status)
+
+    @web.middleware
+    async def json_errors(request: web.Request, handler):
+        """aiohttp's own refusals (no such path, wrong method, a body over the size limit) in OpenAI's error shape."""
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            words = {404: f"no such endpoint: {request.method} {request.path}; this server answers GET /v1/models and "
+                          "POST /v1/chat/completions.",
+                     405: f"{request.method} is not allowed on {request.path}.",
+                     413: f"the request body is over the server's limit of {MAX_BODY // 2**20} MiB."}
+            return error(exc.status, words.get(exc.status, exc.reason), code={404: "not_found", 413: "request_too_large"}.get(exc.status))
 
     @web.middleware
     async def authorised(request: web.Request, handler):
@@ -157,7 +223,7 @@ def make_app(user: SimulatedUser, settings: ServeSettings = ServeSettings()):
             sent = request.headers.get("Authorization", "")
             if not hmac.compare_digest(sent.encode(), f"Bearer {settings.api_key}".encode()):
                 return error(401, "missing or wrong bearer token; send Authorization: Bearer <the server's --api-key>.",
-                             "authentication_error")
+                             "authentication_error", code="invalid_api_key")
         return await handler(request)
 
     async def models(request: web.Request) -> web.Response:
@@ -172,13 +238,13 @@ def make_app(user: SimulatedUser, settings: ServeSettings = ServeSettings()):
         try:
             return web.json_response(await next_user_turn(user, body, settings, request.headers.get("X-Conversation-Id"), handles))
         except BadRequest as exc:
-            return error(400, str(exc))
+            return error(exc.status, str(exc), param=exc.param, code=exc.code)
         except ConfigurationError as exc:
             return error(500, str(exc), "server_error")
         except Exception as exc:  # the model failed: the caller hears it in one sentence, the server goes on
             return error(500, f"the user model failed: {type(exc).__name__}: {exc}", "server_error")
 
-    app = web.Application(middlewares=[authorised])
+    app = web.Application(middlewares=[json_errors, authorised], client_max_size=MAX_BODY)
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", chat)
     return app
