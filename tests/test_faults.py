@@ -196,3 +196,12 @@ def test_a_run_resumed_with_other_fault_settings_is_refused(tmp_path):
     with pytest.raises(UserError, match="faults"):
         simulate(intents, strict, ScriptedAssistant(["Sure."]), out=str(out), settings=RunSettings(max_turns=3), progress=False)
     assert len(read_conversations(out)) == 1  # nothing added, nothing lost
+
+
+def test_chat_shows_a_turns_faults(capsys):
+    from userlm.cli.chat import _show
+    from userlm.user import UserTurn
+
+    _show(None, UserTurn(text="How can I help you today?", faults=["role_inversion"]))
+    shown = capsys.readouterr()
+    assert "user> How can I help you today?" in shown.out and "[faults: role_inversion]" in shown.err

@@ -100,7 +100,7 @@ class _Person:
 
 
 def _show(conv, turn) -> None:
-    """Each user turn as the person sees it, with the drafts the guardrails refused."""
+    """Each user turn as the person sees it, with the drafts the guardrails refused and the faults it shows."""
     from ..render import END_OF_CONVERSATION
 
     if turn.rejected:
@@ -110,3 +110,5 @@ def _show(conv, turn) -> None:
         print(f"user> {turn.text}", flush=True)
     else:
         print(f"user> {END_OF_CONVERSATION}" if turn.ended else "user> (every draft was refused)", flush=True)
+    if turn.faults:
+        print(f"  [faults: {', '.join(turn.faults)}]", file=sys.stderr)

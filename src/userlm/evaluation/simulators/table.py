@@ -91,7 +91,8 @@ REPLAY_NOTE = ("Replay against real people: at every point where a person spoke 
                "sample; AUROC of P(end)); words/turn distance: Wasserstein-1, in words, between the simulator's and the "
                "people's words per turn; lexical: the simulator's mean MATTR, HD-D and Yule's K as z-scores against the "
                "people's; next-turn similarity: TF-IDF cosine of a draft with the person's actual next turn. Percentages "
-               "except distances and z; brackets are 95% intervals resampling conversations. Control rows give each figure "
+               "except distances and z; brackets are 95% intervals resampling conversations (resampling widens both "
+               "distributions, so a distance's interval can sit above the distance itself). Control rows give each figure "
                "a scale: people against people (the conversations split in halves; the stop row is a rule that knows only "
                "how many replies came before) and each simulator against itself (its first drafts against its second).")
 
