@@ -451,14 +451,21 @@ def test_a_resumed_evaluation_refuses_parts_made_with_other_settings(tmp_path, o
 
     intents = [Intent(id=f"i{k}", text=f"You want help with chore {k} today.") for k in range(3)]
 
-    def run(temperature=1.0, seed=0, data=oasst_threads[:6]):
-        settings = UserEvalSettings(parts=("conversations",), seed=seed, resamples=50)
+    def run(temperature=1.0, seed=0, data=oasst_threads[:6], replay_drafts=3):
+        settings = UserEvalSettings(parts=("conversations",), seed=seed, resamples=50, replay_drafts=replay_drafts)
         return asyncio.run(evaluate_users([Simulator("scripted:s", Sampling(temperature))], data, intents, tmp_path, settings=settings,
                                           progress=False, log=lambda m: None))
 
     first = run()
     assert (tmp_path / "parts" / "scripted_s.settings.json").exists()
     assert run()["simulators"][0]["parts"] == first["simulators"][0]["parts"]  # resumed as it was
-    for change, named in ((dict(temperature=0.5), "sampling"), (dict(seed=1), "seed"), (dict(data=oasst_threads[6:12]), "held-out")):
+    for change, named in ((dict(temperature=0.5), "sampling"), (dict(seed=1), "seed"), (dict(data=oasst_threads[6:12]), "held-out"),
+                          (dict(replay_drafts=2), "replay drafts")):
         with pytest.raises(UserError, match=f"holds parts of scripted:s made with {named}"):
             run(**change)
+    # and a setting a saved part has but this run leaves at its default is named too
+    path = tmp_path / "parts" / "scripted_s.settings.json"
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({**saved, "replay drafts": 2}))
+    with pytest.raises(UserError, match="made with replay drafts = 2, but this run has the default"):
+        run()

@@ -87,16 +87,19 @@ def _determinants(sim: Simulator, data: list[Conversation], intents: list[Intent
         "judge": judge.name if judge else None,
         "detector": detector.name if detector else None,
         "scenario assistant": scenario_assistant.name if scenario_assistant else None,
+        # kept only when it is not the default, so that parts saved before the replay existed still resume
+        **({"replay drafts": settings.replay_drafts} if settings.replay_drafts != UserEvalSettings.replay_drafts else {}),
     }))
 
 
 def _resumable(out: Path, sim: Simulator, saved: dict[str, Any], determined: dict[str, Any]) -> None:
     """Refuse, in one sentence, to add to a simulator's saved parts made with other settings
     (``saved``: what its parts were made with; empty for parts saved before that was kept)."""
-    for key, value in determined.items():
-        if saved and saved.get(key) != value:
+    for key in [*determined, *(k for k in saved if k not in determined)]:
+        if saved and saved.get(key) != determined.get(key):
+            now = shown(determined[key]) if key in determined else "the default"
             raise UserError(f"{out} holds parts of {sim.spec} made with {key} = {shown(saved.get(key))}, but this run has "
-                            f"{shown(value)}; run with the same settings, or write to another --out.")
+                            f"{now}; run with the same settings, or write to another --out.")
 
 
 async def evaluate_users(
