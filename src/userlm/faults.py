@@ -186,7 +186,8 @@ def parse_fault_names(value: str | Sequence[str] | None, flag: str = "--reject-f
     names = [n.strip() for n in (value.split(",") if isinstance(value, str) else value) if n.strip()]
     unknown = [n for n in names if n not in FAULTS]
     if unknown:
-        raise UserError(f"{flag}: unknown fault {unknown[0]!r}; the faults are {', '.join(FAULTS)}.".removeprefix(": "))
+        where = f"{flag}: " if flag else ""
+        raise UserError(f"{where}unknown fault {unknown[0]!r}; the faults are {', '.join(FAULTS)}.")
     return tuple(dict.fromkeys(names))
 
 

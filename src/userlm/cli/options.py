@@ -138,7 +138,7 @@ def fault_names(value: str) -> tuple[str, ...]:
     try:
         return parse_fault_names(value, "")
     except UserError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix(": ")) from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def faults_from(args: argparse.Namespace):

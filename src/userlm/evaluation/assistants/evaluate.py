@@ -180,20 +180,16 @@ def summarise(tasks: list[Task], records: dict[str, list[Conversation]]) -> Assi
             if mode == "simulated":
                 row["intent_coverage"] = describe([intent_coverage(by_id[c.metadata["task_id"]], c) for c in items])
                 row["lexical_difference"] = describe([lexical_difference(by_id[c.metadata["task_id"]], c) for c in items])
-            scripted = mode != "simulated"
-            causes = [failure_cause(by_id[c.metadata["task_id"]], c, s, scripted) for c, s in zip(items, scores)]
-            clean = [s for c, s in zip(items, scores)
-                     if not missing_shards(by_id[c.metadata["task_id"]], c) and (scripted or user_faults(c) == [])]
-            row["score_simulator_clean"] = mean_ci(clean)
+            found = [attribution(by_id[c.metadata["task_id"]], c, s, mode != "simulated") for c, s in zip(items, scores)]
+            causes = [a["failure_cause"] for a in found]
+            row["score_simulator_clean"] = mean_ci([s for s, a in zip(scores, found) if a["clean"]])
             row["simulator_failure_rate"] = mean_ci([1.0 if cause in ("simulator", "both") else 0.0 for cause in causes])
             row["failure_causes"] = {cause: causes.count(cause) for cause in CAUSES if cause in causes}
             rows.append(row)
-            for c, s, cause in zip(items, scores, causes):
-                task = by_id[c.metadata["task_id"]]
+            for c, s, a in zip(items, scores, found):
                 per_conversation.append({"id": c.id, "task_id": c.metadata["task_id"], "suite": suite, "mode": mode,
                                          "score": s, "turns": len(c.user_turns()), "end_reason": c.end_reason,
-                                         "failure_cause": cause, "missing_shards": missing_shards(task, c),
-                                         "faults": user_faults(c)})
+                                         "failure_cause": a["failure_cause"], "missing_shards": a["missing_shards"], "faults": a["faults"]})
     for row in rows:
         full = task_means.get((row["suite"], "full"))
         if full is not None and row["mode"] != "full":
@@ -223,26 +219,32 @@ def user_faults(conv: Conversation) -> list[str] | None:
     return [name for name in FAULTS if name in found]
 
 
-def failure_cause(task: Task, conv: Conversation, score: float, scripted: bool = False) -> str | None:
-    """Why a conversation failed its task (None when it did not fail):
+def failure_cause(score: float, missing: list[int], faults: list[str] | None) -> str | None:
+    """Why a conversation failed its task (None when it did not fail), from the shards its user
+    never conveyed (``missing``) and the faults of its user's turns (None: never checked):
 
     * ``simulator``: the user never conveyed a shard the task needs, so no assistant could solve it;
     * ``both``: every shard was conveyed, but the user's turns show faults (the assistant had what
       it needed, and the user also misbehaved);
     * ``assistant``: every shard was conveyed by clean user turns;
     * ``unknown``: the record carries no fault checks (made before they existed).
-
-    ``scripted``: the user replayed the task's own words (the full, concat and sharded modes):
-    its turns are not checked for faults, only for the shards they conveyed.
     """
     if score >= 1.0:
         return None
-    faults = [] if scripted else user_faults(conv)
-    if missing_shards(task, conv):
+    if missing:
         return "simulator"
     if faults is None:
         return "unknown"
     return "both" if faults else "assistant"
+
+
+def attribution(task: Task, conv: Conversation, score: float, scripted: bool) -> dict[str, Any]:
+    """A conversation's ``failure_cause``, ``missing_shards`` and ``faults``. ``scripted``: its user
+    replayed the task's own words (the full, concat and sharded modes), so only its shards are checked;
+    ``clean``: every shard conveyed by turns without faults."""
+    missing, faults = missing_shards(task, conv), user_faults(conv)
+    return {"failure_cause": failure_cause(score, missing, [] if scripted else faults), "missing_shards": missing, "faults": faults,
+            "clean": not missing and (scripted or faults == [])}
 
 
 def intent_coverage(task: Task, conv: Conversation) -> float:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -249,14 +250,21 @@ def stop_figures(points: list[TerminationPoint], settings: UserEvalSettings) -> 
                 f"at least {MIN_CONVERSATIONS} conversations and {FOLDS} stops are needed).")
         return out | {key: figure(None, None, len(points), note=note) for key in ("f1", "precision", "recall")}
     predicted, thresholds = out_of_sample(probs, ended, members, settings.seed)
-    said = [1.0 if p else 0.0 for p in predicted]
+    return out | _decision_figures(predicted, ended, members, settings, threshold=float(statistics.median(thresholds)))
+
+
+def _decision_figures(said: Sequence[bool], ended: Sequence[bool], members: list[list[int]], settings: UserEvalSettings,
+                      **extra: Any) -> dict[str, Figure]:
+    """F1, precision and recall of the stop decisions ``said`` against ``ended``, each with an
+    interval resampling conversations (``members``: each conversation's point indices)."""
+    out = {}
     for key in ("f1", "precision", "recall"):
         def score(idx, key=key) -> float:
             chosen = [k for g in idx for k in members[g]]
-            return getattr(end_scores([said[k] for k in chosen], [ended[k] for k in chosen], 0.5), key)
+            return getattr(end_scores([float(said[k]) for k in chosen], [ended[k] for k in chosen], 0.5), key)
 
         out[key] = figure(score(range(len(members))), bootstrap(len(members), score, resamples=settings.resamples, seed=settings.seed),
-                          len(points), threshold=float(sorted(thresholds)[len(thresholds) // 2]))
+                          len(said), **extra)
     return out
 
 
@@ -303,18 +311,9 @@ def length_rule(points: list[TerminationPoint], learn_from: Sequence[str], setti
         return {"f1": figure(None, note="too few conversations to split in halves")}
     length = [float(p["after_reply"]) for p in train]
     cut = best_threshold([x / max(length) for x in length], [p["ended"] for p in train]).threshold * max(length)
-    scored: list[TerminationPoint] = [{**p, "prob": 1.0 if p["after_reply"] >= cut else 0.0} for p in test]
-    members = _members(scored)
-    said = [p["prob"] for p in scored]
-    ended = [p["ended"] for p in scored]
-    out = {}
-    for key in ("f1", "precision", "recall"):
-        def score(idx, key=key) -> float:
-            chosen = [k for g in idx for k in members[g]]
-            return getattr(end_scores([said[k] for k in chosen], [ended[k] for k in chosen], 0.5), key)
-
-        out[key] = figure(score(range(len(members))), bootstrap(len(members), score, resamples=settings.resamples, seed=settings.seed),
-                          len(scored), threshold=cut)
+    members = _members(test)
+    ended = [p["ended"] for p in test]
+    out = _decision_figures([p["after_reply"] >= cut for p in test], ended, members, settings, stop_after_replies=cut)
     out["auroc"] = _auroc_figure([float(p["after_reply"]) for p in test], ended, members, settings)
     return out
 
@@ -352,8 +351,6 @@ def turn_words(simulated: Sample, people: Sample, settings: UserEvalSettings) ->
 def lexical(simulated: Sample, people: Sample, settings: UserEvalSettings) -> dict[str, Figure]:
     """Each measure's mean over the simulator's conversations, as a z-score against the people's
     (their mean and standard deviation over conversations)."""
-    import statistics
-
     out: dict[str, Figure] = {}
     for name, measure in LEXICAL.items():
         mine = [measure(words(simulated.text(i))) for i in range(len(simulated))]
@@ -380,7 +377,7 @@ def lexical(simulated: Sample, people: Sample, settings: UserEvalSettings) -> di
 # --- next turn ------------------------------------------------------------------------------
 
 
-def _similarity(pairs: list[tuple[int, str, str]], n: int, settings: UserEvalSettings) -> Figure:
+def _similarity(pairs: list[tuple[int, str, str]], settings: UserEvalSettings) -> Figure:
     """Mean TF-IDF cosine similarity of text pairs (each with its conversation's index), with an
     interval over conversations."""
     if not pairs:
@@ -405,7 +402,7 @@ def _similarity(pairs: list[tuple[int, str, str]], n: int, settings: UserEvalSet
 
 def next_turn(points: list[Point], drafts: list[list[str | None]], settings: UserEvalSettings) -> Figure:
     pairs = [(p.conversation, d, p.human) for p, made in zip(points, drafts) for d in made if d and p.human]
-    return _similarity(pairs, len(points), settings)
+    return _similarity(pairs, settings)
 
 
 def people_next_turn(points: list[Point], settings: UserEvalSettings) -> Figure:
@@ -424,10 +421,10 @@ def people_next_turn(points: list[Point], settings: UserEvalSettings) -> Figure:
         for a, b in zip(same, others):
             if a.conversation != b.conversation and a.human and b.human:
                 pairs.append((a.conversation, b.human, a.human))
-    return _similarity(pairs, len(points), settings)
+    return _similarity(pairs, settings)
 
 
 def draft_agreement(points: list[Point], drafts: list[list[str | None]], settings: UserEvalSettings) -> Figure:
     """The simulator against itself: its first draft at each point against its second."""
     pairs = [(p.conversation, made[0], made[1]) for p, made in zip(points, drafts) if len(made) > 1 and made[0] and made[1]]
-    return _similarity(pairs, len(points), settings)
+    return _similarity(pairs, settings)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import math
 import os
@@ -306,7 +307,7 @@ class OpenAIUserModel(_OpenAIModel):
         super().__init__(model, **kwargs)
         self.name = f"openai:{model}"
         self.view = f"user:{self.name}"  #: what this model keeps in a conversation's handle
-        self._tokenizer = tokenizer if tokenizer is not None else _local_tokenizer(model)
+        self._given_tokenizer = tokenizer
         self.max_logprobs = max_logprobs
         self._end_token_id = end_token_id
         self._probed = False
@@ -357,6 +358,11 @@ class OpenAIUserModel(_OpenAIModel):
 
         return await self._post("/completions", {"model": self.model, **body}, parse)
 
+    @functools.cached_property
+    def _tokenizer(self) -> Any:
+        """The tokenizer, loaded the first time a vLLM server is to get ids (None where none is at hand)."""
+        return self._given_tokenizer if self._given_tokenizer is not None else _local_tokenizer(self.model)
+
     def prompt(self, request: UserTurnRequest) -> str:
         """The prompt text sent for ``request``: the rendered conversation and the turn's opening."""
         return user_prompt_text(request.intent, request.messages) + USERLM_TURN_OPENING
@@ -364,8 +370,10 @@ class OpenAIUserModel(_OpenAIModel):
     def prompt_ids(self, request: UserTurnRequest) -> tuple[str, list[int]] | None:
         """The prompt as the tokenizer renders it, text and token ids, when the tokenizer is at
         hand and the server takes ids exactly (vLLM); else None (the text is sent)."""
+        if not self.vllm_like:
+            return None
         tok = self._tokenizer
-        if tok is None or not self.vllm_like:
+        if tok is None:
             return None
         opening = turn_opening(tok)
         text = user_prompt_string(tok, request.intent, request.messages) + opening.text
@@ -469,6 +477,7 @@ class OpenAIUserModel(_OpenAIModel):
     def _wrote(self, conversation: ConversationHandle, text: str, prompt: list[int], sampled: list[int], end_id: int | None) -> None:
         """Keep the ids the server sampled (without the stop or end token that closed the turn) in the handle."""
         tok = self._tokenizer
+        assert tok is not None  # only prompts sent as ids come here
         stops = {end_id, tok.convert_tokens_to_ids(END_OF_TURN), tok.eos_token_id} - {None}
         turn = list(sampled)
         if turn and turn[-1] in stops:

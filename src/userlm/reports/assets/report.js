@@ -33,7 +33,7 @@
     const runs = DATA.runs.filter((r) => r.fault_checked_turns);
     if (!runs.length) return `<p class="hint">Faults: these runs were recorded before faults were caught per turn.</p>`;
     const names = Object.keys(runs[0].faults);
-    const head = `<tr><th>fault</th>${runs.map((r) => `<th>${esc(r.name)} (${r.fault_checked_turns} turns)</th>`).join("")}</tr>`;
+    const head = `<tr><th>fault</th>${runs.map((r) => `<th>${esc(r.name)}: share of ${r.fault_checked_turns} checked user turns and ends (count)</th>`).join("")}</tr>`;
     const rows = names.map((name) => `<tr><td>${esc(name)}</td>${runs.map((r) => {
       const f = r.faults[name];
       const links = f.examples.map((id) => `<a href="#browser" class="fault-example" data-run="${DATA.runs.indexOf(r)}" data-id="${esc(id)}">${esc(id)}</a>`).join(" ");
