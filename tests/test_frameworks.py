@@ -108,6 +108,12 @@ def test_concurrent_requests_run_as_batches_in_the_local_engine(tiny_user_dir):
     ({"messages": [], "logprobs": True}, 400, "logprobs is not supported", "logprobs"),
     ({"messages": [], "logit_bias": {"5": -100}}, 400, "logit_bias is not supported", "logit_bias"),
     ({"messages": [], "model": "gpt-4o"}, 404, "The model 'gpt-4o' does not exist here", "model"),
+    ({"messages": [], "temperature": 2.5}, 400, "temperature must be a number from 0 to 2", "temperature"),
+    ({"messages": [], "top_p": "high"}, 400, "top_p must be a number from 0 to 1", "top_p"),
+    ({"messages": [], "max_tokens": 0}, 400, "max_tokens must be a positive integer", "max_tokens"),
+    ({"messages": [], "max_completion_tokens": 1.5}, 400, "max_completion_tokens must be a positive integer", "max_completion_tokens"),
+    ({"messages": [], "stop": ["a", "b", "c", "d", "e"]}, 400, "stop must be a non-empty string or a list of at most 4", "stop"),
+    ({"messages": [], "presence_penalty": 0.5}, 400, "presence_penalty is not supported", "presence_penalty"),
 ])
 def test_bad_requests_get_4xx_in_one_sentence(server, body, status, sentence, param):
     answer = post(server, body)
@@ -132,6 +138,35 @@ def test_a_conversation_past_the_context_is_a_400_naming_the_code(server):
     long = " ".join(["a long reply that goes on"] * 1500)  # past the tiny model's 2,048 tokens
     answer = post(server, {"model": "userlm", "messages": flipped("Hello, what do you need?", "I need help.", long)})
     assert answer.status_code == 400 and answer.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_a_requests_sampling_cap_and_stop_sequences_are_honoured(server):
+    def ask(name, **extra):
+        body = {"model": "userlm", "messages": flipped("Hi! How can I help you today?"), "seed": 3, "conversation_id": name, **extra}
+        answer = post(server, body).json()
+        return answer, answer["choices"][0]
+
+    capped, choice = ask("capped", max_completion_tokens=3)
+    # every draft of the turn (refused ones included) stopped at the cap
+    assert capped["usage"]["completion_tokens"] <= 3 * capped["userlm"]["attempts"]
+    if not capped["userlm"]["ended"]:
+        assert choice["finish_reason"] == "length"
+    free, choice = ask("free")
+    text = choice["message"]["content"]
+    assert free["userlm"]["ended"] is False and len(text) > 6, free
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    _, stopped = ask("stopped", stop=[stop, "never there"])
+    assert stopped["message"]["content"] == text[: text.find(stop)] and stopped["finish_reason"] == "stop"
+    _, hotter = ask("hotter", temperature=1.9, top_p=1)
+    assert hotter["message"]["content"] != text  # the same seed drew other tokens under other settings
+
+
+def test_a_user_model_that_samples_only_its_own_way_refuses_a_requests_sampling():
+    user = SimulatedUser(ScriptedUser(["can you find me a hotel?"]))
+    with pytest.raises(BadRequest, match="temperature is not supported: the user model .* samples with the server's settings"):
+        asyncio.run(next_user_turn(user, {"messages": flipped("Hi"), "temperature": 0.2}, ServeSettings()))
+    answer = asyncio.run(next_user_turn(user, {"messages": flipped("Hi"), "stop": "hotel"}, ServeSettings()))
+    assert answer["choices"][0]["message"]["content"] == "can you find me a "
 
 
 def test_tool_messages_are_the_agents_side():

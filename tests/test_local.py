@@ -323,3 +323,27 @@ def test_a_turn_starts_after_the_headers_newline_and_keeps_its_sampled_ids(tiny_
     # another conversation (a new handle) starts from the renderer's ids
     later = request(conversation=ConversationHandle("other"), seed=99, messages=messages, intent=intent)
     assert user._prompt(later)[1] == user_prompt_ids(tok, first.intent, messages) + opening
+
+
+def test_each_row_samples_with_its_own_settings_whatever_the_rest_of_its_batch(tiny_user_dir):
+    """A request's own temperature, nucleus and token cap hold row by row: a row gives the same
+    tokens in a batch of rows sampled otherwise as it does alone, a greedy row is the argmax of
+    the model's forward, and a row's cap cuts it alone."""
+    from userlm.models.hf.engine import Row, generate
+    from userlm.models.vocab import vocab_tables
+
+    user = LocalUserModel(str(tiny_user_dir), sampling=SAMPLING)
+    tok, model = user.loaded.tokenizer, user.loaded.model
+    common = dict(stop_ids=set(), end_id=None, pad_id=user.loaded.pad_id, whitespace=vocab_tables(tok).whitespace,
+                  temperature=1.0, top_p=0.8, max_new_tokens=12)
+    prompt = tok.encode("Hello there, how are you today", add_special_tokens=False)
+    rows = [Row(prompt, 3, temperature=0.0), Row(prompt, 3, temperature=1.5, top_p=1.0), Row(prompt, 3, top_p=0.3, max_new_tokens=4),
+            Row(prompt, 3)]
+    together = generate(model, rows, **common)
+    alone = [generate(model, [row], **common)[0] for row in rows]
+    assert [r.tokens for r in together] == [r.tokens for r in alone]
+    with torch.inference_mode():
+        logits = model(torch.tensor([prompt + together[0].tokens])).logits[0]
+    assert logits[len(prompt) - 1 : -1].argmax(-1).tolist() == together[0].tokens
+    assert [len(r.tokens) for r in together] == [12, 12, 4, 12]
+    assert together[1].tokens != together[3].tokens  # the other settings drew other tokens from the same generator

@@ -20,7 +20,8 @@ from typing import Literal
 from .conversation import Message, Rejection, Usage
 from .faults import FAULTS, TurnContext, detect, judge_prompt, judge_verdict
 from .guardrails import GuardrailConfig, check_draft
-from .models.base import ChatModel, UserModel, UserTurnRequest
+from .errors import ConfigurationError
+from .models.base import ChatModel, SamplesPerRequest, SamplingSettings, UserModel, UserTurnRequest
 from .models.handle import ConversationHandle, handle_of
 from .render import END_OF_CONVERSATION
 
@@ -108,12 +109,16 @@ class SimulatedUser:
         return self.model.name
 
     async def next_turn(self, intent: str | None, messages: list[Message] | list[dict], *, seed: int = 0,
-                        conversation: ConversationHandle | str | None = None, required: Sequence[str] = ()) -> UserTurn:
+                        conversation: ConversationHandle | str | None = None, required: Sequence[str] = (),
+                        sampling: SamplingSettings | None = None) -> UserTurn:
         """Draft the next user turn, resampling refused drafts up to ``max_attempts`` times.
         ``conversation`` is the conversation's handle (or its id, for a new handle): engines route
         its turns and key their caches on its id and keep the token ids of its turns in it; without
         one, nothing is kept for it between turns. ``required``: the details the intent requires
-        the user to give before ending (for the ``premature_end`` fault)."""
+        the user to give before ending (for the ``premature_end`` fault). ``sampling``: this turn's
+        own sampling, for a model that honours it per request (:class:`SamplesPerRequest`)."""
+        if sampling is not None and not isinstance(self.model, SamplesPerRequest):
+            raise ConfigurationError(f"{self.model.name} samples with its own settings only; leave out the turn's own sampling.")
         handle = handle_of(conversation, seed)
         chat = [m if isinstance(m, dict) else m.chat() for m in messages]
         earlier = [m["content"] for m in chat if m["role"] == "user"]
@@ -129,6 +134,7 @@ class SimulatedUser:
                 banned_first_words=g.first_words,
                 end_threshold=g.end_threshold,
                 conversation=handle,
+                sampling=sampling,
             )
             draft = await self.model.draft(request)
             turn.usage.add(draft.prompt_tokens, draft.completion_tokens)

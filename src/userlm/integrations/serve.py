@@ -12,9 +12,12 @@ the simulated user's next turn, drafted under the guardrails, or the stop marker
   agent's replies;
 * ``plain``: ``system`` is the intent, ``user`` the user's turns, ``assistant`` the agent's.
 
-``seed`` is honoured (the same request and seed give the same turn on a local model); the server's
-own sampling flags decide the rest. What the endpoint cannot mean (``tools``, ``response_format``,
-``logprobs``, ``logit_bias``, ``n`` > 1, ``stream``, ...) is a 400 naming the parameter; a model other
+``seed`` is honoured (the same request and seed give the same turn on a local model), and so are
+``temperature``, ``top_p``, ``max_completion_tokens`` (or ``max_tokens``: a cap on the turn's
+tokens, each draft's) and ``stop`` (the turn cut before the first of up to four sequences); what a
+request leaves out, the server's flags decide. A user model that samples only its own way (a
+script, a function) refuses them with a 400 naming the parameter. What the endpoint cannot mean (``tools``, ``response_format``,
+``logprobs``, ``logit_bias``, penalties, ``n`` > 1, ``stream``, ...) is a 400 naming the parameter; a model other
 than the one served (its id in ``/v1/models``, or ``userlm``) is a 404; a conversation past the user
 model's context is a 400 with code ``context_length_exceeded``; every error, whatever its status
 (404 and 413 included), is OpenAI's JSON error shape. ``tool`` messages belong to the agent's side
@@ -39,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigurationError
-from ..models.base import ContextOverflow
+from ..models.base import ContextOverflow, Samples, SamplesPerRequest, SamplingSettings
 from ..models.handle import Handles
 from ..render import END_OF_CONVERSATION, flipped_view
 from ..user import SimulatedUser
@@ -68,7 +71,12 @@ UNSUPPORTED = {
     "logit_bias": "the guardrails decide which tokens may be sampled",
     "audio": "the simulated user writes text only",
     "prediction": "predicted outputs are not supported",
+    "presence_penalty": "the guardrails' no-repetition rule stands in for penalties",
+    "frequency_penalty": "the guardrails' no-repetition rule stands in for penalties",
+    "reasoning_effort": "the simulated user does not reason before its turn",
 }
+#: the most stop sequences a request may give (as OpenAI's API allows)
+MAX_STOPS = 4
 #: the largest request body the server reads
 MAX_BODY = 8 * 2**20
 #: the name every served user model also answers to
@@ -118,7 +126,7 @@ def conversation_of(body: Any, view: str) -> tuple[str | None, list[dict[str, st
     if body.get("n", 1) not in (1, None):
         raise BadRequest("n must be 1: the simulated user writes one next turn.", param="n", code="unsupported_parameter")
     for name, why in UNSUPPORTED.items():
-        if body.get(name) not in (None, False, [], {}):
+        if body.get(name) not in (None, False, [], {}, 0):
             raise BadRequest(f"{name} is not supported: {why}; leave it out.", param=name, code="unsupported_parameter")
     intents, turns = [], []
     for index, message in enumerate(messages):
@@ -155,6 +163,52 @@ def conversation_key(body: dict, intent: str | None, turns: list[dict[str, str]]
     return f"prefix:{digest}"
 
 
+@dataclass(frozen=True)
+class TurnSampling:
+    """What a request asks of the turn's sampling: its own settings (None: the server's) and its stop sequences."""
+
+    settings: SamplingSettings | None
+    stops: tuple[str, ...] = ()
+    named: tuple[str, ...] = ()  #: the sampling parameters the request set
+
+
+def _number(body: dict, name: str, low: float, high: float) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise BadRequest(f"{name} must be a number from {low:g} to {high:g}.", param=name, code="invalid_value")
+    return float(value)
+
+
+def turn_sampling(body: dict, default: SamplingSettings) -> TurnSampling:
+    """The request's ``temperature``, ``top_p``, ``max_completion_tokens`` (or ``max_tokens``) and
+    ``stop``, checked as OpenAI checks them. ``top_p`` 0 keeps the most likely token alone."""
+    temperature = _number(body, "temperature", 0, 2)
+    top_p = _number(body, "top_p", 0, 1)
+    cap_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    cap = body.get(cap_name)
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise BadRequest(f"{cap_name} must be a positive integer.", param=cap_name, code="invalid_value")
+    stop = body.get("stop")
+    stops = (stop,) if isinstance(stop, str) else tuple(stop) if isinstance(stop, list) else () if stop is None else None
+    if stops is None or len(stops) > MAX_STOPS or not all(isinstance(x, str) and x for x in stops):
+        raise BadRequest(f"stop must be a non-empty string or a list of at most {MAX_STOPS} of them.", param="stop", code="invalid_value")
+    named = tuple(n for n, v in (("temperature", temperature), ("top_p", top_p), (cap_name, cap)) if v is not None)
+    if not named:
+        return TurnSampling(None, stops)
+    settings = SamplingSettings(temperature=default.temperature if temperature is None else temperature,
+                                top_p=default.top_p if top_p is None else max(top_p, 1e-9),
+                                max_new_tokens=default.max_new_tokens if cap is None else cap)
+    return TurnSampling(settings, stops, named)
+
+
+def _cut(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """The text up to the first of the stop sequences (left out, as OpenAI leaves them), and whether one was found."""
+    at = min((i for i in (text.find(x) for x in stops) if i >= 0), default=-1)
+    return (text[:at], True) if at >= 0 else (text, False)
+
+
 async def next_user_turn(user: SimulatedUser, body: dict, settings: ServeSettings, header: str | None = None,
                          handles: Handles | None = None) -> dict[str, Any]:
     """The chat-completion answer for one request: the next user turn or the stop marker.
@@ -170,21 +224,29 @@ async def next_user_turn(user: SimulatedUser, body: dict, settings: ServeSetting
         raise BadRequest("seed must be an integer.")
     if body.get("metadata") is not None and not isinstance(body.get("metadata"), dict):
         raise BadRequest("metadata must be an object.")
+    sampling = turn_sampling(body, user.model.sampling if isinstance(user.model, Samples) else SamplingSettings())
+    if sampling.named and not isinstance(user.model, SamplesPerRequest):
+        raise BadRequest(f"{sampling.named[0]} is not supported: the user model {user.name} samples with the server's settings "
+                         "only; leave it out, or set them when starting the server.", param=sampling.named[0], code="unsupported_parameter")
     key = conversation_key(body, intent, turns, header)
     seed = seed if seed is not None else random.randrange(2**31)
     try:
-        turn = await user.next_turn(intent, turns, seed=seed, conversation=handles.get(key, seed) if handles is not None else key)
+        turn = await user.next_turn(intent, turns, seed=seed, conversation=handles.get(key, seed) if handles is not None else key,
+                                    sampling=sampling.settings)
     except ContextOverflow as exc:
         raise BadRequest(f"{exc}", param="messages", code="context_length_exceeded") from None
     stopped = turn.text is None
     reason = None if not stopped else ("user_ended" if turn.ended else "guardrail_exhausted")
     content = turn.text if not stopped else settings.stop_marker if turn.ended else settings.exhausted_marker
+    cut = False
+    if not stopped and sampling.stops:
+        content, cut = _cut(content, sampling.stops)
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": served,
-        "choices": [{"index": 0, "finish_reason": "length" if turn.truncated and not stopped else "stop",
+        "choices": [{"index": 0, "finish_reason": "length" if turn.truncated and not (stopped or cut) else "stop",
                      "message": {"role": "assistant", "content": content}}],
         "usage": {"prompt_tokens": turn.usage.prompt_tokens, "completion_tokens": turn.usage.completion_tokens,
                   "total_tokens": turn.usage.prompt_tokens + turn.usage.completion_tokens},

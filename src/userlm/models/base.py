@@ -44,6 +44,9 @@ class UserTurnRequest:
     conversation: ConversationHandle | None = None
     banned_first_words: tuple[str, ...] = ()
     end_threshold: float | None = None  #: end when P(end) at the start of the turn reaches this
+    #: this turn's own sampling (temperature, top_p, token cap), for models that honour it per
+    #: request (``samples_per_request``); None: the model's own settings
+    sampling: SamplingSettings | None = None
 
     # The one end policy every user model obeys: with a threshold, P(end) decides and the end
     # token is never sampled; without one, the end token is sampled like any other; either only
@@ -190,6 +193,19 @@ class Samples(Protocol):
     other settings is caught whether the run came from the command line or from Python."""
 
     sampling: SamplingSettings
+
+
+@runtime_checkable
+class SamplesPerRequest(Protocol):
+    """Honours a request's own sampling (:attr:`UserTurnRequest.sampling`: temperature, top_p
+    and token cap) in place of its ``sampling``, row by row within a batch."""
+
+    samples_per_request: bool
+
+
+def request_sampling(request: UserTurnRequest, model: Samples) -> SamplingSettings:
+    """The sampling a request's turn is drafted with: its own, else the model's."""
+    return request.sampling if request.sampling is not None else model.sampling
 
 
 @runtime_checkable

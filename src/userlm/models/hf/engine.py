@@ -39,6 +39,8 @@ class Row:
     content_offset: int = 0  #: generated whitespace tokens expected before content (UserLM: the newline)
     key: str | None = None  #: the conversation this row continues, for the prefix cache
     max_new_tokens: int | None = None  #: this row's token budget when below the batch's (its prompt nearly fills the context)
+    temperature: float | None = None  #: this row's temperature (None: the batch's)
+    top_p: float | None = None  #: this row's nucleus (None: the batch's)
 
 
 @dataclass
@@ -230,7 +232,8 @@ class _Guard:
                  temperature, top_p):
         self.rows, self.prompt_width = rows, prompt_width
         self.end_id, self.pad_id = end_id, pad_id
-        self.temperature, self.top_p = temperature, top_p
+        self.temperature = torch.tensor([temperature if r.temperature is None else r.temperature for r in rows])
+        self.top_p = torch.tensor([top_p if r.top_p is None else r.top_p for r in rows])
         is_space = table(whitespace.tolist())
         is_wordless = table(wordless.tolist(), beyond=True) if wordless is not None else None
         stops = frozenset(stop_ids)
@@ -399,15 +402,28 @@ def _banned_mask(rows: list[Row], vocab: int, device) -> torch.Tensor | None:
     return mask.to(device)
 
 
-def _sample(logits: torch.Tensor, generators: list[torch.Generator], temperature: float, top_p: float) -> torch.Tensor:
-    if temperature <= 0:
+def _sample(logits: torch.Tensor, generators: list[torch.Generator], temperature: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """One token per row, each row with its own temperature (0: greedy), nucleus and generator; a
+    row's token depends on its logits, settings and generator alone, never on the batch's other rows."""
+    greedy = temperature <= 0
+    if bool(greedy.all()):
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:  # the nucleus needs the tokens in order of probability
+    device = logits.device
+    probs = torch.softmax(logits / temperature.clamp(min=1e-6).to(device, logits.dtype)[:, None], dim=-1)
+    draws = torch.stack([torch.rand((), generator=g) for g in generators]).to(device, probs.dtype)
+
+    def drawn(p: torch.Tensor) -> torch.Tensor:
+        cdf = p.cumsum(dim=-1)
+        return torch.searchsorted(cdf, (draws * cdf[:, -1]).unsqueeze(-1)).clamp(max=cdf.shape[-1] - 1).squeeze(-1)
+
+    nucleus = (top_p < 1.0).to(device)
+    if bool(nucleus.any()):  # the nucleus needs the tokens in order of probability
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         cumulative = sorted_probs.cumsum(dim=-1)
-        probs = sorted_probs.masked_fill(cumulative - sorted_probs > top_p, 0.0)
-    cdf = probs.cumsum(dim=-1)
-    draws = torch.stack([torch.rand((), generator=g) for g in generators]).to(cdf.device, cdf.dtype)
-    index = torch.searchsorted(cdf, (draws * cdf[:, -1]).unsqueeze(-1)).clamp(max=cdf.shape[-1] - 1)
-    return order.gather(-1, index).squeeze(-1) if top_p < 1.0 else index.squeeze(-1)
+        kept = sorted_probs.masked_fill(cumulative - sorted_probs > top_p.to(device, probs.dtype)[:, None], 0.0)
+        chosen = order.gather(-1, drawn(kept).unsqueeze(-1)).squeeze(-1)
+        if not bool(nucleus.all()):
+            chosen = torch.where(nucleus, chosen, drawn(probs))
+    else:
+        chosen = drawn(probs)
+    return torch.where(greedy.to(device), logits.argmax(dim=-1), chosen) if bool(greedy.any()) else chosen

@@ -22,7 +22,7 @@ from ...render import (
     user_prompt_ids,
     user_prompt_string,
 )
-from ..base import ChatReply, ContextOverflow, SamplingSettings, UserDraft, UserTurnRequest
+from ..base import ChatReply, ContextOverflow, SamplingSettings, UserDraft, UserTurnRequest, request_sampling
 from ..checkpoints import check_source
 from ..handle import ConversationHandle
 from ..lockstep import Lockstep
@@ -282,6 +282,7 @@ class LocalUserModel:
     def __init__(self, path: str, *, sampling: SamplingSettings, options: LoadOptions = LoadOptions()):
         self.name = f"hf:{path}"
         self.sampling = sampling
+        self.samples_per_request = True  #: a request's own sampling is honoured, row by row
         self.loaded = load(path, options)
         tok = self.loaded.tokenizer
         self.end_id = self.loaded.token_id(END_OF_CONVERSATION)
@@ -332,7 +333,8 @@ class LocalUserModel:
         items: list[tuple[Row, str, ConversationHandle | None] | ContextOverflow] = []
         for r in requests:
             text, prompt = self._prompt(r)
-            budget = self.loaded.budget(len(prompt), self.sampling.max_new_tokens)
+            sampling = request_sampling(r, self)
+            budget = self.loaded.budget(len(prompt), sampling.max_new_tokens)
             items.append(budget if isinstance(budget, ContextOverflow) else (Row(
                 prompt=prompt,
                 seed=r.seed,
@@ -342,7 +344,9 @@ class LocalUserModel:
                 want_end_prob=True,
                 content_offset=self.content_offset,
                 key=r.conversation_key,
-                max_new_tokens=budget,
+                max_new_tokens=budget if budget is not None else sampling.max_new_tokens,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
             ), text, r.conversation if self.reuse else None))
         done = _generate_fitting(self, items, stop_ids=self.stop_ids, end_id=self.end_id, whitespace=self.whitespace,
                                  wordless=tables.wordless)
@@ -363,8 +367,9 @@ def _generate_fitting(model: LocalUserModel | LocalChatModel, items: list, **opt
     from .engine import generate
 
     rows = [item[0] for item in items if not isinstance(item, ContextOverflow)]
+    longest = max((r.max_new_tokens or model.sampling.max_new_tokens for r in rows), default=model.sampling.max_new_tokens)
     results = iter(generate(model.loaded.model, rows, pad_id=model.loaded.pad_id, temperature=model.sampling.temperature,
-                            top_p=model.sampling.top_p, max_new_tokens=model.sampling.max_new_tokens,
+                            top_p=model.sampling.top_p, max_new_tokens=longest,
                             prefix_cache=model.prefix_cache, stats=model.stats, **options) if rows else [])
     out: list = []
     for item in items:

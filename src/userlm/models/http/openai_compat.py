@@ -33,7 +33,7 @@ from ...render import (
     user_prompt_string,
     user_prompt_text,
 )
-from ..base import ChatReply, SamplingSettings, UserDraft, UserTurnRequest
+from ..base import ChatReply, SamplingSettings, UserDraft, UserTurnRequest, request_sampling
 from ..handle import ConversationHandle
 from ..retry import (
     Breaker,
@@ -248,11 +248,12 @@ class _OpenAIModel:
 
         async with state.limit:
             return await with_retries(attempt, self.policy, state.breaker)
-    def _sampling_args(self) -> dict[str, Any]:
+    def _sampling_args(self, sampling: SamplingSettings | None = None) -> dict[str, Any]:
+        sampling = sampling or self.sampling
         return {
-            "temperature": self.sampling.temperature,
-            "top_p": self.sampling.top_p,
-            "max_tokens": self.sampling.max_new_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_new_tokens,
         }
 
 
@@ -306,6 +307,7 @@ class OpenAIUserModel(_OpenAIModel):
                  **kwargs: Any):
         super().__init__(model, **kwargs)
         self.name = f"openai:{model}"
+        self.samples_per_request = True  #: a request's own sampling goes to the server with it
         self.view = f"user:{self.name}"  #: what this model keeps in a conversation's handle
         self._given_tokenizer = tokenizer
         self.max_logprobs = max_logprobs
@@ -448,7 +450,7 @@ class OpenAIUserModel(_OpenAIModel):
         suppress_end = not request.end_may_be_sampled
         rendered = self.prompt_ids(request)
         body: dict[str, Any] = {"prompt": prompt if rendered is None else rendered[1], "stop": [END_OF_TURN], "seed": request.seed,
-                                **self._sampling_args()}
+                                **self._sampling_args(request_sampling(request, self))}
         if suppress_end and end_id is not None:
             body["logit_bias"] = {str(end_id): -100}
         if self.vllm_like:

@@ -38,7 +38,7 @@ from ...render import (
     user_prompt_ids,
     user_prompt_string,
 )
-from ..base import ChatReply, SamplingSettings, UserDraft, UserTurnRequest
+from ..base import ChatReply, SamplingSettings, UserDraft, UserTurnRequest, request_sampling
 from ..handle import ConversationHandle
 from ..turn import TurnReader, TurnRules, table
 
@@ -274,6 +274,7 @@ class VLLMUserModel(_InEngine):
 
     def __init__(self, path: str, *, sampling: SamplingSettings, options: VLLMOptions = VLLMOptions()):
         super().__init__(path, sampling, options)
+        self.samples_per_request = True  #: a request's own sampling is honoured (vLLM samples each request by its own)
         tok = self.engine.tokenizer
         self.end_id = _token_id(tok, END_OF_CONVERSATION)
         eot = _token_id(tok, END_OF_TURN)
@@ -301,7 +302,7 @@ class VLLMUserModel(_InEngine):
                               request.messages)
         guard = self.guard(request)
         params = _sampling(
-            self.sampling, request.seed,
+            request_sampling(request, self), request.seed,
             stop_token_ids=sorted(self.stop_ids | ({self.end_id} if self.end_id is not None else set())),
             logprob_token_ids=[self.end_id] if self.end_id is not None else None,
             extra_args={"userlm": guard},
