@@ -163,7 +163,7 @@ def test_a_requests_sampling_cap_and_stop_sequences_are_honoured(server):
 
 def test_a_user_model_that_samples_only_its_own_way_refuses_a_requests_sampling():
     user = SimulatedUser(ScriptedUser(["can you find me a hotel?"]))
-    with pytest.raises(BadRequest, match="temperature is not supported: the user model .* samples with the server's settings"):
+    with pytest.raises(BadRequest, match=r"temperature is not supported: the user model .* samples with the server's settings"):
         asyncio.run(next_user_turn(user, {"messages": flipped("Hi"), "temperature": 0.2}, ServeSettings()))
     answer = asyncio.run(next_user_turn(user, {"messages": flipped("Hi"), "stop": "hotel"}, ServeSettings()))
     assert answer["choices"][0]["message"]["content"] == "can you find me a "

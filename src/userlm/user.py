@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .conversation import Message, Rejection, Usage
+from .errors import ConfigurationError
 from .faults import FAULTS, TurnContext, detect, judge_prompt, judge_verdict
 from .guardrails import GuardrailConfig, check_draft
-from .errors import ConfigurationError
 from .models.base import ChatModel, SamplesPerRequest, SamplingSettings, UserModel, UserTurnRequest
 from .models.handle import ConversationHandle, handle_of
 from .render import END_OF_CONVERSATION
