@@ -237,10 +237,8 @@ async def next_user_turn(user: SimulatedUser, body: dict, settings: ServeSetting
         raise BadRequest(f"{exc}", param="messages", code="context_length_exceeded") from None
     stopped = turn.text is None
     reason = None if not stopped else ("user_ended" if turn.ended else "guardrail_exhausted")
-    content = turn.text if not stopped else settings.stop_marker if turn.ended else settings.exhausted_marker
-    cut = False
-    if not stopped and sampling.stops:
-        content, cut = _cut(content, sampling.stops)
+    content, cut = _cut(turn.text, sampling.stops) if turn.text is not None else (
+        settings.stop_marker if turn.ended else settings.exhausted_marker, False)
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
