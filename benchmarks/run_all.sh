@@ -12,4 +12,5 @@ if "$PY312" -c "" 2>/dev/null; then
     .venv-py312/bin/python benchmarks/http_runner.py
 fi
 $PY benchmarks/report_scale.py
+$PY benchmarks/rl_envs.py
 $PY benchmarks/write_results.py

@@ -122,6 +122,20 @@ def main() -> None:
             lines.append(f"| {name} | {r['seconds']:.1f} | {r['conversations_per_s']:.3f} | {r['x_in_process']:.2f} | "
                          f"{r['driver_cpu_ms_per_user_turn']:.0f} |")
         lines.append("")
+    rl = load("rl_envs")
+    if rl:
+        rows = rl["rows"]
+        lines += ["## B7: RL environments sharing one simulated user", "",
+                  f"Machine: {rl['machine']}; load average before {rl['load_before'][0]:.2f}, after {rl['load_after'][0]:.2f}. "
+                  f"{rl['environments']} environments (`Episode`, what the verifiers, SkyRL-Gym and TRL integrations run), "
+                  f"{rl['turns']} user turns each, B1's user model (`hf:`, user turns up to 32 new tokens), the policy's replies "
+                  "fixed text; every row from an empty prefix cache, rows alternated, the median of "
+                  f"{rl['rounds']} rounds.", "",
+                  "| run | user turns/s | x one at a time | every run (user turns, s) |", "|---|---|---|---|"]
+        for name, r in rows.items():
+            runs = "; ".join(f"{t}, {s:.1f}" for t, s in r["runs"])
+            lines.append(f"| {name} | {r['user_turns_per_s']:.2f} | {r['x_one_at_a_time']:.2f} | {runs} |")
+        lines.append("")
     notes = HERE / "NOTES.md"
     if notes.exists():
         lines += [notes.read_text().strip(), ""]

@@ -60,8 +60,18 @@ class SharedUser:
         return await asyncio.wrap_future(self.submit(work))
 
     def close(self) -> None:
+        """Stop the user's loop, its engine's waiting tasks cancelled first."""
+
+        async def drain() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self.call(drain())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
+        self._loop.close()
 
 
 _shared: dict[tuple[str, GuardrailConfig | None], SharedUser] = {}
