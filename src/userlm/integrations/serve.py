@@ -21,7 +21,9 @@ script, a function) refuses them with a 400 naming the parameter. What the endpo
 than the one served (its id in ``/v1/models``, or ``userlm``) is a 404; a conversation past the user
 model's context is a 400 with code ``context_length_exceeded``; every error, whatever its status
 (404 and 413 included), is OpenAI's JSON error shape. ``tool`` messages belong to the agent's side
-(the simulated user sees them as the agent's). A turn ended because every draft was refused answers
+(the simulated user sees them as the agent's). A framework's canned request that the user open the
+conversation (openevals' "Generate an initial query ...", alone after the system message) is read as
+no message: the user writes the first turn. A turn ended because every draft was refused answers
 with its own marker (``--exhausted-marker``), never the stop marker, and ``finish_reason`` is
 ``length`` when the user model's token budget cut the turn. A request's conversation is what the client names (the
 ``X-Conversation-Id`` header, a ``conversation_id`` field or ``metadata.conversation_id``), else its
@@ -77,6 +79,9 @@ UNSUPPORTED = {
 }
 #: the most stop sequences a request may give (as OpenAI's API allows)
 MAX_STOPS = 4
+#: what frameworks send a prompted user as the agent's "message" when the user is to open the
+#: conversation (openevals): alone after the system message, it means "write the first turn"
+OPENERS = ("Generate an initial query to start a conversation",)
 #: the largest request body the server reads
 MAX_BODY = 8 * 2**20
 #: the name every served user model also answers to
@@ -142,6 +147,8 @@ def conversation_of(body: Any, view: str) -> tuple[str | None, list[dict[str, st
         else:
             raise BadRequest(f"messages[{index}]: role {role!r} is not supported; use system, user, assistant and tool.",
                              param=f"messages[{index}].role")
+    if view == "flipped" and len(turns) == 1 and turns[0]["role"] == "user" and turns[0]["content"].startswith(OPENERS):
+        turns = []  # the framework asks the user to open: no agent message came before
     if view == "flipped":
         turns = flipped_view(turns)
     intent = "\n\n".join(t for t in intents if t.strip()) or None

@@ -20,7 +20,7 @@ import os
 import re
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ...errors import ConfigurationError
@@ -69,6 +69,8 @@ class Endpoint:
     concurrency: int = 32
     breaker: int = 8  #: requests failed for good in a row (no success between) that stop the run
     flag: str = "--user-base-url/--assistant-base-url"  #: the option that sets base_url, named in errors
+    #: the key to send (None: OPENAI_API_KEY, or none for a local server); never shown or recorded
+    api_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.max_retries < 0 or self.concurrency < 1 or self.timeout_s <= 0 or self.breaker < 0:
@@ -78,7 +80,7 @@ class Endpoint:
         """The base URL and API key to use (the key is never logged or stored)."""
         base_url = self.base_url or os.environ.get("OPENAI_BASE_URL")
         # Local servers (vLLM, transformers serve) take any key; the client insists on one.
-        api_key = os.environ.get("OPENAI_API_KEY") or ("EMPTY" if base_url else None)
+        api_key = self.api_key or os.environ.get("OPENAI_API_KEY") or ("EMPTY" if base_url else None)
         if api_key is None:
             raise ConfigurationError(
                 f"OPENAI_API_KEY is not set; export it, or point {self.flag} (or OPENAI_BASE_URL) at a local server."
