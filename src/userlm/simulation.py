@@ -288,8 +288,11 @@ def _start_models(models: Sequence[object]) -> Lockstep:
 
 
 async def _release_models(models: Sequence[object], closing: Sequence[object]) -> None:
+    """The run is over: local models batch freely again and drop its cached keys and values (a
+    long-lived process running run after run keeps its memory flat)."""
     for model in models:
         join_lockstep(model, None)
+        forget_conversations(model)
     for model in closing:
         await close(model)
 

@@ -7,6 +7,7 @@ worker thread, the requests of all other conversations queue up and form the nex
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -274,6 +275,35 @@ def _whitespace(tokenizer):
 def _forget(model) -> None:
     if model.prefix_cache is not None:
         model.prefix_cache.clear()
+    give_back_freed_memory()
+
+
+#: batches between two hand-backs of freed heap pages in a process that runs no end of a run
+TRIM_EVERY = 64
+_batches = 0
+
+
+@functools.cache
+def _libc() -> Any:
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+def give_back_freed_memory() -> None:
+    """Hand the operating system the heap pages that freed tensors left with the C allocator.
+    Every batch allocates its key/value buffers afresh; glibc keeps the freed pages of such
+    large, short-lived blocks, so a process that runs one simulation after another (a notebook,
+    ``serve``, an RL loop) grew by gigabytes a run without holding anything. A no-op off glibc."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 class LocalUserModel:
@@ -371,6 +401,10 @@ def _generate_fitting(model: LocalUserModel | LocalChatModel, items: list, **opt
     results = iter(generate(model.loaded.model, rows, pad_id=model.loaded.pad_id, temperature=model.sampling.temperature,
                             top_p=model.sampling.top_p, max_new_tokens=longest,
                             prefix_cache=model.prefix_cache, stats=model.stats, **options) if rows else [])
+    global _batches
+    _batches += 1
+    if _batches % TRIM_EVERY == 0:  # a process that never ends a run (serve, RL environments) hands pages back too
+        give_back_freed_memory()
     out: list = []
     for item in items:
         if isinstance(item, ContextOverflow):
