@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from servers import HANG_S, wait_for
@@ -208,3 +209,18 @@ def test_chat_replays_what_simulate_wrote_for_the_same_seed_and_intent(tmp_path,
     users = [[m["content"] for m in r["messages"] if m["role"] == "user"] for r in (sim, chat)]
     assert users[0] and users[0] == users[1]
     assert (sim["id"], sim["seed"]) == (chat["id"], chat["seed"]) == ("trip#0", sim["seed"])
+
+
+def test_ray_at_an_address_where_nothing_listens_is_one_sentence_at_once(tmp_path, intents_file, tiny_user_dir, tiny_assistant_dir):
+    from servers import free_port
+
+    port = free_port()  # nothing listens there
+    out = tmp_path / "run.jsonl"
+    started = time.monotonic()
+    done = userlm_cli("simulate", "--intents", str(intents_file), "--user", f"hf:{tiny_user_dir}", "--assistant", f"hf:{tiny_assistant_dir}",
+                      "--user-replicas", "2", "--ray", f"127.0.0.1:{port}", "--out", str(out))
+    assert time.monotonic() - started < 30
+    assert done.returncode == 2 and not out.exists()
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == [f"userlm: error: --ray 127.0.0.1:{port}: nothing answers there (connection refused); start the cluster's head "
+                     f"there (ray start --head --port {port}) or give its address."]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, replace
@@ -155,11 +156,34 @@ class ReplicaPlacement:
     cpus: float = 1.0
     gpus: float = 0.0
     max_restarts: int = -1  #: Ray restarts a dead replica this often (-1: always)
+    ray_logs: bool = False  #: show Ray's own log lines (--verbose)
 
 
-def connect(address: str) -> None:
+#: how long the head's port may take to accept a connection before --ray gives up on it
+PROBE_S = 10.0
+
+
+def _probe(address: str) -> None:
+    """Fail at once, in one sentence, where nothing listens at ``address`` (Ray itself waits on it
+    for minutes, printing its own warnings)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--ray {address}: give auto or the head's HOST:PORT (its GCS port, 6379 unless the head was started "
+                        "with another --port).")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_S):
+            pass
+    except OSError as exc:
+        why = "connection refused" if isinstance(exc, ConnectionRefusedError) else (exc.strerror or type(exc).__name__)
+        raise UserError(f"--ray {address}: nothing answers there ({why}); start the cluster's head there "
+                        f"(ray start --head --port {port}) or give its address.") from None
+
+
+def connect(address: str, logs: bool = False) -> None:
     """Join the Ray cluster at ``address``; ``auto``: the cluster this machine belongs to, or a new
-    local one when there is none."""
+    local one when there is none. Ray's own log lines are shown only with ``logs``."""
     try:
         import ray
     except ImportError:
@@ -168,7 +192,11 @@ def connect(address: str) -> None:
         return
     from ray.exceptions import AuthenticationError
 
-    quiet = dict(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
+    if address != "auto":
+        _probe(address)
+    if not logs:  # the C++ core's own lines (connection retries, warnings) too
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    quiet = dict(logging_level=logging.INFO if logs else logging.CRITICAL, log_to_driver=logs, configure_logging=True)
     try:
         if address == "auto":
             try:
@@ -266,7 +294,7 @@ def ray_replicas(spec: str, make: Callable[[], Any], count: int, address: str,
     """``count`` replicas of ``spec`` (an ``hf:`` or ``vllm:`` model) as Ray actors, each made in
     its own process by ``make`` (a picklable factory from the registry) and loaded before this
     returns (so a model that cannot load fails the run at once, in one sentence)."""
-    connect(address)
+    connect(address, placement.ray_logs)
     import ray
 
     actor = ray.remote(_Actor).options(num_cpus=placement.cpus, num_gpus=placement.gpus, max_restarts=placement.max_restarts,
