@@ -224,3 +224,27 @@ def test_ray_at_an_address_where_nothing_listens_is_one_sentence_at_once(tmp_pat
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines == [f"userlm: error: --ray 127.0.0.1:{port}: nothing answers there (connection refused); start the cluster's head "
                      f"there (ray start --head --port {port}) or give its address."]
+
+
+def test_runs_report_their_tokens_and_a_token_budget_stops_them_cleanly(tmp_path, intents_file, tiny_user_dir, tiny_assistant_dir):
+    out = tmp_path / "run.jsonl"
+    command = ["simulate", "--intents", str(intents_file), "--user", f"hf:{tiny_user_dir}", "--assistant", f"hf:{tiny_assistant_dir}",
+               "--max-turns", "2", "--concurrency", "1", "--out", str(out), "--no-progress"]
+
+    def used(records):
+        return sum(u["prompt_tokens"] + u["completion_tokens"] for r in records for u in r["usage"].values())
+
+    first = userlm_cli(*command, "--token-budget", "100")
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert first.returncode == 1 and len(records) == 1  # the first conversation spent the budget; none other started
+    assert (f"--token-budget 100 is spent ({used(records):,} tokens in all): 2 conversations were not started; run the same "
+            "command with a larger --token-budget to go on.") in first.stderr
+    line = next(x for x in first.stderr.splitlines() if x.startswith("tokens this run:"))
+    sides = {side: sum(records[0]["usage"][side][k] for k in ("prompt_tokens", "completion_tokens")) for side in ("user", "assistant")}
+    numbers = [int(n.replace(",", "")) for n in re.findall(r"[\d,]+", line)]
+    assert numbers[-1] == used(records) and sum(numbers[:-1]) == sides["user"] + sides["assistant"]
+    again = userlm_cli(*command, "--token-budget", "10000000")
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert again.returncode == 0, again.stderr
+    assert sorted(r["id"] for r in records) == ["lasagna#0", "sort#0", "trip#0"]
+    assert f"{used(records):,} in all in the output" in again.stderr

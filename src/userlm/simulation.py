@@ -61,6 +61,23 @@ class RunSummary:
     first_unfinished: str | None = None
     reasked: int = 0  #: turns asked again of another replica after theirs failed (replicated models)
     conversations: list[Conversation] = field(default_factory=list)  #: every conversation of the run, in order (when kept)
+    tokens: dict[str, Usage] = field(default_factory=dict)  #: this run's tokens, by side (user, assistant)
+    tokens_before: int = 0  #: the tokens of the conversations the output held before this run
+    token_budget: int | None = None  #: the most tokens the output's conversations may use in all
+    not_started: int = 0  #: conversations left unstarted because the token budget was spent
+
+    @property
+    def tokens_this_run(self) -> int:
+        return sum(u.prompt_tokens + u.completion_tokens for u in self.tokens.values())
+
+    @property
+    def tokens_in_all(self) -> int:
+        """The tokens of every conversation in the output: earlier runs' and this one's."""
+        return self.tokens_before + self.tokens_this_run
+
+    @property
+    def budget_spent(self) -> bool:
+        return self.token_budget is not None and self.tokens_in_all >= self.token_budget
 
     def __repr__(self) -> str:
         # a line, not every conversation: asyncio formats the finished run's result when its loop closes
@@ -79,14 +96,15 @@ class Unfinished(Exception):
 
 
 def _previous(out: Path, want: Callable[[str], dict[str, Any] | None], anyone: dict[str, Any] | None,
-              settings: RunSettings) -> set[str]:
+              settings: RunSettings, spent: list[int] | None = None) -> set[str]:
     """The ids of the conversations ``out`` already holds, once they are known to come from this
-    run's settings. The file is read a record at a time and only ids are kept, so resuming a run
-    of any size costs the set of its ids."""
+    run's settings (and, in ``spent``, the tokens they used). The file is read a record at a time
+    and only ids are kept, so resuming a run of any size costs the set of its ids."""
     if not out.exists():
         return set()
     done: set[str] = set()
     failed: set[str] = set()
+    redone = 0
     for c in iter_conversations(out, tolerate_truncated_tail=True):
         have = determinants(c.intent, c.settings, c.user_model or "", c.assistant_model or "")
         new = want(c.id)
@@ -104,9 +122,15 @@ def _previous(out: Path, want: Callable[[str], dict[str, Any] | None], anyone: d
             raise UserError(f"{out} was made with --samples {samples}, this run has --samples {settings.samples}; "
                             "pass --extend to add to the file, or write to another --out.")
         done.add(c.id)
+        used = sum(u.prompt_tokens + u.completion_tokens for u in c.usage.values())
         if c.error is not None:
             failed.add(c.id)
+            redone += used
+        if spent is not None:
+            spent[0] += used
     if settings.retry_errors and failed:
+        if spent is not None:
+            spent[0] -= redone  # they are dropped from the file and done again
         write_conversations(out, (c for c in iter_conversations(out, tolerate_truncated_tail=True) if c.id not in failed))
         done -= failed
     return done
@@ -125,8 +149,14 @@ async def simulate_async(
     after_reply: Callable[[Conversation], Awaitable[bool]] | None = None,
     keep: bool = True,
     helpers: Sequence[object] = (),
+    token_budget: int | None = None,
 ) -> RunSummary:
     """Simulate ``settings.samples`` conversations per intent; see :func:`simulate`.
+
+    With a ``token_budget``, no conversation starts once the output's conversations (earlier runs'
+    included) have used that many tokens, both sides together: those in flight finish and are
+    written whole, the rest are left for the same command with a larger budget
+    (``summary.not_started``).
 
     With ``keep=False`` (and ``out``), finished conversations are written and let go: the run's
     memory is what is in flight and the set of finished ids, whatever its size. ``helpers``: the
@@ -135,14 +165,19 @@ async def simulate_async(
     path = _output_path(out, keep)
     recorded = run_record(user, assistant, settings, generation)
     plan = _Plan(intents, settings, recorded, user.name, assistant.name)
-    lock, done, writer = _open_output(path, plan, settings)
-    summary = RunSummary(out=path, total=plan.total, skipped=plan.count_done(done), written=0)
+    spent = [0]
+    lock, done, writer = _open_output(path, plan, settings, spent)
+    summary = RunSummary(out=path, total=plan.total, skipped=plan.count_done(done), written=0, tokens_before=spent[0],
+                         token_budget=token_budget)
     keeper = _Keeper(summary, writer, plan, keep, on_finish, progress)
     models = (user.model, assistant, *helpers)
     flight = _start_models(models)
     reasked_before = sum(reasked(m) for m in (user.model, assistant))
 
     async def one(intent: Intent, sample: int) -> None:
+        if summary.budget_spent:
+            summary.not_started += 1
+            return
         try:
             async with flight.conversation():
                 conversation = await run_conversation(intent, sample, user, assistant, settings, recorded, after_reply)
@@ -221,14 +256,14 @@ class _Plan:
         return ((i, s) for i in self.intents for s in range(self.samples) if conversation_id(i.id, s) not in done)
 
 
-def _open_output(path: Path | None, plan: _Plan, settings: RunSettings):
-    """The output's lock, the ids it already holds (checked against this run's settings) and its
-    writer; nothing is held when that fails."""
+def _open_output(path: Path | None, plan: _Plan, settings: RunSettings, spent: list[int] | None = None):
+    """The output's lock, the ids it already holds (checked against this run's settings; the tokens
+    they used added to ``spent``) and its writer; nothing is held when that fails."""
     if path is None:
         return None, set(), None
     lock = OutputLock(path)
     try:
-        return lock, _previous(path, plan.want, plan.anyone(), settings), ConversationWriter(path)
+        return lock, _previous(path, plan.want, plan.anyone(), settings, spent), ConversationWriter(path)
     except BaseException:
         lock.release()
         raise
@@ -254,6 +289,8 @@ class _Keeper:
             self.writer.write(conversation)
         summary.written += 1
         summary.end_reasons[conversation.end_reason] += 1
+        for side, used in conversation.usage.items():
+            summary.tokens.setdefault(side, Usage()).merge(used)
         if conversation.error is not None:
             summary.errors[f"{conversation.end_reason} ({conversation.error.split(':', 1)[0]})"] += 1
             summary.first_error = summary.first_error or f"{conversation.id}: {conversation.error}"

@@ -24,6 +24,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--retry-errors", action="store_true", help="redo conversations that ended with an error")
     p.add_argument("--extend", action="store_true",
                    help="resume a file made with another --samples or other intents, adding to it (the per-conversation settings must still match)")
+    p.add_argument("--token-budget", type=COUNT, metavar="N",
+                   help="start no conversation once the output's conversations have used N tokens, both sides, earlier runs "
+                        "included (those in flight finish); the same command with a larger budget goes on")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_options(p)
     add_guardrail_options(p)
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     summary = run_async(
         simulate_async(
             intents, user, assistant, out=args.out, settings=settings,
-            progress=not args.no_progress, keep=False,
+            progress=not args.no_progress, keep=False, token_budget=args.token_budget,
         )
     )
     return report_run(args.out, summary)
@@ -74,4 +77,15 @@ def report_run(out: str, summary) -> int:
               file=sys.stderr)
     if summary.reasked:
         print(f"{summary.reasked} turns were asked again of another replica after theirs failed.", file=sys.stderr)
-    return 1 if summary.unfinished or (summary.written and failed == summary.written) else 0
+    print(token_line(summary), file=sys.stderr)
+    if summary.not_started:
+        print(f"--token-budget {summary.token_budget} is spent ({summary.tokens_in_all:,} tokens in all): {summary.not_started} "
+              "conversations were not started; run the same command with a larger --token-budget to go on.", file=sys.stderr)
+    return 1 if summary.unfinished or summary.not_started or (summary.written and failed == summary.written) else 0
+
+
+def token_line(summary) -> str:
+    """The run's tokens by side (prompt + completion), and in all with the output's earlier conversations."""
+    sides = "; ".join(f"{side} {u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion"
+                      for side, u in sorted(summary.tokens.items())) or "none"
+    return f"tokens this run: {sides}; {summary.tokens_in_all:,} in all in the output"
