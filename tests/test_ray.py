@@ -145,6 +145,56 @@ def test_a_killed_replica_loses_and_duplicates_nothing(cluster, tiny_user_dir, t
     users.shutdown()
 
 
+def test_every_replica_killed_at_once_burns_no_conversation(cluster, tiny_user_dir, tiny_assistant_dir, tmp_path):
+    """SIGKILL to every replica mid-run: turns wait for Ray's restart and go on, and no conversation
+    is recorded as an error; with a wait shorter than a restart, the run stops, those
+    conversations are left unrecorded, and the same run finishes them once the replicas are back."""
+    from dataclasses import replace
+
+    from userlm.models.scale.replicas import ReplicaPlacement
+
+    def pool(wait_s: float):
+        return user_model(f"hf:{tiny_user_dir}", replace(_options("user", cluster), placement=ReplicaPlacement(restart_wait_s=wait_s)))
+
+    assistants = chat_model(f"hf:{tiny_assistant_dir}", ProviderOptions(sampling=SAMPLING))
+    intents = _intents(16)
+
+    def run_killing_all(users, out):
+        victims = [b.pid() for b in users.backends]
+
+        async def run():
+            task = asyncio.ensure_future(userlm.simulate_async(intents, _user(users), assistants, out=out, progress=False,
+                                                               settings=RunSettings(max_turns=3, seed=2, concurrency=8)))
+            while (not out.exists() or len(out.read_text().splitlines()) < 2) and not task.done():
+                await asyncio.sleep(0.05)
+            for pid in victims:
+                os.kill(pid, signal.SIGKILL)
+            return await task
+
+        return asyncio.run(run())
+
+    patient = pool(600.0)
+    out = tmp_path / "patient.jsonl"
+    summary = run_killing_all(patient, out)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in records) == sorted(f"i{k}#0" for k in range(16))
+    assert all(r["error"] is None for r in records) and summary.unfinished == 0 and summary.reasked >= 1
+    patient.shutdown()
+
+    hasty = pool(0.0)
+    out = tmp_path / "hasty.jsonl"
+    summary = run_killing_all(hasty, out)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert summary.unfinished >= 1 and len(records) + summary.unfinished == 16 and all(r["error"] is None for r in records)
+    assert "stayed down for over 0 s" in summary.first_unfinished
+    hasty.shutdown()
+    back = pool(600.0)
+    again = userlm.simulate(intents, _user(back), assistants, out=out, progress=False, settings=RunSettings(max_turns=3, seed=2, concurrency=8))
+    back.shutdown()
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert again.written == summary.unfinished and sorted(r["id"] for r in records) == sorted(f"i{k}#0" for k in range(16))
+
+
 def test_cli_with_replicas_on_the_cluster(cluster, tiny_user_dir, tiny_assistant_dir, tmp_path):
     intents = tmp_path / "intents.jsonl"
     intents.write_text("".join(json.dumps({"id": f"i{k}", "intent": f"You want help with task {k}."}) + "\n" for k in range(6)))

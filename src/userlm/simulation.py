@@ -18,7 +18,7 @@ from typing import Any
 from .conversation import Conversation, ConversationWriter, Message, Usage, conversation_id, iter_conversations, write_conversations
 from .errors import ConfigurationError, UserError
 from .intents import Intent
-from .models.base import ChatModel, close, forget_conversations, is_remote, join_lockstep, reasked, reply_in, sampling_of
+from .models.base import ChatModel, HasWeights, close, forget_conversations, is_remote, join_lockstep, reasked, reply_in, sampling_of
 from .models.handle import ConversationHandle
 from .models.lockstep import Lockstep
 from .models.retry import ConnectionLost, RequestTimeout
@@ -325,11 +325,12 @@ def _start_models(models: Sequence[object]) -> Lockstep:
 
 
 async def _release_models(models: Sequence[object], closing: Sequence[object]) -> None:
-    """The run is over: local models batch freely again and drop its cached keys and values (a
-    long-lived process running run after run keeps its memory flat)."""
+    """The run is over: local models batch freely again, and those in this process drop its cached
+    keys and values (a long-lived process running run after run keeps its memory flat)."""
     for model in models:
         join_lockstep(model, None)
-        forget_conversations(model)
+        if isinstance(model, HasWeights):
+            forget_conversations(model)
     for model in closing:
         await close(model)
 

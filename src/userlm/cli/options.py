@@ -64,6 +64,9 @@ def add_model_options(parser: argparse.ArgumentParser, *, assistant: bool = True
     g.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's own code to run")
     g.add_argument("--ray", metavar="auto|HOST:PORT", help="run --user-replicas/--assistant-replicas on a Ray cluster: auto (this machine's, or a new local one) or its head's address")
     g.add_argument("--verbose", action="store_true", help="show Ray's own log lines with --ray (hidden by default)")
+    g.add_argument("--replica-restart-wait", type=NONNEGATIVE_FLOAT, default=300.0, metavar="S",
+                   help="once every replica is down, how long turns wait for Ray to restart one before the run stops, leaving "
+                        "those conversations for the same command to finish (default: 300)")
     g.add_argument("--replica-cpus", type=above_zero, default=1.0, metavar="N", help="CPUs each replica asks of the Ray cluster (default: 1)")
     g.add_argument("--replica-gpus", type=NONNEGATIVE_FLOAT, default=0.0, metavar="N", help="GPUs each replica asks of the Ray cluster (default: 0; 1 for a GPU engine)")
     g.add_argument("--vllm-tensor-parallel", type=COUNT, default=1, metavar="N", help="vllm: GPUs each engine spans (default: 1)")
@@ -176,6 +179,7 @@ def provider_options(args: argparse.Namespace, side: str) -> ProviderOptions:
         end_token_id=getattr(args, "user_end_token_id", None) if side == "user" else None,
         replicas=getattr(args, f"{side}_replicas", 1),
         ray=args.ray,
-        placement=ReplicaPlacement(cpus=args.replica_cpus, gpus=args.replica_gpus, ray_logs=args.verbose),
+        placement=ReplicaPlacement(cpus=args.replica_cpus, gpus=args.replica_gpus, ray_logs=args.verbose,
+                                   restart_wait_s=args.replica_restart_wait),
         side=side,
     )

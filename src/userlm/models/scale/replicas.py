@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, replace
@@ -74,7 +75,8 @@ class Replicated:
 
     remote = True  #: answers come back in no order userlm fixes
 
-    def __init__(self, name: str, backends: Sequence[Any], *, retries: int | None = None, sampling: SamplingSettings | None = None):
+    def __init__(self, name: str, backends: Sequence[Any], *, retries: int | None = None, sampling: SamplingSettings | None = None,
+                 restart_wait_s: float | None = None):
         if not backends:
             raise ConfigurationError(f"{name}: no replicas")
         self.name = name
@@ -84,31 +86,45 @@ class Replicated:
         self.router = Router(len(self.backends))
         self.reasked = 0
         self.retries = retries if retries is not None else 2 * len(self.backends)
+        #: how long a turn waits for a replica to come back once every one has failed (Ray restarts
+        #: them); None: ``retries`` rounds of a short back-off (servers, which nothing restarts)
+        self.restart_wait_s = restart_wait_s
+        self.down: str | None = None  #: why every replica stayed down past the wait: later turns fail at once
         self._lost: tuple[type[BaseException], ...] = (ConnectionLost, RequestTimeout, *_ray_errors())
 
     async def _ask(self, key: str | None, call) -> Any:
         avoid: set[int] = set()
-        for attempt in range(self.retries + 1):
+        all_down_since: float | None = None
+        attempt = 0
+        while True:
+            if self.down is not None:
+                raise ConnectionLost(self.down)
             replica = self.router.pick(key, avoid)
             self.router.load[replica] += 1
             try:
                 result = await call(self.backends[replica])
             except self._lost as exc:
-                if attempt == self.retries:
+                attempt += 1
+                if self.restart_wait_s is None and attempt > self.retries:
                     raise
                 self.reasked += 1
                 self.router.forget(key)
                 avoid.add(replica)
-                if len(avoid) == len(self.backends):
+                if len(avoid) == len(self.backends):  # every replica failed: wait for one to come back
                     avoid.clear()
-                    await asyncio.sleep(min(2.0**attempt * 0.1, 5.0))  # all tried: give restarts a moment
+                    now = time.monotonic()
+                    all_down_since = all_down_since if all_down_since is not None else now
+                    if self.restart_wait_s is not None and now - all_down_since > self.restart_wait_s:
+                        self.down = (f"every replica of {self.name} stayed down for over {self.restart_wait_s:g} s "
+                                     f"(--replica-restart-wait; last: {type(exc).__name__})")
+                        raise ConnectionLost(self.down) from exc
+                    await asyncio.sleep(min(2.0 ** min(attempt, 10) * 0.1, 5.0))
                 log.info("%s: replica %d failed (%s); asking again elsewhere", self.name, replica, type(exc).__name__)
                 continue
             finally:
                 self.router.load[replica] -= 1
             self.router.settle(key, replica)
             return result
-        raise AssertionError("unreachable")
 
     async def draft(self, request: UserTurnRequest) -> UserDraft:
         return await self._ask(request.conversation_key, lambda backend: backend.draft(request))
@@ -157,6 +173,7 @@ class ReplicaPlacement:
     gpus: float = 0.0
     max_restarts: int = -1  #: Ray restarts a dead replica this often (-1: always)
     ray_logs: bool = False  #: show Ray's own log lines (--verbose)
+    restart_wait_s: float = 300.0  #: how long turns wait for Ray to restart replicas once every one is down
 
 
 #: how long the head's port may take to accept a connection before --ray gives up on it
@@ -309,7 +326,8 @@ def ray_replicas(spec: str, make: Callable[[], Any], count: int, address: str,
         if isinstance(cause, UserError):
             raise UserError(str(cause)) from None
         raise UserError(f"{spec}: a replica could not start ({type(cause).__name__}: {cause}).") from None
-    return Replicated(f"{spec}", [RayReplica(h, i) for i, h in enumerate(handles)], sampling=sampling)
+    return Replicated(f"{spec}", [RayReplica(h, i) for i, h in enumerate(handles)], sampling=sampling,
+                      restart_wait_s=placement.restart_wait_s)
 
 
 def server_replicas(name: str, backends: Sequence[Any]) -> Replicated:
