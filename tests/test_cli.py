@@ -248,3 +248,11 @@ def test_runs_report_their_tokens_and_a_token_budget_stops_them_cleanly(tmp_path
     assert again.returncode == 0, again.stderr
     assert sorted(r["id"] for r in records) == ["lasagna#0", "sort#0", "trip#0"]
     assert f"{used(records):,} in all in the output" in again.stderr
+
+
+def test_replicas_of_a_vllm_engine_ask_for_a_gpu_where_the_cluster_has_them():
+    from userlm.models.scale.replicas import replica_gpus
+
+    assert replica_gpus("vllm:microsoft/UserLM-8b", {"CPU": 64.0, "GPU": 8.0}) == 1.0
+    assert replica_gpus("vllm:microsoft/UserLM-8b", {"CPU": 64.0}) == 0.0  # a CPU cluster: vLLM's CPU build
+    assert replica_gpus("hf:microsoft/UserLM-8b", {"CPU": 64.0, "GPU": 8.0}) == 0.0  # hf: asks only when told

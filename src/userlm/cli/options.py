@@ -68,7 +68,8 @@ def add_model_options(parser: argparse.ArgumentParser, *, assistant: bool = True
                    help="once every replica is down, how long turns wait for Ray to restart one before the run stops, leaving "
                         "those conversations for the same command to finish (default: 300)")
     g.add_argument("--replica-cpus", type=above_zero, default=1.0, metavar="N", help="CPUs each replica asks of the Ray cluster (default: 1)")
-    g.add_argument("--replica-gpus", type=NONNEGATIVE_FLOAT, default=0.0, metavar="N", help="GPUs each replica asks of the Ray cluster (default: 0; 1 for a GPU engine)")
+    g.add_argument("--replica-gpus", type=NONNEGATIVE_FLOAT, metavar="N",
+                   help="GPUs each replica asks of the Ray cluster (default: 1 for vllm: on a cluster with GPUs, else 0)")
     g.add_argument("--vllm-tensor-parallel", type=COUNT, default=1, metavar="N", help="vllm: GPUs each engine spans (default: 1)")
     g.add_argument("--vllm-gpu-memory", type=probability, default=0.9, metavar="F", help="vllm: share of each GPU's memory an engine may take (default: 0.9)")
     g.add_argument("--vllm-max-model-len", type=COUNT, metavar="N", help="vllm: longest sequence in tokens (default: the model's)")

@@ -170,7 +170,7 @@ class ReplicaPlacement:
     """What each replica asks of the cluster."""
 
     cpus: float = 1.0
-    gpus: float = 0.0
+    gpus: float | None = None  #: None: 1 for a vllm: replica on a cluster with GPUs, else 0
     max_restarts: int = -1  #: Ray restarts a dead replica this often (-1: always)
     ray_logs: bool = False  #: show Ray's own log lines (--verbose)
     restart_wait_s: float = 300.0  #: how long turns wait for Ray to restart replicas once every one is down
@@ -306,6 +306,12 @@ class RayReplica:
         ray.kill(self.handle, no_restart=True)
 
 
+def replica_gpus(spec: str, cluster: dict[str, float]) -> float:
+    """The GPUs a replica asks for when ``--replica-gpus`` is not given: one for a ``vllm:`` engine
+    on a cluster that has GPUs (a forgotten flag must not put it on the CPU), none otherwise."""
+    return 1.0 if spec.startswith("vllm:") and cluster.get("GPU", 0) > 0 else 0.0
+
+
 def ray_replicas(spec: str, make: Callable[[], Any], count: int, address: str,
                  placement: ReplicaPlacement = ReplicaPlacement(), sampling: SamplingSettings | None = None) -> Replicated:
     """``count`` replicas of ``spec`` (an ``hf:`` or ``vllm:`` model) as Ray actors, each made in
@@ -314,7 +320,8 @@ def ray_replicas(spec: str, make: Callable[[], Any], count: int, address: str,
     connect(address, placement.ray_logs)
     import ray
 
-    actor = ray.remote(_Actor).options(num_cpus=placement.cpus, num_gpus=placement.gpus, max_restarts=placement.max_restarts,
+    gpus = placement.gpus if placement.gpus is not None else replica_gpus(spec, ray.cluster_resources())
+    actor = ray.remote(_Actor).options(num_cpus=placement.cpus, num_gpus=gpus, max_restarts=placement.max_restarts,
                                        max_task_retries=0, max_concurrency=1024)
     handles = [actor.remote(make) for _ in range(count)]
     try:
