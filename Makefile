@@ -53,7 +53,7 @@ demo: setup
 	$(VENV)/bin/userlm demo --out demo
 
 test: setup setup-deepeval
-	USERLM_DEEPEVAL_PYTHON=$(DEEPEVAL_VENV)/bin/python $(PY) -m pytest -q
+	USERLM_DEEPEVAL_PYTHON=$(abspath $(DEEPEVAL_VENV))/bin/python $(PY) -m pytest -q
 
 # ruff and mypy, as configured in pyproject.toml
 lint: setup

@@ -104,8 +104,9 @@ def deepeval_python() -> str:
     """DeepEval's own environment (``make setup-deepeval``: its pins clash with the main one's), or this one if it has DeepEval."""
     python = os.environ.get("USERLM_DEEPEVAL_PYTHON")
     if python:
-        assert Path(python).exists(), f"USERLM_DEEPEVAL_PYTHON={python} does not exist; run make setup-deepeval"
-        return python
+        path = Path(python).absolute()  # (the recipe runs in a folder of its own)
+        assert path.exists(), f"USERLM_DEEPEVAL_PYTHON={python} does not exist; run make setup-deepeval"
+        return str(path)
     try:
         import deepeval  # noqa: F401
     except ImportError:

@@ -156,11 +156,11 @@ class Episode:
 
     def opening_now(self) -> str | None:
         """:meth:`opening`, for an environment that runs no event loop."""
-        return asyncio.run(self.opening()) if _no_loop() else _in_thread(self.opening)
+        return asyncio.run(self.opening()) if _no_loop() else run_in_thread(self.opening)
 
     def respond_now(self, reply: str) -> str | None:
         """:meth:`respond`, for an environment that runs no event loop."""
-        return asyncio.run(self.respond(reply)) if _no_loop() else _in_thread(lambda: self.respond(reply))
+        return asyncio.run(self.respond(reply)) if _no_loop() else run_in_thread(lambda: self.respond(reply))
 
 
 def _no_loop() -> bool:
@@ -171,7 +171,7 @@ def _no_loop() -> bool:
     return False
 
 
-def _in_thread(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
+def run_in_thread(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a coroutine to its end from synchronous code called inside a running loop (a framework
     that calls a synchronous ``step`` from its own async code): on a thread of its own."""
     from concurrent.futures import ThreadPoolExecutor

@@ -133,9 +133,9 @@ def _gather(work: list) -> list:
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(together())
-    from .environment import _in_thread
+    from .environment import run_in_thread
 
-    return _in_thread(together)
+    return run_in_thread(together)
 
 
 def _render(tok: Any, chat: list[dict[str, str]], opening: bool) -> list[int]:
