@@ -155,6 +155,9 @@ def test_trl_grpo_trains_two_steps_with_the_users_tokens_masked(tiny_user_dir, t
     for (out, episodes), logged in zip(calls, steps):
         for ids, mask, episode in zip(out["completion_ids"], out["env_mask"], episodes):
             assert len(ids) == len(mask) <= 160 and mask[0] == 1
+            # every policy reply ends its turn: with the stop token it sampled, or (cut by the cap) the template's, masked
+            ends = {tok.convert_tokens_to_ids("<|eot_id|>"), tok.eos_token_id}
+            assert all(ids[i - 1] in ends or (ids[i] in ends and not mask[i]) for i in range(1, len(ids)) if mask[i - 1] and not mask[i])
             policy = tok.decode([t for t, m in zip(ids, mask) if m], skip_special_tokens=True)
             user = tok.decode([t for t, m in zip(ids, mask) if not m], skip_special_tokens=True)
             later_turns = [m["content"] for m in episode.messages if m["role"] == "user"][1:]

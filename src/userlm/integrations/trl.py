@@ -65,6 +65,7 @@ class UserRollout:
         tok, args = trainer.processing_class, trainer.args
         tok = getattr(tok, "tokenizer", tok)
         model = trainer.accelerator.unwrap_model(trainer.model)
+        stops = _stops(model, tok)
         episodes = []
         for prompt in prompts:
             case = self.cases.get(_intent(prompt))
@@ -89,7 +90,7 @@ class UserRollout:
             if cap < 1:
                 break
             with torch.no_grad():
-                drawn = _generate(model, tok, [sequences[k] for k in active], cap, args.temperature, args.top_p)
+                drawn = _generate(model, tok, [sequences[k] for k in active], cap, args.temperature, args.top_p, stops)
             for k, (ids, lps) in zip(active, drawn):
                 sequences[k] += ids
                 completion[k] += ids
@@ -105,6 +106,8 @@ class UserRollout:
                 chats[k].append({"role": "user", "content": text})
                 after = _render(tok, chats[k], True)
                 piece = after[len(before):] if after[: len(before)] == before else tok.encode(text, add_special_tokens=False)
+                if completion[k][-1] not in stops:  # the cap cut the reply: its turn still ends as the template ends it
+                    piece = before[-1:] + piece
                 piece = piece[: budget - len(completion[k])]
                 sequences[k] = list(prompt_ids[k]) + completion[k] + piece
                 completion[k] += piece
@@ -143,7 +146,14 @@ def _render(tok: Any, chat: list[dict[str, str]], opening: bool) -> list[int]:
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
-def _generate(model: Any, tok: Any, sequences: list[list[int]], cap: int, temperature: float, top_p: float) -> list[tuple[list[int], list[float]]]:
+def _stops(model: Any, tok: Any) -> set[int]:
+    """The tokens that end the policy's turn."""
+    eos = model.generation_config.eos_token_id
+    return set(eos if isinstance(eos, list) else [eos] if eos is not None else []) | {tok.eos_token_id}
+
+
+def _generate(model: Any, tok: Any, sequences: list[list[int]], cap: int, temperature: float, top_p: float,
+              stops: set[int]) -> list[tuple[list[int], list[float]]]:
     """The policy's next reply for each sequence, sampled in one batch (left padded): its tokens up
     to and with the end of its turn, and each token's log-probability under the sampling."""
     import torch
@@ -152,8 +162,6 @@ def _generate(model: Any, tok: Any, sequences: list[list[int]], cap: int, temper
     width = max(len(s) for s in sequences)
     ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences])
     attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences])
-    stops = set(model.generation_config.eos_token_id if isinstance(model.generation_config.eos_token_id, list)
-                else [model.generation_config.eos_token_id]) | {tok.eos_token_id}
     out = model.generate(input_ids=ids.to(model.device), attention_mask=attention.to(model.device), do_sample=True,
                          temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=cap, pad_token_id=pad,
                          output_scores=True, return_dict_in_generate=True)
