@@ -279,3 +279,21 @@ def test_tasks_are_keyed_by_their_id_not_their_wording(tmp_path):
     assert scores == {("a", "full"): 1.0, ("b", "full"): 0.0, ("a", "sharded"): 1.0, ("b", "sharded"): 0.0}
     with pytest.raises(UserError, match="two tasks have the id 'a'"):
         asyncio.run(evaluate([twins[0], twins[0]], FunctionAssistant(lambda m: "7"), tmp_path / "x", progress=False))
+
+
+def test_each_modes_tokens_are_summed_by_side_and_shown():
+    from userlm.conversation import Conversation, Message, Usage
+    from userlm.evaluation.assistants.evaluate import markdown, summarise
+
+    def conv(task: str, user: tuple[int, int], assistant: tuple[int, int]) -> Conversation:
+        return Conversation(id=f"{task}#0", intent_id=task, intent="x", end_reason="max_turns",
+                            metadata={"suite": "gsm8k", "task_id": task, "mode": "full"},
+                            messages=[Message(role="user", content="how many?"), Message(role="assistant", content="no idea")],
+                            usage={"user": Usage(calls=1, prompt_tokens=user[0], completion_tokens=user[1]),
+                                   "assistant": Usage(calls=1, prompt_tokens=assistant[0], completion_tokens=assistant[1])})
+
+    report = summarise(TASKS, {"full": [conv("t1", (120, 9), (1500, 700)), conv("t2", (80, 11), (1000, 300))]})
+    [row] = report["results"]
+    assert row["tokens"] == {"assistant": {"prompt": 2500, "completion": 1000}, "user": {"prompt": 200, "completion": 20}}
+    report["settings"] = {}
+    assert "gsm8k full: assistant 2,500 + 1,000, user 200 + 20." in markdown(report)

@@ -38,13 +38,14 @@ def make_run(path: Path, n: int, reply: str, phrase_at: int = 7) -> Path:
             if k % 10 == 3:  # these always start with a banned word: every draft refused
                 return userlm.UserDraft(text="I want help with this")
             if turn == 0 and request.attempt == 0 and k % 2 == 0:
-                return userlm.UserDraft(text="Here is my question for you")  # refused once, then resampled
+                # refused once, then resampled
+                return userlm.UserDraft(text="Here is my question for you", prompt_tokens=20 + 10 * turn, completion_tokens=6)
             text = f"tell me about subject {k} turn {turn}"
             if k == phrase_at:
                 text += " with purple elephants"
             if k == 5:  # a user turn that reads as the assistant's: the role_inversion fault
                 text += ", how can I help you today"
-            return userlm.UserDraft(text=text, end_prob=0.1 * turn)
+            return userlm.UserDraft(text=text, end_prob=0.1 * turn, prompt_tokens=20 + 10 * turn, completion_tokens=len(text.split()))
 
     user = userlm.SimulatedUser(Users(), GuardrailConfig(max_attempts=3))
     userlm.simulate(intents, user, ScriptedAssistant([reply]), out=path, settings=userlm.RunSettings(max_turns=2), progress=False)
@@ -266,6 +267,10 @@ def test_the_page_shows_rates_drops_and_published_figures_as_labelled(page, repo
     summary = build([a], [ev], ref)["runs"][0]
     row = tab.locator("#summary-table tr").nth(1).inner_text()
     assert f"{summary['refused']} refused of {summary['drafts']} drafts ({100 * summary['refused'] / summary['drafts']:.1f}%)" in row
+    records = [json.loads(line) for line in a.read_text().splitlines()]
+    user = [sum(r["usage"]["user"][k] for r in records) for k in ("prompt_tokens", "completion_tokens")]
+    assert user[0] > 0 and summary["tokens"]["user"] == {"prompt": user[0], "completion": user[1]}
+    assert f"user {user[0]:,} + {user[1]:,}" in row  # each side's tokens, as the records hold them
     evaluations = tab.locator("#evaluations-body").inner_text()
     assert "drop vs full (full − mode)" in evaluations and "positive means this mode did worse" in evaluations
     assert "Published: simulated users talking to GPT-4o" in evaluations and "57.4" in evaluations

@@ -121,6 +121,17 @@ class Usage(BaseModel):
         self.completion_tokens += other.completion_tokens
 
 
+def token_totals(convs: Iterable[Conversation]) -> dict[str, dict[str, int]]:
+    """Conversations' tokens by side (user, assistant, ...): prompt and completion, summed."""
+    totals: dict[str, dict[str, int]] = {}
+    for c in convs:
+        for side, used in c.usage.items():
+            t = totals.setdefault(side, {"prompt": 0, "completion": 0})
+            t["prompt"] += used.prompt_tokens
+            t["completion"] += used.completion_tokens
+    return dict(sorted(totals.items()))
+
+
 class Conversation(BaseModel):
     """One simulated (or ingested) conversation."""
 

@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, cast
 
-from ..conversation import Conversation, iter_conversations
+from ..conversation import Conversation, iter_conversations, token_totals
 from ..errors import UserError
 
 
@@ -61,8 +61,10 @@ def run_summary(path: Path, convs: list[Conversation]) -> dict[str, Any]:
         "turns_per_conversation": [len(c.user_turns()) for c in convs],
         "words_per_user_turn": [len(m.content.split()) for m in user_turns],
         "end_probability_by_turn": _end_probability_by_turn(convs),
+        "tokens": token_totals(convs),
         **fault_summary(convs),
     }
+
 
 
 def fault_summary(convs: list[Conversation], examples: int = 3) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...conversation import AnswerAttempt, Conversation
+from ...conversation import AnswerAttempt, Conversation, token_totals
 from ...errors import UserError
 from ...faults import FAULTS, covered
 from ...files import write_text
@@ -173,7 +173,8 @@ def summarise(tasks: list[Task], records: dict[str, list[Conversation]]) -> Assi
             row: ModeResult = {"suite": suite, "mode": mode, "conversations": len(items), "score": mean_ci(scores),
                                "aptitude": figures["aptitude"], "unreliability": figures["unreliability"],
                                "turns": describe([len(c.user_turns()) for c in items]),
-                               "end_reasons": dict(sorted(Counter(str(c.end_reason) for c in items).items()))}
+                               "end_reasons": dict(sorted(Counter(str(c.end_reason) for c in items).items())),
+                               "tokens": token_totals(items)}
             isolations = Counter(e.isolation for c in items for e in c.answer_attempts() if e.isolation is not None)
             if isolations:
                 row["code_isolation"] = dict(sorted(isolations.items()))
@@ -333,6 +334,9 @@ def markdown(report: AssistantReport) -> str:
              "| " + " | ".join(HEADINGS) + " |", "|" + "---|" * len(HEADINGS)]
     lines += ["| " + " | ".join(row) + " |" for row in table(report, notes)]
     lines += ["", NOTE, "Transcripts: `transcripts/<mode>.jsonl` (open them with `userlm show` or `userlm report`)."]
+    lines += ["", "Tokens (prompt + completion, as the records hold them): " + "; ".join(
+        f"{r['suite']} {r['mode']}: " + ", ".join(f"{side} {t['prompt']:,} + {t['completion']:,}" for side, t in r["tokens"].items())
+        for r in report["results"] if r.get("tokens")) + "."]
     if isolation_lines(report):
         lines += [""] + isolation_lines(report)
     pub = report.get("published") or {}

@@ -22,6 +22,7 @@ class ModeResult(TypedDict):
     unreliability: float | None  #: 0-100
     turns: Descriptor  #: user turns per conversation
     end_reasons: dict[str, int]
+    tokens: NotRequired[dict[str, dict[str, int]]]  #: by side (user, assistant): prompt and completion tokens, summed
     code_isolation: NotRequired[dict[str, int]]  #: answer attempts by how their code was isolated
     intent_coverage: NotRequired[Descriptor]  #: simulated mode: share of the task's words the user conveyed
     lexical_difference: NotRequired[Descriptor]  #: simulated mode: share of the user's words not in the task

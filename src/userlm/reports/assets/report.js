@@ -21,11 +21,18 @@
         `min turns ${g.min_turns ?? "never"}, repetition ${g.block_repetition ? "on" : "off"}`;
       return `<tr><td>${i + 1}. ${esc(r.name)}</td><td>${esc(r.user_models.join(", "))}</td><td>${esc(r.assistant_models.join(", "))}</td>` +
         `<td>${r.conversations}</td><td>${r.intents}</td><td>${r.user_turns}</td><td>${esc(ends)}</td>` +
-        `<td>${r.refused} refused of ${r.drafts} drafts (${pct(r.refused / Math.max(r.drafts, 1))}%): ${rej}</td><td>${esc(settings)}</td></tr>`;
+        `<td>${r.refused} refused of ${r.drafts} drafts (${pct(r.refused / Math.max(r.drafts, 1))}%): ${rej}</td>` +
+        `<td>${esc(tokens(r.tokens))}</td><td>${esc(settings)}</td></tr>`;
     }).join("");
     document.getElementById("summary-body").innerHTML =
       `<table id="summary-table"><tr><th>run</th><th>user model</th><th>assistant</th><th>conversations</th><th>intents</th>` +
-      `<th>user turns</th><th>end reasons</th><th>guardrail rejections</th><th>settings</th></tr>${rows}</table>` + faults();
+      `<th>user turns</th><th>end reasons</th><th>guardrail rejections</th><th>tokens (prompt + completion)</th><th>settings</th></tr>${rows}</table>` + faults();
+  }
+
+  // each side's tokens, as the records hold them (local engines' counts, or the API's usage)
+  function tokens(t) {
+    const sides = Object.entries(t || {});
+    return sides.length ? sides.map(([side, u]) => `${side} ${u.prompt.toLocaleString("en-US")} + ${u.completion.toLocaleString("en-US")}`).join("; ") : "-";
   }
 
   // fault rates per run (share of checked user turns), each with conversations that show it: a click opens the transcript
