@@ -26,10 +26,6 @@ from ..user import SimulatedUser, UserTurn
 
 T = TypeVar("T")
 
-#: how an episode ended: the user ended it, every draft of a turn was refused, or the turn limit
-END_REASONS = ("user_ended", "guardrail_exhausted", "max_turns")
-
-
 class SharedUser:
     """One simulated user for every environment of a process, on an event loop of its own thread:
     synchronous environments call :meth:`call`, asynchronous ones await :meth:`run` from any loop."""
@@ -102,7 +98,8 @@ class Episode:
     seed: int = 0
     max_turns: int = 8  #: the most user turns
     messages: list[dict[str, str]] = field(default_factory=list)
-    end_reason: str | None = None  #: one of END_REASONS once the episode is over
+    #: once over: user_ended, guardrail_exhausted (every draft of a turn refused) or max_turns
+    end_reason: str | None = None
     notes: list[dict[str, Any]] = field(default_factory=list)  #: per user turn: attempts, refused drafts, P(end), faults
 
     def __post_init__(self) -> None:

@@ -23,6 +23,7 @@ episode. The conversation stops when the user ends it, every draft of a turn was
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -68,9 +69,10 @@ class UserRollout:
         stops = _stops(model, tok)
         episodes = []
         for prompt in prompts:
-            case = self.cases.get(_intent(prompt))
-            if case is None:
-                case = Scenario(f"prompt-{len(self.cases)}", _intent(prompt))
+            intent = _intent(prompt)
+            case = self.cases.get(intent)
+            if case is None:  # a prompt of the trainer's own dataset: named by its text, so its seed is its own
+                case = Scenario("prompt-" + hashlib.blake2b(intent.encode(), digest_size=8).hexdigest(), intent)
             self.rollouts += 1
             episodes.append((case, Episode(self.user, case.intent, f"{case.id}#{self.rollouts}", derive_seed(self.seed, case.id),
                                            max_turns=self.max_turns)))
