@@ -114,7 +114,7 @@ class Replicated:
                     avoid.clear()
                     now = time.monotonic()
                     all_down_since = all_down_since if all_down_since is not None else now
-                    if self.restart_wait_s is not None and now - all_down_since > self.restart_wait_s:
+                    if self.restart_wait_s is not None and now - all_down_since >= self.restart_wait_s:
                         self.down = (f"every replica of {self.name} stayed down for over {self.restart_wait_s:g} s "
                                      f"(--replica-restart-wait; last: {type(exc).__name__})")
                         raise ConnectionLost(self.down) from exc
