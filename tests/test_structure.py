@@ -7,9 +7,9 @@ from pathlib import Path
 
 import userlm
 
-#: bottom to top: errors, files and the data that ships with the package, records and rendering, guardrails, models, simulated user, runner, data
+#: bottom to top: errors, files, the ledger of ids and the data that ships with the package, records and rendering, guardrails, models, simulated user, resuming, runner, data
 #: preparation, evaluation, training, reports, integrations, command line
-LAYERS = ["errors", "files", "data", "conversation", "intents", "runs", "prompts", "render", "guardrails", "faults", "models", "user", "simulation",
+LAYERS = ["errors", "files", "ledger", "data", "conversation", "intents", "runs", "prompts", "render", "guardrails", "faults", "models", "user", "resume", "simulation",
           "prepare", "evaluation", "training", "reports", "integrations", "cli"]
 
 

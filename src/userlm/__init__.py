@@ -18,7 +18,7 @@ from typing import Any
 from .conversation import SCHEMA_VERSION, Conversation, Message, read_conversations
 from .errors import UserError
 from .guardrails import GuardrailConfig
-from .intents import Intent, load_intents
+from .intents import Intent, IntentFile, load_intents
 from .models.base import ChatModel, ChatReply, SamplingSettings, UserDraft, UserModel, UserTurnRequest
 from .simulation import RunSettings, RunSummary, simulate, simulate_async
 from .user import SimulatedUser, UserSession
@@ -58,6 +58,7 @@ __all__ = [
     "Conversation",
     "GuardrailConfig",
     "Intent",
+    "IntentFile",
     "Message",
     "RunSettings",
     "RunSummary",

@@ -15,15 +15,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .conversation import Conversation, ConversationWriter, Message, Usage, conversation_id, iter_conversations, write_conversations
+from .conversation import Conversation, ConversationWriter, Message, Usage, conversation_id, iter_conversations
 from .errors import ConfigurationError, UserError
-from .intents import Intent
+from .intents import Intent, IntentFile, Intents
 from .models.base import ChatModel, HasWeights, close, forget_conversations, is_remote, join_lockstep, reasked, reply_in, sampling_of
 from .models.handle import ConversationHandle
 from .models.lockstep import Lockstep
 from .models.retry import ConnectionLost, RequestTimeout
 from .render import assistant_view
-from .runs import OutputLock, determinants, fingerprint, mismatch
+from .resume import RunPlan
+from .runs import OutputLock, fingerprint
 from .user import SimulatedUser, UserTurn, derive_seed
 
 #: failures that say the server is gone or too slow, not that the conversation went wrong
@@ -95,49 +96,8 @@ class Unfinished(Exception):
         self.cause = cause
 
 
-def _previous(out: Path, want: Callable[[str], dict[str, Any] | None], anyone: dict[str, Any] | None,
-              settings: RunSettings, spent: list[int] | None = None) -> set[str]:
-    """The ids of the conversations ``out`` already holds, once they are known to come from this
-    run's settings (and, in ``spent``, the tokens they used). The file is read a record at a time
-    and only ids are kept, so resuming a run of any size costs the set of its ids."""
-    if not out.exists():
-        return set()
-    done: set[str] = set()
-    failed: set[str] = set()
-    redone = 0
-    for c in iter_conversations(out, tolerate_truncated_tail=True):
-        have = determinants(c.intent, c.settings, c.user_model or "", c.assistant_model or "")
-        new = want(c.id)
-        if new is None:  # a conversation this run does not cover: its run-wide settings must still agree
-            if anyone is not None:
-                problem = mismatch(out, c.id, {**have, "intent": None}, {**anyone, "intent": None})
-                if problem:
-                    raise UserError(problem)
-        elif c.fingerprint is None or c.fingerprint != fingerprint(new):
-            problem = mismatch(out, c.id, have, new)
-            if problem:
-                raise UserError(problem)
-        samples = c.settings.get("samples")
-        if samples is not None and samples != settings.samples and not settings.extend:
-            raise UserError(f"{out} was made with --samples {samples}, this run has --samples {settings.samples}; "
-                            "pass --extend to add to the file, or write to another --out.")
-        done.add(c.id)
-        used = sum(u.prompt_tokens + u.completion_tokens for u in c.usage.values())
-        if c.error is not None:
-            failed.add(c.id)
-            redone += used
-        if spent is not None:
-            spent[0] += used
-    if settings.retry_errors and failed:
-        if spent is not None:
-            spent[0] -= redone  # they are dropped from the file and done again
-        write_conversations(out, (c for c in iter_conversations(out, tolerate_truncated_tail=True) if c.id not in failed))
-        done -= failed
-    return done
-
-
 async def simulate_async(
-    intents: Sequence[Intent],
+    intents: Intents,
     user: SimulatedUser,
     assistant: ChatModel,
     *,
@@ -159,44 +119,47 @@ async def simulate_async(
     (``summary.not_started``).
 
     With ``keep=False`` (and ``out``), finished conversations are written and let go: the run's
-    memory is what is in flight and the set of finished ids, whatever its size. ``helpers``: the
+    memory is what is in flight, whatever its size (the ids already written are kept on disk, and
+    an :class:`~userlm.intents.IntentFile` is read as the run goes). ``helpers``: the
     other models a conversation waits on (those ``after_reply`` or the user ask), so that local
     ones batch in step with the run too."""
     path = _output_path(out, keep)
     recorded = run_record(user, assistant, settings, generation)
-    plan = _Plan(intents, settings, recorded, user.name, assistant.name)
-    spent = [0]
-    lock, done, writer = _open_output(path, plan, settings, spent)
-    summary = RunSummary(out=path, total=plan.total, skipped=plan.count_done(done), written=0, tokens_before=spent[0],
-                         token_budget=token_budget)
-    keeper = _Keeper(summary, writer, plan, keep, on_finish, progress)
-    models = (user.model, assistant, *helpers)
-    flight = _start_models(models)
-    reasked_before = sum(reasked(m) for m in (user.model, assistant))
-
-    async def one(intent: Intent, sample: int) -> None:
-        if summary.budget_spent:
-            summary.not_started += 1
-            return
-        try:
-            async with flight.conversation():
-                conversation = await run_conversation(intent, sample, user, assistant, settings, recorded, after_reply)
-        except Unfinished as exc:
-            keeper.unfinished(exc)
-        else:
-            keeper.finished(conversation)
-
+    plan = RunPlan(intents, settings, recorded, user.name, assistant.name)
     try:
-        await _in_pool(plan.todo(done), one, settings.concurrency)
+        lock, skipped, writer = _open_output(path, plan)
+        summary = RunSummary(out=path, total=plan.total, skipped=skipped, written=0, tokens_before=plan.tokens_before,
+                             token_budget=token_budget)
+        keeper = _Keeper(summary, writer, plan, keep, on_finish, progress)
+        models = (user.model, assistant, *helpers)
+        flight = _start_models(models)
+        reasked_before = sum(reasked(m) for m in (user.model, assistant))
+
+        async def one(intent: Intent, sample: int) -> None:
+            if summary.budget_spent:
+                summary.not_started += 1
+                return
+            try:
+                async with flight.conversation():
+                    conversation = await run_conversation(intent, sample, user, assistant, settings, recorded, after_reply)
+            except Unfinished as exc:
+                keeper.unfinished(exc)
+            else:
+                keeper.finished(conversation)
+
+        try:
+            await _in_pool(plan.todo(), one, settings.concurrency)
+        finally:
+            keeper.close()
+            summary.reasked = sum(reasked(m) for m in (user.model, assistant)) - reasked_before
+            if lock:
+                lock.release()
+            await _release_models(models, (user.model, assistant))
+        if keep:
+            summary.conversations = keeper.in_order(path)
+        return summary
     finally:
-        keeper.close()
-        summary.reasked = sum(reasked(m) for m in (user.model, assistant)) - reasked_before
-        if lock:
-            lock.release()
-        await _release_models(models, (user.model, assistant))
-    if keep:
-        summary.conversations = keeper.in_order(path, done)
-    return summary
+        plan.close()  # its ledger of ids, on disk
 
 
 def _output_path(out: str | Path | None, keep: bool) -> Path | None:
@@ -224,46 +187,14 @@ def run_record(user: SimulatedUser, assistant: ChatModel, settings: RunSettings,
     }
 
 
-class _Plan:
-    """Which conversations a run covers, and what determines each."""
-
-    def __init__(self, intents: Sequence[Intent], settings: RunSettings, recorded: dict[str, Any], user: str, assistant: str):
-        self.intents, self.samples = intents, settings.samples
-        self.recorded, self.user, self.assistant = recorded, user, assistant
-        self.by_id = {i.id: i for i in intents}
-        self.total = len(intents) * settings.samples
-
-    def ids(self) -> list[str]:
-        return [conversation_id(i.id, s) for i in self.intents for s in range(self.samples)]
-
-    def want(self, cid: str) -> dict[str, Any] | None:
-        """What determines conversation ``cid`` in this run (None: the run does not cover it)."""
-        intent_id, _, sample = cid.rpartition("#")
-        intent = self.by_id.get(intent_id)
-        if intent is None or not sample.isdigit() or int(sample) >= self.samples or conversation_id(intent_id, int(sample)) != cid:
-            return None
-        return determinants(intent.text, self.recorded, self.user, self.assistant)
-
-    def anyone(self) -> dict[str, Any] | None:
-        """What determines any conversation of the run, its intent aside."""
-        return determinants(self.intents[0].text, self.recorded, self.user, self.assistant) if self.intents else None
-
-    def count_done(self, done: set[str]) -> int:
-        return sum(1 for cid in self.ids() if cid in done)
-
-    def todo(self, done: set[str]):
-        """The (intent, sample) pairs still to run, lazily."""
-        return ((i, s) for i in self.intents for s in range(self.samples) if conversation_id(i.id, s) not in done)
-
-
-def _open_output(path: Path | None, plan: _Plan, settings: RunSettings, spent: list[int] | None = None):
-    """The output's lock, the ids it already holds (checked against this run's settings; the tokens
-    they used added to ``spent``) and its writer; nothing is held when that fails."""
+def _open_output(path: Path | None, plan: RunPlan):
+    """The output's lock and writer, once what the output already holds is taken in (``plan.read_output``);
+    nothing is held when that fails."""
     if path is None:
-        return None, set(), None
+        return None, 0, None
     lock = OutputLock(path)
     try:
-        return lock, _previous(path, plan.want, plan.anyone(), settings, spent), ConversationWriter(path)
+        return lock, plan.read_output(path), ConversationWriter(path)
     except BaseException:
         lock.release()
         raise
@@ -272,7 +203,7 @@ def _open_output(path: Path | None, plan: _Plan, settings: RunSettings, spent: l
 class _Keeper:
     """What happens to each finished conversation: written, kept, counted, shown on the bar."""
 
-    def __init__(self, summary: RunSummary, writer: ConversationWriter | None, plan: _Plan, keep: bool,
+    def __init__(self, summary: RunSummary, writer: ConversationWriter | None, plan: RunPlan, keep: bool,
                  on_finish: Callable[[Conversation], None] | None, progress: bool):
         from tqdm.auto import tqdm
 
@@ -282,7 +213,7 @@ class _Keeper:
 
     def finished(self, conversation: Conversation) -> None:
         summary = self.summary
-        conversation.fingerprint = fingerprint(self.plan.want(conversation.id) or {})
+        conversation.fingerprint = fingerprint(self.plan.determinants(conversation.intent))
         if self.keep:
             self.kept[conversation.id] = conversation
         if self.writer:
@@ -308,8 +239,9 @@ class _Keeper:
         if self.writer:
             self.writer.close()
 
-    def in_order(self, path: Path | None, done: set[str]) -> list[Conversation]:
+    def in_order(self, path: Path | None) -> list[Conversation]:
         """Every conversation of the run in intent order: this run's and those an earlier run wrote."""
+        done = self.plan.done
         previous = {c.id: c for c in iter_conversations(path, tolerate_truncated_tail=True) if c.id in done} if done and path else {}
         return [c for c in (self.kept.get(k) or previous.get(k) for k in self.plan.ids()) if c is not None]
 
@@ -491,7 +423,7 @@ def _describe(exc: Exception) -> str:
 
 
 def simulate(
-    intents: Sequence[Intent] | Sequence[str],
+    intents: Sequence[Intent] | Sequence[str] | IntentFile,
     user: SimulatedUser,
     assistant: ChatModel,
     **kwargs: Any,
@@ -502,5 +434,6 @@ def simulate(
     append each finished conversation to a JSONL file and resume from it; ``settings`` is a
     :class:`RunSettings`. Returns a :class:`RunSummary` whose ``conversations`` hold every record.
     """
-    items = [i if isinstance(i, Intent) else Intent(id=str(n), text=str(i)) for n, i in enumerate(intents)]
+    items = intents if isinstance(intents, IntentFile) else [
+        i if isinstance(i, Intent) else Intent(id=str(n), text=str(i)) for n, i in enumerate(intents)]
     return asyncio.run(simulate_async(items, user, assistant, **kwargs))

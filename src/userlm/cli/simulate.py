@@ -35,7 +35,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
 
-    from ..intents import load_intents
+    from ..intents import IntentFile
     from ..models.registry import chat_model, user_model
     from ..simulation import RunSettings, simulate_async
     from ..user import SimulatedUser
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         samples=args.samples, max_turns=args.max_turns, seed=args.seed, concurrency=args.concurrency,
         retry_errors=args.retry_errors, extend=args.extend,
     )
-    intents = load_intents(args.intents)
+    intents = IntentFile(args.intents)  # read as the run goes, not held
     guardrails = guardrails_from(args)
     user = SimulatedUser(user_model(args.user, provider_options(args, "user")), guardrails, faults_from(args))
     assistant = chat_model(args.assistant, provider_options(args, "assistant"))
