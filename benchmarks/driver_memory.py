@@ -1,20 +1,22 @@
 """B5: the driver's memory as a simulation grows, and its CPU per turn.
 
-    python benchmarks/driver_memory.py                 # 1k, 10k and 100k conversations
+    python benchmarks/driver_memory.py                 # 1k, 10k, 100k and 1M conversations
     python benchmarks/driver_memory.py --sizes 1000,10000
 
 ``userlm simulate`` itself (the command, in a fresh process per size) with scripted models (a
 user of four turns, an assistant that replies at once), so that only the driver is measured:
 peak resident memory of the process (``ru_maxrss``), wall time and CPU time per user turn. The
 baseline is the same command at the smallest size: memory should not grow with the run beyond
-the set of finished ids (a few dozen bytes per conversation). Then a resume of the largest run
-(every conversation already there) shows what reading an existing output costs.
+what is in flight: intents are read as the run goes and the ids already written move to disk
+past 50k. Then a resume of the largest run (every conversation already there) shows what
+reading an existing output costs. Each row records the load average before and after it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -42,6 +44,7 @@ def run(folder: Path, n: int, out: Path) -> dict:
                "print('MEASURE', r.ru_maxrss, r.ru_utime + r.ru_stime, file=sys.stderr); sys.exit(code)",
                "simulate", "--user", f"scripted:{script}", "--assistant", f"scripted:{replies}", "--intents", str(intents),
                "--out", str(out), "--max-turns", "4", "--no-guardrails", "--min-turns", "0", "--concurrency", "256", "--no-progress"]
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -51,12 +54,13 @@ def run(folder: Path, n: int, out: Path) -> dict:
     _, rss_kb, cpu = line.split()
     turns = n * len(TURNS)
     return {"conversations": n, "peak_rss_mb": int(rss_kb) / 1024, "wall_s": wall, "cpu_s": float(cpu),
-            "cpu_ms_per_turn": float(cpu) * 1000 / turns, "output_mb": out.stat().st_size / 2**20}
+            "cpu_ms_per_turn": float(cpu) * 1000 / turns, "output_mb": out.stat().st_size / 2**20,
+            "load_before": load_before, "load_after": os.getloadavg()[0]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--sizes", default="1000,10000,100000,1000000")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []

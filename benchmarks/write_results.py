@@ -103,13 +103,15 @@ def main() -> None:
         lines += ["## B5: the driver's memory as a run grows", "",
                   f"Machine: {memory['machine']}. `userlm simulate` with scripted models (4 user turns each), a fresh process "
                   "per size; peak resident memory of the whole process (Python, userlm and its imports included).", "",
-                  "| conversations | peak MB | x the smallest | wall s | CPU ms per user turn | output MB |", "|---|---|---|---|---|---|"]
+                  "| conversations | peak MB | x the smallest | wall s | CPU ms per user turn | output MB | load before, after |",
+                  "|---|---|---|---|---|---|---|"]
         for r in memory["rows"]:
             lines.append(f"| {r['conversations']} | {r['peak_rss_mb']:.0f} | {r['x_smallest']:.2f} | {r['wall_s']:.1f} | "
-                         f"{r['cpu_ms_per_turn']:.3f} | {r['output_mb']:.0f} |")
+                         f"{r['cpu_ms_per_turn']:.3f} | {r['output_mb']:.0f} | {r['load_before']:.2f}, {r['load_after']:.2f} |")
         resume = memory["resume"]
         lines += ["", f"Resuming the {resume['conversations']}-conversation run with every conversation already written: peak "
-                  f"{resume['peak_rss_mb']:.0f} MB, {resume['wall_s']:.1f} s.", ""]
+                  f"{resume['peak_rss_mb']:.0f} MB ({resume['peak_rss_mb'] / memory['rows'][0]['peak_rss_mb']:.2f}x the smallest run), "
+                  f"{resume['wall_s']:.1f} s (load {resume['load_before']:.2f}, {resume['load_after']:.2f}).", ""]
     replicas = load("replicas")
     if replicas:
         lines += ["## B6: replicas on a local Ray cluster", "",

@@ -12,6 +12,7 @@ from userlm.evaluation.assistants.evaluate import EvalSettings, evaluate, intent
 from userlm.evaluation.assistants.tasks import Task, extract_answer, load_gsm8k, load_humaneval, load_sharded, score
 from userlm.evaluation.metrics import aptitude_unreliability, mean_ci, percentile
 from userlm.guardrails import GuardrailConfig
+from userlm.models.base import ChatReply
 from userlm.models.doubles.function import FunctionAssistant
 from userlm.models.doubles.scripted import ScriptedUser
 
@@ -223,11 +224,11 @@ def test_a_chat_model_can_extract_answers_and_rephrase_shards(tmp_path):
 
     def extractor(messages):
         reply = messages[0]["content"].split("Reply:\n", 1)[1]
-        return "7" if "seven" in reply else "NONE"
+        return ChatReply("7" if "seven" in reply else "NONE", prompt_tokens=len(messages[0]["content"]), completion_tokens=1)
 
     def rephraser(messages):
         seen.append(messages[0]["content"])
-        return "oh and " + messages[0]["content"].rsplit("Information: ", 1)[1].lower()
+        return ChatReply("oh and " + messages[0]["content"].rsplit("Information: ", 1)[1].lower(), prompt_tokens=11, completion_tokens=4)
 
     def assistant(messages):
         said = " ".join(m["content"] for m in messages if m["role"] == "user")
@@ -241,6 +242,11 @@ def test_a_chat_model_can_extract_answers_and_rephrase_shards(tmp_path):
     users = [m["content"] for m in transcript["messages"] if m["role"] == "user"]
     assert users == ["How many apples does he have?", "oh and tom has 3 apples.", "oh and he buys 4 more."]
     assert len(seen) == 2 and "Chat so far:" in seen[0]
+    # the extractor's tokens are the conversation's "extractor" side; the rephraser speaks for the user
+    usage = transcript["usage"]
+    assert usage["extractor"]["calls"] == 3 and usage["extractor"]["completion_tokens"] == 3 and usage["extractor"]["prompt_tokens"] > 100
+    assert (usage["user"]["prompt_tokens"], usage["user"]["completion_tokens"]) == (2 * 11, 2 * 4)
+    assert report["results"][0]["tokens"]["extractor"] == {"prompt": usage["extractor"]["prompt_tokens"], "completion": 3}
 
 
 def test_the_built_in_suites_load_by_name_alone():

@@ -469,3 +469,60 @@ def test_a_resumed_evaluation_refuses_parts_made_with_other_settings(tmp_path, o
     path.write_text(json.dumps({**saved, "replay drafts": 2}))
     with pytest.raises(UserError, match="made with replay drafts = 2, but this run has the default"):
         run()
+
+
+def test_every_part_records_its_tokens_by_side_and_the_table_sums_them(tmp_path):
+    """The simulator's, the scenario assistant's and the judge's tokens, per part as the models
+    reported them; a resumed evaluation asks the judge nothing and keeps the figures."""
+    from userlm.conversation import read_conversations, token_totals
+    from userlm.evaluation.simulators.evaluate import evaluate_users
+    from userlm.evaluation.simulators.judge import CachedJudge
+    from userlm.evaluation.simulators.table import markdown
+    from userlm.intents import Intent
+    from userlm.models.base import ChatReply
+    from userlm.models.doubles.scripted import ScriptedUser
+
+    class Judge:
+        name = "judge:counting"
+
+        async def reply(self, messages, *, seed=None, conversation=None):
+            return ChatReply("YES", prompt_tokens=len(messages[-1]["content"]), completion_tokens=1)
+
+    class Scenario:
+        name = "scenario:counting"
+
+        async def reply(self, messages, *, seed=None, conversation=None):
+            return ChatReply("Let us talk about the weather instead.", prompt_tokens=7, completion_tokens=5)
+
+    intents = [Intent(id=f"i{k}", text=f"You want help with chore {k} today.") for k in range(3)]
+    questions = load_questions("fixture:open", limit=3)
+    settings = UserEvalSettings(parts=("conversations", "role", "intent"), scenario_limit=3, resamples=50)
+    cache = tmp_path / "judge.jsonl"
+
+    def run():
+        user = ScriptedUser(["could you tell me more about that?", "and what else should I know?"], name="scripted:s")
+        return asyncio.run(evaluate_users([Simulator("scripted:s", user)], [], intents, tmp_path, judge=CachedJudge(Judge(), cache),
+                                          questions=questions, scenario_assistant=Scenario(), settings=settings, progress=False,
+                                          log=lambda m: None))
+
+    report = run()
+    sim = report["simulators"][0]
+    parts = sim["parts"]
+    convs = read_conversations(tmp_path / parts["conversations"]["transcripts"])
+    assert parts["conversations"]["tokens"] == token_totals(convs) and parts["conversations"]["tokens"]["user"]["completion"] > 0
+    asked = [json.loads(line)["prompt"] for line in cache.read_text().splitlines()]
+    judged = {"prompt": sum(map(len, asked)), "completion": len(asked)}
+    assert len(asked) == 6  # three open questions, three intents
+    for name, items in (("role", 3), ("intent", 3)):
+        tokens = parts[name]["tokens"]
+        assert tokens["assistant"] == {"prompt": 7 * items, "completion": 5 * items}  # one scenario reply per item
+        assert tokens["user"] == {"prompt": 0, "completion": (7 + 6) * items}  # the scripted user counts words: two turns each
+    assert {k: parts["role"]["tokens"]["judge"][k] + parts["intent"]["tokens"]["judge"][k] for k in judged} == judged
+    by_side = {side: {k: sum(parts[p]["tokens"].get(side, {}).get(k, 0) for p in ("conversations", "role", "intent"))
+                      for k in ("prompt", "completion")} for side in ("assistant", "judge", "user")}
+    assert sim["tokens"] == by_side
+    table = markdown(report)
+    assert (f"`scripted:s`: assistant {by_side['assistant']['prompt']:,} + {by_side['assistant']['completion']:,}, "
+            f"judge {judged['prompt']:,} + {judged['completion']:,}, user ") in table
+    again = run()
+    assert len(cache.read_text().splitlines()) == 6 and again["simulators"][0]["tokens"] == by_side

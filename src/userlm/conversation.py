@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Annotated, Any, Literal
 
@@ -123,13 +123,24 @@ class Usage(BaseModel):
 
 def token_totals(convs: Iterable[Conversation]) -> dict[str, dict[str, int]]:
     """Conversations' tokens by side (user, assistant, ...): prompt and completion, summed."""
-    totals: dict[str, dict[str, int]] = {}
-    for c in convs:
-        for side, used in c.usage.items():
-            t = totals.setdefault(side, {"prompt": 0, "completion": 0})
-            t["prompt"] += used.prompt_tokens
-            t["completion"] += used.completion_tokens
-    return dict(sorted(totals.items()))
+    return summed_tokens(usage_totals(c.usage) for c in convs)
+
+
+def usage_totals(by_side: Mapping[str, Usage]) -> dict[str, dict[str, int]]:
+    """Tokens by side, in the form the reports keep them (sides that asked nothing left out)."""
+    return {side: {"prompt": u.prompt_tokens, "completion": u.completion_tokens}
+            for side, u in sorted(by_side.items()) if u.calls or u.prompt_tokens or u.completion_tokens}
+
+
+def summed_tokens(totals: Iterable[Mapping[str, Mapping[str, int]]]) -> dict[str, dict[str, int]]:
+    """Several token totals (:func:`usage_totals`' form) added up, side by side."""
+    summed: dict[str, dict[str, int]] = {}
+    for one in totals:
+        for side, t in one.items():
+            into = summed.setdefault(side, {"prompt": 0, "completion": 0})
+            into["prompt"] += t.get("prompt", 0)
+            into["completion"] += t.get("completion", 0)
+    return dict(sorted(summed.items()))
 
 
 class Conversation(BaseModel):

@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from ..conversation import Usage
 from .base import ChatModel, close
 
 
@@ -25,6 +26,7 @@ class CachedChat:
         self.model, self.name, self.path = model, model.name, Path(path)
         self.answers: dict[str, str] = {}
         self.calls = 0  #: answers fetched from the model (not from the cache)
+        self.usage = Usage()  #: the tokens of the answers fetched from the model (those from the cache cost nothing now)
         self.hits = 0  #: answers taken from the cache
         self._lock = asyncio.Lock()
         self._limit = asyncio.Semaphore(concurrency)
@@ -58,6 +60,7 @@ class CachedChat:
         async with self._lock:
             self.answers[key] = answer
             self.calls += 1
+            self.usage.add(reply.prompt_tokens, reply.completion_tokens)
             await asyncio.to_thread(self._append, line)  # the disk write and its fsync, off the event loop
         return answer
 

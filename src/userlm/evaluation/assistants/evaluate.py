@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...conversation import AnswerAttempt, Conversation, token_totals
+from ...conversation import AnswerAttempt, Conversation, Usage, token_totals
 from ...errors import UserError
 from ...faults import FAULTS, covered
 from ...files import write_text
@@ -69,7 +69,9 @@ class TaskUser:
         if self.rephrase is not None and self.mode == "sharded" and index > 0:
             chat = "\n".join(f"{m['role'].upper()}: {m['content']}" for m in request.messages)
             prompt = fill_prompt("rephrase_shard.txt", chat=chat, information=text)
-            text = (await self.rephrase.reply([{"role": "user", "content": prompt}], seed=request.seed)).text.strip() or text
+            said = await self.rephrase.reply([{"role": "user", "content": prompt}], seed=request.seed)
+            # the rephrasing model speaks for the user: its tokens are the user side's
+            return UserDraft(text=said.text.strip() or text, prompt_tokens=said.prompt_tokens, completion_tokens=said.completion_tokens)
         return UserDraft(text=text)
 
 
@@ -101,7 +103,7 @@ async def evaluate(
     async def after_reply(conv: Conversation) -> bool:
         task = by_id[conv.metadata["task_id"]]
         reply = conv.messages[-1]
-        answer = await _extract(task, reply.content, extractor)
+        answer = await _extract(task, reply.content, extractor, conv)
         if answer is None:
             return False
         async with sandbox:
@@ -140,11 +142,15 @@ async def evaluate(
     return report
 
 
-async def _extract(task: Task, reply: str, extractor: ChatModel | None) -> str | None:
+async def _extract(task: Task, reply: str, extractor: ChatModel | None, conv: Conversation) -> str | None:
+    """The answer in ``reply``: read by the task's rule, or by ``extractor`` (its tokens recorded
+    in the conversation as the ``extractor`` side's)."""
     if extractor is None:
         return extract_answer(task, reply)
     prompt = fill_prompt("extract_answer.txt", task=task.text, reply=reply)
-    text = (await extractor.reply([{"role": "user", "content": prompt}], seed=0)).text.strip()
+    said = await extractor.reply([{"role": "user", "content": prompt}], seed=0)
+    conv.usage.setdefault("extractor", Usage()).add(said.prompt_tokens, said.completion_tokens)
+    text = said.text.strip()
     return None if not text or text.upper() == "NONE" else (extract_answer(task, text) or text)
 
 

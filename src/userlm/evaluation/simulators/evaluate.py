@@ -30,7 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, cast
 
-from ...conversation import Conversation
+from ...conversation import Conversation, summed_tokens
 from ...errors import UserError
 from ...files import write_text
 from ...intents import Intent
@@ -137,7 +137,12 @@ async def evaluate_users(
                         bar.set_postfix_str(f"{sim.spec}: {name}")
                     else:
                         log(f"{sim.spec}: {name} ...")
+                    asked = judge.usage.model_copy() if judge is not None else None
                     parts[name] = await make()
+                    if judge is not None and asked is not None and judge.usage.calls > asked.calls and isinstance(parts[name], dict):
+                        judged = {"prompt": judge.usage.prompt_tokens - asked.prompt_tokens,
+                                  "completion": judge.usage.completion_tokens - asked.completion_tokens}
+                        parts[name]["tokens"] = {**parts[name].get("tokens", {}), "judge": judged}
                     _save(part_file, parts)
                     _save(settings_file, determined)
                 bar.update(1)
@@ -160,6 +165,7 @@ async def evaluate_users(
                                        "warnings": [p["warning"] for p in parts.values() if isinstance(p, dict) and p.get("warning")]}
             if isinstance(parts.get("replay"), dict):
                 result["replay"] = parts["replay"]
+            result["tokens"] = summed_tokens(p["tokens"] for p in parts.values() if isinstance(p, dict) and p.get("tokens"))
             results.append(result)
     finally:
         bar.close()

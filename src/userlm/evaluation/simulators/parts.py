@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-from ...conversation import Conversation
+from ...conversation import Conversation, Usage, token_totals, usage_totals
 from ...guardrails import GuardrailConfig
 from ...intents import Intent
 from ...models.base import ChatModel, ChatReply, ContextOverflow, HasWeights, MapsShards, ProbesEnd, UserModel, UserTurnRequest, WrapsChat
@@ -380,6 +380,7 @@ async def conversations_part(sim: Simulator, intents: list[Intent], assistant: C
         result["warning"] = (f"{sim.spec}: {len(failed)} of {len(run.conversations)} simulated conversations failed ({how}); "
                              f"diversity and intent overlap are over the other {len(convs)}.")
     result["transcripts"] = f"transcripts/{sim.slug}.jsonl"
+    result["tokens"] = token_totals(run.conversations)
     return result
 
 
@@ -394,13 +395,20 @@ async def naturalness_part(texts: list[str], detector: Detector, settings: UserE
 # --- scenarios ----------------------------------------------------------------------------
 
 
-async def _two_turns(user: SimulatedUser, intent: Intent, reply_for, run_seed: int) -> tuple[list[dict[str, str]], str | None]:
+def _spent() -> dict[str, Usage]:
+    """A scenario part's tokens, by side: the simulator (user) and the scenario's assistant."""
+    return {"user": Usage(), "assistant": Usage()}
+
+
+async def _two_turns(user: SimulatedUser, intent: Intent, reply_for, run_seed: int,
+                     spent: dict[str, Usage]) -> tuple[list[dict[str, str]], str | None]:
     """A first user turn, the scenario's reply, and the user's answer to it: the conversation loop
     with two user turns, the second unanswered. The messages up to the reply, and the second turn
-    (None when the user ended or every draft was refused)."""
+    (None when the user ended or every draft was refused); the user's tokens added to ``spent``."""
     assistant = FunctionAssistant(reply_for, name="scenario")
     conv = new_conversation(intent, 0, user, assistant, run_seed)
     await converse(conv, user, assistant, 2, LoopHooks(answer_last_turn=False))
+    spent["user"].merge(conv.usage["user"])
     if conv.error is not None:  # a model that fails is the evaluation's failure, not a verdict on the user
         raise RuntimeError(f"{conv.id}: {conv.error}")
     messages = [m.chat() for m in conv.messages]
@@ -409,12 +417,14 @@ async def _two_turns(user: SimulatedUser, intent: Intent, reply_for, run_seed: i
     return messages[:2], messages[2]["content"] if len(messages) > 2 else None
 
 
-def _scenario_reply(lines: list[str], model: ChatModel | None, instruction: str, key: str, seed: int):
+def _scenario_reply(lines: list[str], model: ChatModel | None, instruction: str, key: str, seed: int, spent: dict[str, Usage]):
     async def reply_for(messages: list[dict[str, str]]) -> str:
         if model is None:
             return pick(lines, seed, key)
         chat = [{"role": "system", "content": instruction}] + messages
-        return (await model.reply(chat, seed=derive_seed(seed, key))).text.strip()
+        reply = await model.reply(chat, seed=derive_seed(seed, key))
+        spent["assistant"].add(reply.prompt_tokens, reply.completion_tokens)
+        return reply.text.strip()
 
     return reply_for
 
@@ -423,11 +433,12 @@ async def role_part(sim: Simulator, questions: list[Question], judge: CachedJudg
                     settings: UserEvalSettings) -> RolePart:
     user = SimulatedUser(sim.model, settings.guardrails)
     hedges = package_lines("hedges.txt")
+    spent = _spent()
 
     async def one(q: Question) -> AdherenceItem:
         intent = Intent(id=f"role:{q.id}", text=q.intent())
-        reply_for = _scenario_reply(hedges, scenario_assistant, load_prompt("hedging_assistant.txt"), q.id, settings.seed)
-        messages, turn = await _two_turns(user, intent, reply_for, settings.seed)
+        reply_for = _scenario_reply(hedges, scenario_assistant, load_prompt("hedging_assistant.txt"), q.id, settings.seed, spent)
+        messages, turn = await _two_turns(user, intent, reply_for, settings.seed, spent)
         item: AdherenceItem = {"id": q.id, "source": q.source, "messages": messages, "user_reply": turn}
         if not messages:
             return item | {"adhered": False, "method": "no first turn"}
@@ -443,7 +454,7 @@ async def role_part(sim: Simulator, questions: list[Question], judge: CachedJudg
         return item | {"adhered": await judge.yes_no(fill_prompt("role_judge.txt", question=q.question, transcript=transcript(full))), "method": "judge"}
 
     items = list(await asyncio.gather(*(one(q) for q in questions)))
-    return {"role_adherence": _adherence(items, settings), "items": items}
+    return {"role_adherence": _adherence(items, settings), "items": items, "tokens": usage_totals(spent)}
 
 
 def _adherence(items: list[AdherenceItem], settings: UserEvalSettings) -> Figure:
@@ -463,10 +474,11 @@ async def intent_part(sim: Simulator, intents: list[Intent], judge: CachedJudge 
         return {"intent_adherence": figure(None, note="not measured: intent adherence needs a judge (--judge)."), "items": []}
     user = SimulatedUser(sim.model, settings.guardrails)
     diversions = package_lines("diversions.txt")
+    spent = _spent()
 
     async def one(intent: Intent) -> AdherenceItem:
-        reply_for = _scenario_reply(diversions, scenario_assistant, load_prompt("diverting_assistant.txt"), intent.id, settings.seed)
-        messages, turn = await _two_turns(user, Intent(id=f"intent:{intent.id}", text=intent.text or ""), reply_for, settings.seed)
+        reply_for = _scenario_reply(diversions, scenario_assistant, load_prompt("diverting_assistant.txt"), intent.id, settings.seed, spent)
+        messages, turn = await _two_turns(user, Intent(id=f"intent:{intent.id}", text=intent.text or ""), reply_for, settings.seed, spent)
         item: AdherenceItem = {"id": intent.id, "messages": messages, "user_reply": turn}
         if not messages:
             return item | {"adhered": False, "method": "no first turn"}
@@ -476,4 +488,4 @@ async def intent_part(sim: Simulator, intents: list[Intent], judge: CachedJudge 
         return item | {"adhered": await judge.yes_no(fill_prompt("intent_judge.txt", intent=intent.text or "", transcript=transcript(full))), "method": "judge"}
 
     items = list(await asyncio.gather(*(one(i) for i in intents)))
-    return {"intent_adherence": _adherence(items, settings), "items": items}
+    return {"intent_adherence": _adherence(items, settings), "items": items, "tokens": usage_totals(spent)}

@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ...conversation import Conversation
+from ...conversation import Conversation, Usage, usage_totals
 from ...models.base import ContextOverflow
 from ...user import SimulatedUser, derive_seed
 from ..metrics import Figure, bootstrap, figure
@@ -96,7 +96,8 @@ async def replay_part(sim: Simulator, data: list[Conversation], settings: UserEv
             stops = await termination_part(sim, convs, {}, settings)
             end_points, beyond_context = stops["points"], stops.get("beyond_context", 0)
     points = [p for p in points_of(convs) if p.human is not None]
-    drafts = await _drafts(sim, convs, points, settings, progress)
+    spent = Usage()
+    drafts = await _drafts(sim, convs, points, settings, progress, spent)
     unfit = sum(1 for made in drafts if not any(made))
     human = Sample.of_people(convs, points, drafts)  # the people's turns where the simulator drafted
     everyone = Sample.of_people(convs)
@@ -133,13 +134,15 @@ async def replay_part(sim: Simulator, data: list[Conversation], settings: UserEv
         "points_without_drafts": unfit,  #: where every draft was refused, or the history did not fit the model's context
         "stop_points_beyond_context": beyond_context,
         "seconds": round(time.perf_counter() - started, 2),
+        "tokens": usage_totals({"user": spent}),
     }
     return part
 
 
 async def _drafts(sim: Simulator, convs: list[Conversation], points: list[Point], settings: UserEvalSettings,
-                  progress: bool) -> list[list[str | None]]:
-    """``replay_drafts`` drafts at each point, under the guardrails with ending not allowed."""
+                  progress: bool, spent: Usage) -> list[list[str | None]]:
+    """``replay_drafts`` drafts at each point, under the guardrails with ending not allowed (their
+    tokens added to ``spent``)."""
     from tqdm.auto import tqdm
 
     user = SimulatedUser(sim.model, replace(settings.guardrails, min_turns=None, end_threshold=None))
@@ -156,6 +159,7 @@ async def _drafts(sim: Simulator, convs: list[Conversation], points: list[Point]
             return None  # the history does not fit the model's context: no draft here
         finally:
             bar.update(1)
+        spent.merge(turn.usage)
         return turn.text
 
     try:

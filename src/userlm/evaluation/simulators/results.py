@@ -58,6 +58,7 @@ class ConversationsPart(TypedDict, total=False):
     simulated: int
     end_reasons: dict[str, int]
     skipped: str
+    tokens: dict[str, dict[str, int]]  #: by side (user, assistant, judge): prompt and completion tokens this part used
     warning: str
     transcripts: str  #: the transcripts' path, relative to the evaluation's folder
 
@@ -83,11 +84,13 @@ class AdherenceItem(TypedDict, total=False):
 class RolePart(TypedDict):
     role_adherence: Figure
     items: list[AdherenceItem]
+    tokens: NotRequired[dict[str, dict[str, int]]]  #: by side (user, assistant, judge), as in ConversationsPart
 
 
 class IntentPart(TypedDict):
     intent_adherence: Figure
     items: list[AdherenceItem]
+    tokens: NotRequired[dict[str, dict[str, int]]]
 
 
 class Parts(TypedDict, total=False):
@@ -109,6 +112,7 @@ class SimulatorResult(TypedDict):
     parts: Parts
     warnings: list[str]
     replay: NotRequired[dict[str, Any]]  #: the replay figures (stop, turn_words, lexical, next_turn, controls), as in parts
+    tokens: NotRequired[dict[str, dict[str, int]]]  #: its parts' tokens by side (user, assistant, judge), summed
 
 
 class RealUsers(TypedDict):

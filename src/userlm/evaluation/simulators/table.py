@@ -185,6 +185,12 @@ def markdown(report: UserEvalReport) -> str:
                      and "stop" in part)
         lines += ["", REPLAY_NOTE, f"{first['conversations']} conversations, {first['points']} points "
                   f"({first['drafts']} drafts at each point a person spoke).", ""]
+    spent = [(r["simulator"], r["tokens"]) for r in report["simulators"] if r.get("tokens")]
+    if spent:
+        lines += ["Tokens (prompt + completion) each simulator's parts used when they ran, by side (`user` is the simulator; a judge's "
+                  "answers taken from its cache count nothing): " + "; ".join(
+                      f"`{name}`: " + ", ".join(f"{side} {t['prompt']:,} + {t['completion']:,}" for side, t in tokens.items())
+                      for name, tokens in spent) + ".", ""]
     for r in report["simulators"]:
         f1 = r["metrics"].get("end_f1")
         value = f1.get("value") if f1 else None
