@@ -197,6 +197,48 @@ def test_every_replica_killed_at_once_burns_no_conversation(cluster, tiny_user_d
     assert again.written == summary.unfinished and sorted(r["id"] for r in records) == sorted(f"i{k}#0" for k in range(16))
 
 
+def test_a_replica_that_cannot_load_or_dies_loading_is_one_sentence_naming_its_node(cluster):
+    """A node without the model at the spec's path, and a replica killed while it loads (as the
+    kernel's out-of-memory killer does): one sentence each, naming the node; nothing left running."""
+    from userlm.errors import UserError
+    from userlm.models.scale.replicas import connect, ray_replicas
+
+    connect(cluster)
+    before = _live_actors()
+    nodes = {(n["NodeManagerAddress"], n["NodeID"][:8]) for n in ray.nodes() if n["Alive"]}
+    with pytest.raises(UserError, match=r"hf:/nowhere/userlm-model: the replica on node (\S+) \(Ray node ([0-9a-f]{8})\) could "
+                                        r"not load its model \(/nowhere/userlm-model: no such model folder; check the path\); every "
+                                        r"node a replica may run on needs the model") as failed:
+        user_model("hf:/nowhere/userlm-model", _options("user", cluster))
+    assert _named_node(failed.value) in nodes
+
+    def killed_while_loading():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    with pytest.raises(UserError, match=r"hf:big: the replica on node \S+ \(Ray node [0-9a-f]{8}\) died while loading its "
+                                        r"model \(killed, or out of memory there\)") as failed:
+        ray_replicas("hf:big", killed_while_loading, 2, cluster)
+    assert _named_node(failed.value) in nodes
+    # the four replicas were stopped for good: none is left alive or coming back
+    wait_for(lambda: _live_actors() == before, HANG_S)
+
+
+def _named_node(error: Exception) -> tuple[str, str]:
+    import re
+
+    found = re.search(r"on node (\S+) \(Ray node ([0-9a-f]{8})\)", str(error))
+    assert found, error
+    return found.group(1), found.group(2)
+
+
+def _live_actors() -> int:
+    """Actors the cluster holds alive, restarting or being created (Ray's GCS, read directly: the
+    test's cluster runs no dashboard for the state API)."""
+    from ray._private.state import actors
+
+    return sum(1 for a in actors().values() if a.get("State") in ("ALIVE", "RESTARTING", "PENDING_CREATION", "DEPENDENCIES_UNREADY"))
+
+
 def test_cli_with_replicas_on_the_cluster(cluster, tiny_user_dir, tiny_assistant_dir, tmp_path):
     intents = tmp_path / "intents.jsonl"
     intents.write_text("".join(json.dumps({"id": f"i{k}", "intent": f"You want help with task {k}."}) + "\n" for k in range(6)))

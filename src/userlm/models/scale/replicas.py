@@ -244,31 +244,56 @@ def _refused_token(exc: BaseException | None) -> bool:
 
 
 class _Actor:
-    """A replica: one local model in a Ray worker process, made there by ``make``."""
+    """A replica: one local model in a Ray worker process, made there by ``make``.
+
+    The first time, the model is made by :meth:`load`, which the driver calls once the actor runs
+    (so that a replica that cannot load, or dies loading, is told apart from one that cannot
+    start, and named with its node); an actor Ray restarted makes it as it starts, so that it is
+    not up again (and asked turns) before its model is."""
 
     def __init__(self, make: Callable[[], Any]):
-        self.model: Any = make()
-        self.handles = Handles()  # a request's handle arrives as a copy: the token ids kept for it live here
+        import ray
 
+        self.make = make
+        self.model: Any = None
+        self.handles = Handles()  # a request's handle arrives as a copy: the token ids kept for it live here
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            self._model()
+
+    def where(self) -> tuple[str, str]:
+        """The node this replica runs on: its address and Ray's id for it."""
+        import ray
+
+        return ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id()
 
     def ready(self) -> int:
         import os
 
         return os.getpid()
 
+    def load(self) -> int:
+        self._model()
+        return self.ready()
+
+    def _model(self) -> Any:
+        if self.model is None:
+            self.model = self.make()
+        return self.model
+
     async def draft(self, request: UserTurnRequest) -> UserDraft:
         request.conversation = self.handles.adopt(request.conversation)
-        return await self.model.draft(request)
+        return await self._model().draft(request)
 
     async def reply(self, messages: list[dict[str, str]], seed: int | None, conversation: ConversationHandle | None) -> ChatReply:
-        return await self.model.reply(messages, seed=seed, conversation=self.handles.adopt(conversation))
+        return await self._model().reply(messages, seed=seed, conversation=self.handles.adopt(conversation))
 
     def forget_conversations(self) -> None:
         self.handles.clear()
-        forget_conversations(self.model)
+        if self.model is not None:
+            forget_conversations(self.model)
 
     def map(self, fn: Callable[..., Any], items: list, **options: Any) -> Any:
-        return fn(self.model, items, **options)
+        return fn(self._model(), items, **options)
 
 
 def _slim(handle: ConversationHandle | None) -> ConversationHandle | None:
@@ -325,16 +350,42 @@ def ray_replicas(spec: str, make: Callable[[], Any], count: int, address: str,
                                        max_task_retries=0, max_concurrency=1024)
     handles = [actor.remote(make) for _ in range(count)]
     try:
-        ray.get([h.ready.remote() for h in handles])
-    except ray.exceptions.RayTaskError as exc:
-        cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+        _load(spec, handles)
+    except BaseException:
         for h in handles:
             ray.kill(h, no_restart=True)
-        if isinstance(cause, UserError):
-            raise UserError(str(cause)) from None
-        raise UserError(f"{spec}: a replica could not start ({type(cause).__name__}: {cause}).") from None
+        raise
     return Replicated(f"{spec}", [RayReplica(h, i) for i, h in enumerate(handles)], sampling=sampling,
                       restart_wait_s=placement.restart_wait_s)
+
+
+def _load(spec: str, handles: list[Any]) -> None:
+    """Start every replica and load its model; a replica that cannot is one sentence naming its node."""
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+
+    def cause_of(exc: BaseException) -> BaseException:
+        return exc.cause if isinstance(exc, RayTaskError) and getattr(exc, "cause", None) is not None else exc
+
+    try:
+        nodes = ray.get([h.where.remote() for h in handles])
+    except (RayTaskError, RayActorError) as exc:
+        raise UserError(f"{spec}: a replica could not start ({type(cause_of(exc)).__name__}: {cause_of(exc)}).") from None
+    loading = {h.load.remote(): node for h, node in zip(handles, nodes)}
+    while loading:
+        done, _ = ray.wait(list(loading), num_returns=1)
+        (ip, node_id) = loading.pop(done[0])
+        where = f"the replica on node {ip} (Ray node {node_id[:8]})"
+        try:
+            ray.get(done[0])
+        except RayTaskError as exc:
+            cause = cause_of(exc)
+            said = str(cause).rstrip(".") if isinstance(cause, UserError) else f"{type(cause).__name__}: {cause}"
+            raise UserError(f"{spec}: {where} could not load its model ({said}); every node a replica may run on needs "
+                            "the model where the spec says (the same path, or a hub id it can reach).") from None
+        except RayActorError:
+            raise UserError(f"{spec}: {where} died while loading its model (killed, or out of memory there); give the "
+                            "replicas more memory (fewer per node) and run again.") from None
 
 
 def server_replicas(name: str, backends: Sequence[Any]) -> Replicated:
