@@ -38,7 +38,7 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	$(VLLM_PY) -m pip install -q "$(TORCH)"
 	$(VLLM_PY) -m pip install -q "$(VLLM)"
 	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
-	$(VLLM_PY) -m pip install -q -e ".[local]" "pytest>=8" httpx
+	$(VLLM_PY) -m pip install -q -e ".[local,ray]" "pytest>=8" httpx
 	touch $@
 
 setup-deepeval: $(DEEPEVAL_VENV)/.installed

@@ -11,17 +11,10 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
-from servers import HANG_S, free_port, stop_session, wait_for
-
-# Ray's token authentication, as a user's cluster has it: one token for every node and for this
-# process, set before Ray is imported (Ray reads the mode once per process). Ray 2.60's head turns
-# it on by default, and a node that joins without the mode and token is refused.
-_AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-_SAVED_AUTH = {key: os.environ.get(key) for key in _AUTH}
-os.environ.update(_AUTH)
+from ray_cluster import local_cluster  # sets the cluster's token before Ray is imported
+from servers import HANG_S, stop_session, wait_for
 
 ray = pytest.importorskip("ray")
 
@@ -39,41 +32,9 @@ SAMPLING = SamplingSettings(temperature=1.0, top_p=0.9, max_new_tokens=8)
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A head and a second node on 127.0.0.1, each with 2 CPUs, on a port and in a folder of their
-    own; this process joins them. Each node is a ``ray start --block`` in a session of its own, so
-    stopping it stops what it started and nothing else on the machine (a user's cluster goes on)."""
-    ray_bin = Path(sys.executable).with_name("ray")
-    port = free_port()
-    temp = tmp_path_factory.mktemp("ray")
-    env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0"}
-    common = ["--num-cpus", "2", "--disable-usage-stats", "--block"]
-    address = f"127.0.0.1:{port}"
-    nodes: list[subprocess.Popen] = []
-    try:
-        _ray_node(ray_bin, temp / "head.log", ["--head", "--port", str(port), "--include-dashboard", "false", "--temp-dir", str(temp),
-                                               *common], env, nodes)
-        _ray_node(ray_bin, temp / "node.log", ["--address", address, *common], env, nodes)
-        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+    """A head and a second node on 127.0.0.1, each with 2 CPUs (see :func:`ray_cluster.local_cluster`)."""
+    with local_cluster(tmp_path_factory.mktemp("ray")) as address:
         yield address
-    finally:
-        ray.shutdown()
-        for node in reversed(nodes):
-            stop_session(node)
-        for key, value in _SAVED_AUTH.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def _ray_node(ray_bin: Path, log: Path, args: list[str], env: dict[str, str], nodes: list[subprocess.Popen]) -> None:
-    """``ray start ARGS`` in a session of its own, once it says the node is up; on failure, fail
-    with the node's own last lines."""
-    with open(log, "w") as out:
-        node = subprocess.Popen([str(ray_bin), "start", "--node-ip-address", "127.0.0.1", *args], stdout=out, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)
-    nodes.append(node)
-    wait_for(lambda: "Ray runtime started" in log.read_text(errors="replace"), f"`ray start {' '.join(args)}`", process=node, log=log)
 
 
 def _options(side: str, address: str, replicas: int = 2) -> ProviderOptions:

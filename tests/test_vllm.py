@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import ray_cluster  # the replica test's cluster token, set before vLLM imports Ray
 from servers import HANG_S, answers, stop_session, wait_for
 
 pytestmark = pytest.mark.vllm
@@ -209,6 +210,55 @@ def test_cli_simulate_with_vllm_on_both_sides(vllm_model_dir, tmp_path):
     assert all(m["end_prob"] is not None for r in records for m in r["messages"] if m["role"] == "user")
     again = subprocess.run(command, capture_output=True, text=True, timeout=HANG_S)
     assert again.returncode == 0 and "8 already there" in again.stderr + again.stdout
+
+
+# --- vllm: replicas on a Ray cluster -----------------------------------------------------------
+
+
+def test_vllm_replicas_on_a_ray_cluster_outlive_a_killed_one(vllm_model_dir, tmp_path_factory, tmp_path):
+    """Two replica actors, each running a vLLM engine, on a two-node cluster of the test's own;
+    one is SIGKILLed while a turn is out at it: every conversation is recorded once, none as an
+    error, its turns asked again of the other replica while Ray restarts it."""
+    if os.environ.get("USERLM_REQUIRE_VLLM") != "1":
+        pytest.importorskip("ray")  # make setup-vllm installs it (and CI requires it)
+    from ray.exceptions import RayActorError
+
+    from userlm.models.doubles.scripted import ScriptedAssistant
+    from userlm.models.registry import ProviderOptions, user_model
+    from userlm.models.vllm.engine import VLLMOptions
+
+    with ray_cluster.local_cluster(tmp_path_factory.mktemp("ray")) as address:
+        options = ProviderOptions(sampling=SamplingSettings(1.0, 0.9, 12), vllm=VLLMOptions(**ENGINE), replicas=2, ray=address)
+        users = user_model(f"vllm:{vllm_model_dir}", options)
+        try:
+            victim = users.backends[0].pid()
+            intents = [userlm.Intent(f"i{k}", f"You want help with task number {k}.") for k in range(12)]
+            user = userlm.SimulatedUser(users, GuardrailConfig(min_turns=3, min_words=1, max_words=None, max_attempts=2))
+            out = tmp_path / "runs.jsonl"
+
+            async def run():
+                task = asyncio.ensure_future(userlm.simulate_async(
+                    intents, user, ScriptedAssistant(["Sure, tell me more.", "Here is a plan."]), out=out, progress=False,
+                    settings=RunSettings(max_turns=3, seed=3, concurrency=6)))
+                while not task.done() and (not out.exists() or len(out.read_text().splitlines()) < 2 or users.router.load[0] == 0):
+                    await asyncio.sleep(0.01)
+                os.kill(victim, signal.SIGKILL)
+                return await task
+
+            summary = asyncio.run(run())
+            records = [json.loads(line) for line in out.read_text().splitlines()]
+            assert sorted(r["id"] for r in records) == sorted(f"i{k}#0" for k in range(12))
+            assert all(r["error"] is None for r in records) and summary.unfinished == 0 and summary.reasked >= 1
+
+            def restarted() -> bool:  # Ray brought the replica back, its engine loaded, in a new process
+                try:
+                    return users.backends[0].pid() != victim
+                except RayActorError:  # Ray says "the actor is restarting" until it is back
+                    return False
+
+            wait_for(restarted, "Ray's restart of the killed vLLM replica")
+        finally:
+            users.shutdown()
 
 
 # --- the HTTP path against a real vLLM server -------------------------------------------------
