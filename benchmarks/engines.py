@@ -2,6 +2,7 @@
 
     .venv-vllm/bin/python benchmarks/engines.py            # make setup-vllm first
     .venv-vllm/bin/python benchmarks/engines.py --quick
+    .venv-vllm/bin/python benchmarks/engines.py --vllm-only   # vllm: against the turn-by-turn loop (B4b)
 
 Rows, all in this one process run, every engine loaded and warm first, the timed runs of the
 in-process engines alternated (hf with and without its cross-turn cache, vllm:, vLLM turn by
@@ -21,8 +22,10 @@ turn) ``--repeats`` times and each one's median reported:
   servers on this machine (started after the in-process engines are shut down).
 
 All vLLM engines: chunked prefill off (vLLM's CPU build crashes on per-request seeds with it),
-prefix caching on, compiled (not eager), float32 (vLLM's fastest here; ``hf:`` runs the bf16
-that its auto picks on this CPU).
+prefix caching on and emptied before every run, compiled (not eager), float32 (vLLM's fastest
+here; ``hf:`` runs the bf16 that its auto picks on this CPU), each engine's worker on half of the
+cores (as ``userlm simulate`` places two engines on CPUs). ``--vllm-only``: the two vLLM rows
+alone, saved as ``engines_vllm`` (B4b).
 """
 
 from __future__ import annotations
@@ -143,6 +146,7 @@ def main() -> None:
     parser.add_argument("--card-conversations", type=int, default=8)
     parser.add_argument("--server-repeats", type=int, default=1)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--vllm-only", action="store_true", help="only vllm: and the turn-by-turn loop")
     parser.add_argument("--models", default=str(Path(__file__).resolve().parent / "models"))
     args = parser.parse_args()
     if args.quick:
@@ -150,7 +154,7 @@ def main() -> None:
 
     from userlm.models.base import SamplingSettings
     from userlm.models.hf.local import LoadOptions, LocalChatModel, LocalUserModel
-    from userlm.models.vllm.engine import VLLMChatModel, VLLMOptions, VLLMUserModel, close_engines
+    from userlm.models.vllm.engine import VLLMChatModel, VLLMOptions, VLLMUserModel, close_engines, core_shares
 
     user_dir, asst_dir = build_models(Path(args.models))
     prompts = intents(args.conversations)
@@ -158,33 +162,54 @@ def main() -> None:
     print(f"machine: {machine()}", flush=True)
 
     started = time.perf_counter()
-    vopts = VLLMOptions(kv_cache_gb=KV_GB, dtype=VLLM_DTYPE)
-    v_user = VLLMUserModel(str(user_dir), sampling=user_sampling, options=vopts)
-    v_asst = VLLMChatModel(str(asst_dir), sampling=asst_sampling, options=vopts)
+    user_cores, asst_cores = core_shares(2)
+    v_user = VLLMUserModel(str(user_dir), sampling=user_sampling, options=VLLMOptions(kv_cache_gb=KV_GB, dtype=VLLM_DTYPE, cpus=user_cores))
+    v_asst = VLLMChatModel(str(asst_dir), sampling=asst_sampling, options=VLLMOptions(kv_cache_gb=KV_GB, dtype=VLLM_DTYPE, cpus=asst_cores))
     startup = time.perf_counter() - started
-    print(f"vllm: two engines started in {startup:.1f} s", flush=True)
-    models = {
+    print(f"vllm: two engines started in {startup:.1f} s (worker cores: user {user_cores}, assistant {asst_cores})", flush=True)
+    models = {} if args.vllm_only else {
         "hf": (LocalUserModel(str(user_dir), sampling=user_sampling, options=LoadOptions(max_batch_size=len(prompts))),
                LocalChatModel(str(asst_dir), sampling=asst_sampling, options=LoadOptions(max_batch_size=len(prompts)))),
         "hf_no_cross_turn_cache": (
             LocalUserModel(str(user_dir), sampling=user_sampling, options=LoadOptions(max_batch_size=len(prompts), reuse_cache=False)),
             LocalChatModel(str(asst_dir), sampling=asst_sampling, options=LoadOptions(max_batch_size=len(prompts), reuse_cache=False))),
-        "vllm": (v_user, v_asst),
     }
+    models["vllm"] = (v_user, v_asst)
+
+    def fresh(engines=(v_user.engine, v_asst.engine)) -> None:  # every vLLM run starts from an empty prefix cache
+        for engine in engines:
+            engine.reset_prefix_cache()
     runs: dict[str, list[float]] = {name: [] for name in (*models, "vllm_turn_by_turn")}
     # an untimed warm-up run of each first
     warm: dict[str, list[float]] = {}
+    load_before = os.getloadavg()
     for name, (u, a) in models.items():
+        fresh()
         warm[name] = [simulate(u, a, prompts, args.turns)["seconds"]]
         print(f"warm-up {name}: {warm[name][0]:.1f} s", flush=True)
+    fresh()
     warm["vllm_turn_by_turn"] = [turn_by_turn(v_user.engine, v_asst.engine, prompts, args.turns)["seconds"]]
     print("warm-up runs, s:", {k: [round(x, 1) for x in v] for k, v in warm.items()}, flush=True)
     for repeat in range(args.repeats):
         for name, (u, a) in models.items():
+            fresh()
             runs[name].append(simulate(u, a, prompts, args.turns)["seconds"])
+        fresh()
         runs["vllm_turn_by_turn"].append(turn_by_turn(v_user.engine, v_asst.engine, prompts, args.turns)["seconds"])
         print(f"repeat {repeat + 1}:", {k: round(v[-1], 1) for k, v in runs.items()}, flush=True)
+    load_after = os.getloadavg()
     close_engines()
+    if args.vllm_only:
+        rows = {name: {"seconds": statistics.median(seconds), "runs_s": seconds} for name, seconds in runs.items()}
+        loop = rows["vllm_turn_by_turn"]["seconds"]
+        for name, r in rows.items():
+            r["x_turn_by_turn"] = loop / r["seconds"]
+            print(f"{name:<22}{r['seconds']:>8.1f} s  x turn-by-turn {r['x_turn_by_turn']:.2f}  runs {', '.join(f'{x:.1f}' for x in r['runs_s'])}")
+        path = save("engines_vllm", {"machine": machine(), "conversations": len(prompts), "turns": args.turns, "vllm_dtype": VLLM_DTYPE,
+                                     "cores": {"user": user_cores, "assistant": asst_cores}, "load_before": load_before,
+                                     "load_after": load_after, "rows": rows})
+        print(f"saved {path}")
+        return
     for name in ("hf", "hf_no_cross_turn_cache"):
         models.pop(name)
     del v_user, v_asst, models

@@ -208,8 +208,36 @@ def test_cli_simulate_with_vllm_on_both_sides(vllm_model_dir, tmp_path):
     assert sorted(r["id"] for r in records) == sorted(f"i{k}#0" for k in range(8))
     assert all(r["error"] is None and r["user_model"] == f"vllm:{vllm_model_dir}" for r in records)
     assert all(m["end_prob"] is not None for r in records for m in r["messages"] if m["role"] == "user")
+    assert done.stderr.count("note: vllm: is running on the CPU. On CPUs hf: is the faster engine") == 1
     again = subprocess.run(command, capture_output=True, text=True, timeout=HANG_S)
     assert again.returncode == 0 and "8 already there" in again.stderr + again.stdout
+
+
+def test_two_engines_on_the_cpu_run_on_a_share_of_the_cores_each(vllm_model_dir):
+    """As ``userlm simulate`` places a user and an assistant engine: each engine's worker threads
+    are bound to its own share of the cores, not both to the same ones."""
+    import psutil
+
+    from userlm.models.vllm.engine import Engine, VLLMOptions, core_shares
+
+    shares = core_shares(2)
+    if shares[0] is None:
+        pytest.skip("needs two cores, and VLLM_CPU_OMP_THREADS_BIND unset")
+    me = psutil.Process()
+    engines, bindings = [], []
+    try:
+        for k, share in enumerate(shares):
+            before = {p.pid for p in me.children(recursive=True)}
+            engines.append(Engine(str(vllm_model_dir), VLLMOptions(**ENGINE, max_num_seqs=4 + k, cpus=share)))
+            started = [p for p in me.children(recursive=True) if p.pid not in before]
+            bindings.append({frozenset(os.sched_getaffinity(t.id)) for p in started for t in p.threads()})
+    finally:
+        for engine in engines:
+            engine.close()
+    wanted = [frozenset(int(c) for c in share.split(",")) for share in shares]
+    assert wanted[0] in bindings[0] and wanted[1] not in bindings[0]
+    assert wanted[1] in bindings[1] and wanted[0] not in bindings[1]
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in os.environ  # set for each engine's start only
 
 
 # --- vllm: replicas on a Ray cluster -----------------------------------------------------------

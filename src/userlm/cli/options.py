@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from ..guardrails import GuardrailConfig
 from ..models.base import SamplingSettings
@@ -153,6 +154,24 @@ def faults_from(args: argparse.Namespace):
 
     judge = chat_model(args.fault_judge) if args.fault_judge else None
     return FaultPolicy(reject=tuple(args.reject_faults), judge=judge)
+
+
+def side_by_side(args: argparse.Namespace, user: ProviderOptions, assistant: ProviderOptions) -> tuple[ProviderOptions, ProviderOptions]:
+    """On CPUs, two different ``vllm:`` engines in this process (the user and the assistant) get
+    half of the cores each, so that they run side by side instead of taking turns on the same
+    ones (vLLM would bind both to the same cores)."""
+    if not (args.user.startswith("vllm:") and args.assistant.startswith("vllm:")) or args.user == args.assistant \
+            or user.replicas > 1 or assistant.replicas > 1:
+        return user, assistant
+    from ..models.vllm.engine import core_shares, on_cpu
+
+    try:
+        if not on_cpu():
+            return user, assistant
+    except ImportError:  # no vLLM: the models say so, in one sentence, as they load
+        return user, assistant
+    first, second = core_shares(2)
+    return replace(user, vllm=replace(user.vllm, cpus=first)), replace(assistant, vllm=replace(assistant.vllm, cpus=second))
 
 
 def provider_options(args: argparse.Namespace, side: str) -> ProviderOptions:

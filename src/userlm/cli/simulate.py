@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import COUNT, add_guardrail_options, add_model_options, faults_from, guardrails_from, provider_options
+from .options import COUNT, add_guardrail_options, add_model_options, faults_from, guardrails_from, provider_options, side_by_side
 from .stopping import run_async
 
 
@@ -46,8 +46,14 @@ def run(args: argparse.Namespace) -> int:
     )
     intents = IntentFile(args.intents)  # read as the run goes, not held
     guardrails = guardrails_from(args)
-    user = SimulatedUser(user_model(args.user, provider_options(args, "user")), guardrails, faults_from(args))
-    assistant = chat_model(args.assistant, provider_options(args, "assistant"))
+    user_options, assistant_options = side_by_side(args, provider_options(args, "user"), provider_options(args, "assistant"))
+    user = SimulatedUser(user_model(args.user, user_options), guardrails, faults_from(args))
+    assistant = chat_model(args.assistant, assistant_options)
+    if "vllm:" in (args.user[:5], args.assistant[:5]):
+        from ..models.vllm.engine import CPU_NOTICE, on_cpu
+
+        if on_cpu():
+            print(CPU_NOTICE, file=sys.stderr)
     summary = run_async(
         simulate_async(
             intents, user, assistant, out=args.out, settings=settings,

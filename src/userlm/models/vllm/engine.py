@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import itertools
 import math
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -44,6 +46,10 @@ from ..turn import TurnReader, TurnRules, table
 
 GUARD = "userlm.models.vllm.guard:Guardrails"
 
+#: what ``userlm simulate`` says once when a vllm: engine runs without a GPU (the figures: benchmarks/RESULTS.md, B4)
+CPU_NOTICE = ("note: vllm: is running on the CPU. On CPUs hf: is the faster engine (B4 in benchmarks/RESULTS.md: "
+              "hf: ran the same simulation 1.9x as fast as vllm: on two cores); vllm: pays off on GPUs.")
+
 
 @dataclass(frozen=True)
 class VLLMOptions:
@@ -56,6 +62,9 @@ class VLLMOptions:
     quantization: str | None = None  #: e.g. awq, gptq, fp8
     kv_cache_gb: float | None = None  #: KV-cache size in GiB (on CPUs: default 4, or VLLM_CPU_KVCACHE_SPACE)
     max_num_seqs: int | None = None  #: most sequences in one engine step
+    #: on CPUs: the cores this engine's worker binds to ("0-3", "0,2"; VLLM_CPU_OMP_THREADS_BIND's form), so that
+    #: two engines in one process (a user and an assistant) run side by side; None: vLLM's own choice
+    cpus: str | None = None
     enforce_eager: bool = False
     trust_remote_code: bool = False
     load_format: str = "auto"  #: "dummy": random weights of the checkpoint's shape (capacity planning)
@@ -136,8 +145,10 @@ class Engine:
         async def start():
             return AsyncLLM.from_engine_args(args)
 
+        self.on_cpu = _cpu_only()
         try:
-            self.llm = asyncio.run_coroutine_threadsafe(start(), self.loop).result()
+            with _bound_to(options.cpus if self.on_cpu else None):  # read by the engine's processes as they start
+                self.llm = asyncio.run_coroutine_threadsafe(start(), self.loop).result()
         except Exception as exc:
             self.loop.call_soon_threadsafe(self.loop.stop)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -166,6 +177,10 @@ class Engine:
         completion = final.outputs[0]
         return list(completion.token_ids), list(completion.logprobs or []), completion.finish_reason
 
+    def reset_prefix_cache(self) -> None:
+        """Drop every cached prefix (so that a run starts from nothing another run left)."""
+        asyncio.run_coroutine_threadsafe(self.llm.reset_prefix_cache(), self.loop).result()
+
     def close(self) -> None:
         """Stop the engine and its processes; requests still in flight fail."""
         if not self.thread.is_alive():
@@ -183,6 +198,35 @@ class Engine:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=10)
             self.llm = None  # its own finaliser now, not at interpreter exit when its module is gone
+
+
+@contextlib.contextmanager
+def _bound_to(cpus: str | None) -> Iterator[None]:
+    """vLLM's CPU worker binds its threads to ``cpus`` (unless the user set the binding themselves)."""
+    if cpus is None or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+        yield
+        return
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpus
+    try:
+        yield
+    finally:
+        os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
+
+
+def core_shares(count: int) -> list[str | None]:
+    """This process's cores split into ``count`` shares, one per engine that will run side by side
+    on the CPU (None each where there are fewer cores than engines, or the user set the binding)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if count < 2 or len(cores) < count or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+        return [None] * count
+    size = len(cores) // count
+    shares = [cores[k * size : (k + 1) * size] for k in range(count - 1)] + [cores[(count - 1) * size :]]
+    return [",".join(map(str, share)) for share in shares]
+
+
+def on_cpu() -> bool:
+    """Whether a vLLM engine here runs on the CPU (vLLM's CPU build, or no GPU)."""
+    return _cpu_only()
 
 
 def _eos_ids(path: str, tokenizer) -> set[int]:
