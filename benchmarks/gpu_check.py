@@ -10,6 +10,12 @@
    MLP 14336, vocabulary 128256), random bf16 weights: ``userlm.simulate`` with ``hf:`` and
    with ``vllm:`` (weights drawn by vLLM's dummy loader), against the card's snippet looped,
    on the same intents, turns and token budgets as B1. Printed as ratios, saved with ``--out``.
+3. Each engine against the card's memory-bandwidth bound: decoding one token reads every weight
+   once, so a conversation's turns cannot take less than (its tokens, one after another) x (the
+   model's bytes) / (the card's bandwidth). The bound of a run is that of its longest
+   conversation (all run at once); the row gives the measured run's share of it (1.0 would be
+   the card's limit). The bandwidth is the card's published figure (``BANDWIDTH_GBS``, found by
+   its name) or ``--bandwidth-gbs``.
 """
 
 from __future__ import annotations
@@ -84,6 +90,25 @@ def check_logits(path: Path, prompts: list[str]) -> dict:
     return out
 
 
+#: published memory bandwidth, GB/s, by a part of the name torch gives the card (first match wins)
+BANDWIDTH_GBS = {"H200": 4800, "H100 NVL": 3900, "H100 PCIe": 2000, "H100": 3350, "GH200": 4000, "B200": 8000,
+                 "A100-SXM4-80GB": 2039, "A100 80GB PCIe": 1935, "A100": 1555, "L40S": 864, "L40": 864, "A10G": 600, "A10": 600,
+                 "L4": 300, "RTX 4090": 1008, "RTX 6000 Ada": 960, "V100": 900, "T4": 320}
+
+
+def bandwidth_gbs(name: str, given: float | None) -> float | None:
+    if given:
+        return given
+    return next((gbs for part, gbs in BANDWIDTH_GBS.items() if part in name), None)
+
+
+def bandwidth_bound_s(conversations, weight_bytes: int, gbs: float) -> float:
+    """The least time the run could take on the card: its longest chain of tokens (a
+    conversation's user and assistant tokens, one after another), each reading every weight."""
+    longest = max(sum(u.completion_tokens for u in c.usage.values()) for c in conversations)
+    return longest * weight_bytes / (gbs * 1e9)
+
+
 def timed(fn, repeats: int) -> list[float]:
     out = []
     for _ in range(repeats):
@@ -102,6 +127,7 @@ def main() -> None:
     parser.add_argument("--card-conversations", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--bandwidth-gbs", type=float, help="the card's memory bandwidth (default: its published figure, by name)")
     parser.add_argument("--out")
     args = parser.parse_args()
     if args.quick:
@@ -124,20 +150,32 @@ def main() -> None:
     us, asst = SamplingSettings(1.0, 0.8, USER_TOKENS), SamplingSettings(0.7, 1.0, ASSISTANT_TOKENS)
     settings = userlm.RunSettings(max_turns=args.turns, concurrency=len(prompts), seed=0)
 
+    last: dict = {}
+
     def run(u, a):
-        return lambda: userlm.simulate(prompts, userlm.SimulatedUser(u, GuardrailConfig()), a, settings=settings, progress=False)
+        def go():
+            last["run"] = userlm.simulate(prompts, userlm.SimulatedUser(u, GuardrailConfig()), a, settings=settings, progress=False)
+        return go
 
     # one model in both roles (it carries a chat template), as a same-model simulation would
     hf = LoadOptions(device="cuda", dtype="bfloat16", max_batch_size=len(prompts))
     hf_pair = (LocalUserModel(str(path), sampling=us, options=hf), LocalChatModel(str(path), sampling=asst, options=hf))
+    weight_bytes = sum(p.numel() * p.element_size() for p in hf_pair[0].loaded.model.parameters())
+    gbs = bandwidth_gbs(result["gpu"], args.bandwidth_gbs)
+    result["weight_gb"], result["bandwidth_gbs"] = weight_bytes / 1e9, gbs
+    bounds: dict[str, float] = {}
     run(*hf_pair)()  # warm-up
     seconds = {"hf": timed(run(*hf_pair), args.repeats)}
+    if gbs:
+        bounds["hf"] = bandwidth_bound_s(last["run"].conversations, weight_bytes, gbs)
     del hf_pair
     torch.cuda.empty_cache()
     v = VLLMOptions(gpu_memory_utilization=0.6, load_format="dummy")
     v_pair = (VLLMUserModel(str(path), sampling=us, options=v), VLLMChatModel(str(path), sampling=asst, options=v))
     run(*v_pair)()
     seconds["vllm"] = timed(run(*v_pair), args.repeats)
+    if gbs:
+        bounds["vllm"] = bandwidth_bound_s(last["run"].conversations, weight_bytes, gbs)
     close_engines()
     card = baseline(path, path, prompts[: args.card_conversations], args.turns, "bfloat16")
     card_rate = card["conversations"] / card["seconds"]
@@ -145,8 +183,13 @@ def main() -> None:
     for name, runs in seconds.items():
         rate = len(prompts) / statistics.median(runs)
         result["rows"][name] = {"conversations_per_s": rate, "runs_s": runs, "x_card": rate / card_rate}
+        if name in bounds:
+            result["rows"][name] |= {"bandwidth_bound_s": bounds[name], "share_of_bound": bounds[name] / statistics.median(runs)}
+    if not gbs:
+        print(f"no published bandwidth known for {result['gpu']}: pass --bandwidth-gbs to compare with the card's bound", flush=True)
     for name, row in result["rows"].items():
-        print(f"{name:<10} {row['conversations_per_s']:.3f} conv/s  x card {row['conversations_per_s'] / card_rate:.1f}  runs {row['runs_s']}")
+        bound = f"  bound {row['bandwidth_bound_s']:.1f} s, {row['share_of_bound']:.2f} of it" if "share_of_bound" in row else ""
+        print(f"{name:<10} {row['conversations_per_s']:.3f} conv/s  x card {row['conversations_per_s'] / card_rate:.1f}  runs {row['runs_s']}{bound}")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
 
