@@ -98,6 +98,19 @@ def main() -> None:
             lines.append(f"| {name} | {r['conversations_per_s']:.3f} | {r['conversations_per_s'] / card:.1f} | "
                          f"{r['conversations_per_s'] / vllm:.2f} | {', '.join(f'{x:.1f}' for x in r['runs_s'])} |")
         lines.append("")
+    side = load("engines_vllm")
+    if side:
+        lines += ["## B4b: `vllm:` against the turn-by-turn loop on the same engines", "",
+                  f"Machine: {side['machine']}; load average before {side['load_before'][0]:.2f}, after {side['load_after'][0]:.2f}. "
+                  f"B1's models and workload ({side['conversations']} conversations x {side['turns']} user turns), both rows on the "
+                  f"same two vLLM engines ({side.get('vllm_dtype', 'float32')}, compiled, chunked prefill off), the user engine's "
+                  f"worker on cores {side['cores']['user']} and the assistant's on {side['cores']['assistant']} (as `userlm simulate` "
+                  "places them on CPUs), every run from an empty prefix cache, rows alternated after an untimed run of each; the "
+                  "median of each row's runs.", "",
+                  "| run | median s | x turn-by-turn loop | runs, s |", "|---|---|---|---|"]
+        for name, r in side["rows"].items():
+            lines.append(f"| {name} | {r['seconds']:.1f} | {r['x_turn_by_turn']:.2f} | {', '.join(f'{x:.1f}' for x in r['runs_s'])} |")
+        lines.append("")
     memory = load("driver_memory")
     if memory:
         lines += ["## B5: the driver's memory as a run grows", "",
