@@ -2,7 +2,7 @@
 
     .venv-vllm/bin/python benchmarks/engines.py            # make setup-vllm first
     .venv-vllm/bin/python benchmarks/engines.py --quick
-    .venv-vllm/bin/python benchmarks/engines.py --vllm-only   # vllm: against the turn-by-turn loop (B4b)
+    .venv-vllm/bin/python benchmarks/engines.py --side-by-side   # hf:, vllm: and the turn-by-turn loop (B4b)
 
 Rows, all in this one process run, every engine loaded and warm first, the timed runs of the
 in-process engines alternated (hf with and without its cross-turn cache, vllm:, vLLM turn by
@@ -24,8 +24,8 @@ turn) ``--repeats`` times and each one's median reported:
 All vLLM engines: chunked prefill off (vLLM's CPU build crashes on per-request seeds with it),
 prefix caching on and emptied before every run, compiled (not eager), float32 (vLLM's fastest
 here; ``hf:`` runs the bf16 that its auto picks on this CPU), each engine's worker on half of the
-cores (as ``userlm simulate`` places two engines on CPUs). ``--vllm-only``: the two vLLM rows
-alone, saved as ``engines_vllm`` (B4b).
+cores (as ``userlm simulate`` places two engines on CPUs). ``--side-by-side``: ``hf``, ``vllm``
+and ``vllm_turn_by_turn`` alone, as ratios to the turn-by-turn loop, saved as ``engines_vllm`` (B4b).
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def main() -> None:
     parser.add_argument("--card-conversations", type=int, default=8)
     parser.add_argument("--server-repeats", type=int, default=1)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--vllm-only", action="store_true", help="only vllm: and the turn-by-turn loop")
+    parser.add_argument("--side-by-side", action="store_true", help="only hf:, vllm: and the turn-by-turn loop")
     parser.add_argument("--models", default=str(Path(__file__).resolve().parent / "models"))
     args = parser.parse_args()
     if args.quick:
@@ -167,13 +167,14 @@ def main() -> None:
     v_asst = VLLMChatModel(str(asst_dir), sampling=asst_sampling, options=VLLMOptions(kv_cache_gb=KV_GB, dtype=VLLM_DTYPE, cpus=asst_cores))
     startup = time.perf_counter() - started
     print(f"vllm: two engines started in {startup:.1f} s (worker cores: user {user_cores}, assistant {asst_cores})", flush=True)
-    models = {} if args.vllm_only else {
+    models = {
         "hf": (LocalUserModel(str(user_dir), sampling=user_sampling, options=LoadOptions(max_batch_size=len(prompts))),
                LocalChatModel(str(asst_dir), sampling=asst_sampling, options=LoadOptions(max_batch_size=len(prompts)))),
-        "hf_no_cross_turn_cache": (
-            LocalUserModel(str(user_dir), sampling=user_sampling, options=LoadOptions(max_batch_size=len(prompts), reuse_cache=False)),
-            LocalChatModel(str(asst_dir), sampling=asst_sampling, options=LoadOptions(max_batch_size=len(prompts), reuse_cache=False))),
     }
+    if not args.side_by_side:
+        models["hf_no_cross_turn_cache"] = (
+            LocalUserModel(str(user_dir), sampling=user_sampling, options=LoadOptions(max_batch_size=len(prompts), reuse_cache=False)),
+            LocalChatModel(str(asst_dir), sampling=asst_sampling, options=LoadOptions(max_batch_size=len(prompts), reuse_cache=False)))
     models["vllm"] = (v_user, v_asst)
 
     def fresh(engines=(v_user.engine, v_asst.engine)) -> None:  # every vLLM run starts from an empty prefix cache
@@ -199,7 +200,7 @@ def main() -> None:
         print(f"repeat {repeat + 1}:", {k: round(v[-1], 1) for k, v in runs.items()}, flush=True)
     load_after = os.getloadavg()
     close_engines()
-    if args.vllm_only:
+    if args.side_by_side:
         rows = {name: {"seconds": statistics.median(seconds), "runs_s": seconds} for name, seconds in runs.items()}
         loop = rows["vllm_turn_by_turn"]["seconds"]
         for name, r in rows.items():

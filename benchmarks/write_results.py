@@ -100,10 +100,10 @@ def main() -> None:
         lines.append("")
     side = load("engines_vllm")
     if side:
-        lines += ["## B4b: `vllm:` against the turn-by-turn loop on the same engines", "",
+        lines += ["## B4b: `hf:` and `vllm:` against the turn-by-turn loop on the same vLLM engines", "",
                   f"Machine: {side['machine']}; load average before {side['load_before'][0]:.2f}, after {side['load_after'][0]:.2f}. "
-                  f"B1's models and workload ({side['conversations']} conversations x {side['turns']} user turns), both rows on the "
-                  f"same two vLLM engines ({side.get('vllm_dtype', 'float32')}, compiled, chunked prefill off), the user engine's "
+                  f"B1's models and workload ({side['conversations']} conversations x {side['turns']} user turns), `hf:` in bf16 "
+                  "(its auto here), both vLLM rows on the same two engines ({side.get('vllm_dtype', 'float32')}, compiled, chunked prefill off), the user engine's "
                   f"worker on cores {side['cores']['user']} and the assistant's on {side['cores']['assistant']} (as `userlm simulate` "
                   "places them on CPUs), every run from an empty prefix cache, rows alternated after an untimed run of each; the "
                   "median of each row's runs.", "",
