@@ -47,8 +47,8 @@ from ..turn import TurnReader, TurnRules, table
 GUARD = "userlm.models.vllm.guard:Guardrails"
 
 #: what ``userlm simulate`` says once when a vllm: engine runs without a GPU (the figures: benchmarks/RESULTS.md, B4)
-CPU_NOTICE = ("note: vllm: is running on the CPU. On CPUs hf: is the faster engine (B4 in benchmarks/RESULTS.md: "
-              "hf: ran the same simulation 1.9x as fast as vllm: on two cores); vllm: pays off on GPUs.")
+CPU_NOTICE = ("note: vllm: is running on the CPU. On CPUs hf: is the faster engine (B4b in benchmarks/RESULTS.md: "
+              "hf: ran the same simulation 1.3x as fast as vllm: on two cores); vllm: pays off on GPUs.")
 
 
 @dataclass(frozen=True)
