@@ -7,8 +7,8 @@
 user of four turns, an assistant that replies at once), so that only the driver is measured:
 peak resident memory of the process (``ru_maxrss``), wall time and CPU time per user turn. The
 baseline is the same command at the smallest size: memory should not grow with the run beyond
-what is in flight: intents are read as the run goes and the ids already written move to disk
-past 50k. Then a resume of the largest run (every conversation already there) shows what
+what is in flight: intents are read as the run goes and the ids already written live in SQLite's
+private temporary database (a 2 MiB cache in memory, the rest on disk). Then a resume of the largest run (every conversation already there) shows what
 reading an existing output costs. Each row records the load average before and after it.
 """
 
@@ -61,6 +61,7 @@ def run(folder: Path, n: int, out: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,10000,100000,1000000")
+    parser.add_argument("--save-as", default="driver_memory", help="the results' name under benchmarks/results")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
@@ -77,7 +78,7 @@ def main() -> None:
     base = rows[0]["peak_rss_mb"]
     for row in rows:
         row["x_smallest"] = row["peak_rss_mb"] / base
-    path = save("driver_memory", {"machine": machine(), "rows": rows, "resume": resume | {"conversations": largest}})
+    path = save(args.save_as, {"machine": machine(), "rows": rows, "resume": resume | {"conversations": largest}})
     print(f"saved {path}")
 
 

@@ -4,7 +4,8 @@ that moves to disk as it grows, and a resume that is as exact either way."""
 from __future__ import annotations
 
 import json
-import tempfile
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,44 +54,40 @@ def test_an_intent_file_names_a_reused_id_with_both_lines_and_a_change_mid_run(t
         list(intents)
 
 
-def test_the_ledger_moves_to_disk_past_its_limit_and_stays_exact():
-    with IdLedger(spill_at=3) as ledger:
-        assert ledger.add("a", "x") and ledger.add("b", flag=True) and ledger.folder is None
-        assert ledger.add("c") and ledger.folder is not None
-        folder = ledger.folder
-        assert (folder / "ids.sqlite").is_file()
-        for k in range(100):
+def test_the_ledger_goes_to_disk_past_its_cache_and_stays_exact(monkeypatch):
+    monkeypatch.setattr("userlm.ledger.CACHE_KIB", 16)  # a few pages: the rest of the ids are on disk
+    with IdLedger() as ledger:
+        assert ledger.add("a", "x") and ledger.add("b", flag=True)
+        for k in range(20_000):
             ledger.add(f"id {k}", flag=k % 10 == 0)
         assert not ledger.add("a", "other")  # already there: unchanged
-        assert len(ledger) == 103 and ledger.text("a") == "x" and "id 99" in ledger and "id 100" not in ledger
-        assert ledger.flagged() == 11 and ledger.is_flagged("b") and not ledger.is_flagged("a")
-        assert ledger.drop_flagged() == 11 and len(ledger) == 92 and "b" not in ledger and "id 10" not in ledger
-    assert not folder.exists()
+        assert len(ledger) == 20_002 and ledger.text("a") == "x" and "id 19999" in ledger and "id 20000" not in ledger
+        assert ledger.flagged() == 2_001 and ledger.is_flagged("b") and not ledger.is_flagged("a")
+        assert ledger.drop_flagged() == 2_001 and len(ledger) == 18_001 and "b" not in ledger and "id 10" not in ledger
 
 
-def test_a_ledger_with_no_room_is_one_sentence(tmp_path, monkeypatch):
-    not_a_folder = tmp_path / "file"
-    not_a_folder.write_text("")
-    monkeypatch.setattr(tempfile, "tempdir", str(not_a_folder))
-    ledger = IdLedger(spill_at=2)
-    ledger.add("a")
-    with pytest.raises(UserError, match=rf"cannot keep the run's ids in {not_a_folder} .*set TMPDIR to a folder with room"):
-        ledger.add("b")
+def test_a_ledger_with_no_room_is_one_sentence():
+    """SQLite's temporary file cannot grow (a file-size limit here, as a full disk would refuse
+    it): one sentence saying what to do."""
+    import resource
+
+    code = ("import userlm.ledger as l; l.CACHE_KIB = 8; from userlm.errors import UserError\n"
+            "ledger = l.IdLedger()\ntry:\n    [ledger.add(f'id {k}', 'x' * 40) for k in range(20000)]\n"
+            "except UserError as e:\n    print(e)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536)))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("cannot keep the run's ids in a temporary file (") and "point TMPDIR at a folder with room" in done.stdout
 
 
 def test_a_resume_with_its_ids_on_disk_skips_exactly_what_is_there(tmp_path, monkeypatch):
-    monkeypatch.setattr("userlm.ledger.SPILL_AT", 4)
-    spilled = []
-    spill = IdLedger._spill
-    monkeypatch.setattr(IdLedger, "_spill", lambda self: (spill(self), spilled.append(self.folder)))
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr("userlm.ledger.CACHE_KIB", 16)
     out = tmp_path / "run.jsonl"
     first = _run(IntentFile(_intents(tmp_path / "six.jsonl", 6)), out)
     assert (first.written, first.skipped) == (6, 0)
     everything = IntentFile(_intents(tmp_path / "ten.jsonl", 10))
     rest = _run(everything, out)
-    assert (rest.total, rest.written, rest.skipped) == (10, 4, 6) and spilled
+    assert (rest.total, rest.written, rest.skipped) == (10, 4, 6)
     ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
     assert sorted(ids) == sorted(f"c{k}#0" for k in range(10))
     again = _run(everything, out)
@@ -103,4 +100,3 @@ def test_a_resume_with_its_ids_on_disk_skips_exactly_what_is_there(tmp_path, mon
                                         r"You want help with chore 7 today\. \(the intents file\)"):
         _run(IntentFile(changed), out)
     assert out.read_text() == before
-    assert list((tmp_path / "tmp").iterdir()) == []  # every ledger's file went with its run

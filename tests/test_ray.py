@@ -169,7 +169,7 @@ def test_a_replica_that_cannot_load_or_dies_loading_is_one_sentence_naming_its_n
     nodes = {(n["NodeManagerAddress"], n["NodeID"][:8]) for n in ray.nodes() if n["Alive"]}
     with pytest.raises(UserError, match=r"hf:/nowhere/userlm-model: the replica on node (\S+) \(Ray node ([0-9a-f]{8})\) could "
                                         r"not load its model \(/nowhere/userlm-model: no such model folder; check the path\); every "
-                                        r"node a replica may run on needs the model") as failed:
+                                        r"node a replica may run on needs what loading it needs there: the model at the spec's path") as failed:
         user_model("hf:/nowhere/userlm-model", _options("user", cluster))
     assert _named_node(failed.value) in nodes
 

@@ -382,7 +382,8 @@ def _load(spec: str, handles: list[Any]) -> None:
             cause = cause_of(exc)
             said = str(cause).rstrip(".") if isinstance(cause, UserError) else f"{type(cause).__name__}: {cause}"
             raise UserError(f"{spec}: {where} could not load its model ({said}); every node a replica may run on needs "
-                            "the model where the spec says (the same path, or a hub id it can reach).") from None
+                            "what loading it needs there: the model at the spec's path (or a hub id it can reach) and its "
+                            "engine installed.") from None
         except RayActorError:
             raise UserError(f"{spec}: {where} died while loading its model (killed, or out of memory there); give the "
                             "replicas more memory (fewer per node) and run again.") from None
