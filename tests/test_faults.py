@@ -166,14 +166,24 @@ def test_a_judge_adds_its_verdicts(tmp_path):
             self.asked.append(messages[-1]["content"])
             from userlm.models.base import ChatReply
 
-            return ChatReply('["intent_dump", "not_a_fault"]')
+            return ChatReply('["intent_dump", "not_a_fault"]', prompt_tokens=len(messages[-1]["content"]), completion_tokens=9)
 
     judge = Judge()
-    user = SimulatedUser(ScriptedUser(["Could you help with a letter?"]), GuardrailConfig(min_turns=5, first_words=()),
+    user = SimulatedUser(ScriptedUser(["Could you help with a letter?", "And a shorter one?"]), GuardrailConfig(min_turns=5, first_words=()),
                          FaultPolicy(judge=judge))
     turn = asyncio.run(user.next_turn("You want an apology letter.", []))
     assert turn.faults == ["intent_dump"]
     assert "Could you help with a letter?" in judge.asked[0] and all(name in judge.asked[0] for name in FAULTS)
+    assert (turn.judged.calls, turn.judged.prompt_tokens, turn.judged.completion_tokens) == (1, len(judge.asked[0]), 9)
+    # in a run, the judge's tokens are a side of their own in every record, and in the run's totals
+    from userlm.models.doubles.scripted import ScriptedAssistant
+    from userlm.simulation import RunSettings, simulate
+
+    judge.asked.clear()
+    run = simulate(["You want an apology letter."], user, ScriptedAssistant(["Sure."]), settings=RunSettings(max_turns=2), progress=False)
+    [conv] = run.conversations
+    assert conv.usage["fault_judge"].calls == len(judge.asked) == 2
+    assert conv.usage["fault_judge"].prompt_tokens == sum(map(len, judge.asked)) and run.tokens["fault_judge"].completion_tokens == 18
 
 
 def test_the_cli_refuses_an_unknown_fault_in_one_sentence(tmp_path, intents_file):

@@ -367,6 +367,8 @@ async def converse(conv: Conversation, user: SimulatedUser, assistant: ChatModel
             conv.end_reason, conv.error = "user_error", _describe(exc)
             break
         conv.usage.setdefault("user", Usage()).merge(turn.usage)
+        if turn.judged.calls:  # the fault judge's tokens: a side of their own
+            conv.usage.setdefault("fault_judge", Usage()).merge(turn.judged)
         if hooks.on_user_turn is not None:
             hooks.on_user_turn(conv, turn)
         if turn.end_reason is not None:

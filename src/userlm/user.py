@@ -44,6 +44,7 @@ class UserTurn:
     truncated: bool = False  #: the kept draft ran out of tokens before it ended
     rejected: list[Rejection] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
+    judged: Usage = field(default_factory=Usage)  #: the fault judge's tokens for this turn (``--fault-judge``)
     faults: list[str] | None = field(default_factory=list)  #: the faults the kept turn (or the end) shows (userlm.faults); None: not checked
 
     @property
@@ -96,11 +97,12 @@ class SimulatedUser:
         self.guardrails = guardrails or GuardrailConfig()
         self.faults = faults or FaultPolicy()
 
-    async def _faults(self, text: str | None, ended: bool, context: TurnContext, seed: int) -> list[str]:
+    async def _faults(self, text: str | None, ended: bool, context: TurnContext, seed: int, judged: Usage) -> list[str]:
         found = detect(text, ended=ended, context=context)
         judge = self.faults.judge
         if judge is not None:
             answer = await judge.reply([{"role": "user", "content": judge_prompt(text, ended, context)}], seed=seed)
+            judged.add(answer.prompt_tokens, answer.completion_tokens)
             found = [name for name in FAULTS if name in set(found) | set(judge_verdict(answer.text))]
         return found
 
@@ -143,7 +145,8 @@ class SimulatedUser:
             verdict = check_draft(draft.text, ended=draft.ended, intent=intent, earlier_user_turns=earlier, config=g)
             if verdict.accepted and self.faults.check:
                 faults = await self._faults(None if verdict.ended else draft.text, verdict.ended,
-                                            TurnContext(intent, earlier, tuple(required)), derive_seed(seed, len(earlier), attempt, "faults"))
+                                            TurnContext(intent, earlier, tuple(required)), derive_seed(seed, len(earlier), attempt, "faults"),
+                                            turn.judged)
                 refused = [name for name in faults if name in self.faults.reject]
                 if refused:
                     turn.rejected.append(Rejection.of(draft.text if not draft.ended else END_OF_CONVERSATION, f"fault:{refused[0]}"))
