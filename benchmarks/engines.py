@@ -14,17 +14,18 @@ turn) ``--repeats`` times and each one's median reported:
   ``generate`` with the guardrail logits processor), each conversation's keys and values kept
   between its turns or not;
 - ``vllm``: ``userlm.simulate`` with ``vllm:`` models (vLLM's async engine in this process,
-  every guardrail in its sampler);
-- ``vllm_turn_by_turn``: the loop a user would write with the same engines: every
-  conversation's user turn together, wait for all, then every reply, and so on (no guardrails);
-  ``vllm`` over it is what continuous batching across conversations buys;
+  every guardrail in its sampler), placed as ``userlm simulate`` places two engines on CPUs
+  (``userlm.models.vllm.engine.side_by_side``: half of the cores each, at most 3/8 of the
+  conversations at once each);
+- ``vllm_turn_by_turn``: the loop a user would write, on engines of vLLM's defaults (each on its
+  half of the cores): every conversation's user turn together, wait for all, then every reply,
+  and so on (no guardrails); its time in user turns and in replies is recorded too;
 - ``openai_vllm_server``: ``userlm.simulate`` with ``openai:`` models against two real vLLM
   servers on this machine (started after the in-process engines are shut down).
 
 All vLLM engines: chunked prefill off (vLLM's CPU build crashes on per-request seeds with it),
 prefix caching on and emptied before every run, compiled (not eager), float32 (vLLM's fastest
-here; ``hf:`` runs the bf16 that its auto picks on this CPU), each engine's worker on half of the
-cores (as ``userlm simulate`` places two engines on CPUs). ``--side-by-side``: ``hf``, ``vllm``
+here; ``hf:`` runs the bf16 that its auto picks on this CPU), each engine on half of the cores. ``--side-by-side``: ``hf``, ``vllm``
 and ``vllm_turn_by_turn`` alone, as ratios to the turn-by-turn loop, saved as ``engines_vllm`` (B4b).
 """
 
@@ -83,9 +84,12 @@ def turn_by_turn(user_engine, asst_engine, prompts: list[str], turns: int) -> di
     end = user_tok.convert_tokens_to_ids("<|endconversation|>")
     eot = user_tok.convert_tokens_to_ids("<|eot_id|>")
 
+    phases = {"user_s": 0.0, "assistant_s": 0.0}
+
     async def run():
         chats = [[] for _ in prompts]
         for turn in range(turns):
+            began = time.perf_counter()
             async def user(i, chat):
                 params = SamplingParams(temperature=1.0, top_p=0.8, max_tokens=USER_TOKENS, seed=i * 100 + turn,
                                         stop_token_ids=[eot], logit_bias={end: -100}, detokenize=False)
@@ -93,6 +97,8 @@ def turn_by_turn(user_engine, asst_engine, prompts: list[str], turns: int) -> di
                 return user_tok.decode(ids, skip_special_tokens=True).strip()
 
             texts = await asyncio.gather(*[user(i, c) for i, c in enumerate(chats)])
+            phases["user_s"] += time.perf_counter() - began
+            began = time.perf_counter()
             for chat, text in zip(chats, texts):
                 chat.append({"role": "user", "content": text})
 
@@ -104,12 +110,13 @@ def turn_by_turn(user_engine, asst_engine, prompts: list[str], turns: int) -> di
                 return asst_tok.decode(out, skip_special_tokens=True).strip()
 
             replies = await asyncio.gather(*[reply(i, c) for i, c in enumerate(chats)])
+            phases["assistant_s"] += time.perf_counter() - began
             for chat, text in zip(chats, replies):
                 chat.append({"role": "assistant", "content": text})
 
     start = time.perf_counter()
     asyncio.run(run())
-    return {"seconds": time.perf_counter() - start, "conversations": len(prompts), "user_turns": len(prompts) * turns}
+    return {"seconds": time.perf_counter() - start, "conversations": len(prompts), "user_turns": len(prompts) * turns, **phases}
 
 
 def _free_port() -> int:
@@ -154,7 +161,7 @@ def main() -> None:
 
     from userlm.models.base import SamplingSettings
     from userlm.models.hf.local import LoadOptions, LocalChatModel, LocalUserModel
-    from userlm.models.vllm.engine import VLLMChatModel, VLLMOptions, VLLMUserModel, close_engines, core_shares
+    from userlm.models.vllm.engine import Engine, VLLMChatModel, VLLMOptions, VLLMUserModel, close_engines, core_shares, side_by_side
 
     user_dir, asst_dir = build_models(Path(args.models))
     prompts = intents(args.conversations)
@@ -163,10 +170,16 @@ def main() -> None:
 
     started = time.perf_counter()
     user_cores, asst_cores = core_shares(2)
-    v_user = VLLMUserModel(str(user_dir), sampling=user_sampling, options=VLLMOptions(kv_cache_gb=KV_GB, dtype=VLLM_DTYPE, cpus=user_cores))
-    v_asst = VLLMChatModel(str(asst_dir), sampling=asst_sampling, options=VLLMOptions(kv_cache_gb=KV_GB, dtype=VLLM_DTYPE, cpus=asst_cores))
+    plain = VLLMOptions(kv_cache_gb=KV_GB, dtype=VLLM_DTYPE)
+    user_options, asst_options = side_by_side(plain, plain, len(prompts))  # as userlm simulate places them
+    v_user = VLLMUserModel(str(user_dir), sampling=user_sampling, options=user_options)
+    v_asst = VLLMChatModel(str(asst_dir), sampling=asst_sampling, options=asst_options)
     startup = time.perf_counter() - started
-    print(f"vllm: two engines started in {startup:.1f} s (worker cores: user {user_cores}, assistant {asst_cores})", flush=True)
+    print(f"vllm: two engines started in {startup:.1f} s (cores: user {user_options.cpus}, assistant {asst_options.cpus}; "
+          f"at most {user_options.max_num_seqs} and {asst_options.max_num_seqs} conversations at once)", flush=True)
+    # the loop's own engines: vLLM's defaults, on the same split of the cores (its two engines never run at once)
+    loop_user = Engine(str(user_dir), VLLMOptions(kv_cache_gb=KV_GB, dtype=VLLM_DTYPE, cpus=user_cores))
+    loop_asst = Engine(str(asst_dir), VLLMOptions(kv_cache_gb=KV_GB, dtype=VLLM_DTYPE, cpus=asst_cores))
     models = {
         "hf": (LocalUserModel(str(user_dir), sampling=user_sampling, options=LoadOptions(max_batch_size=len(prompts))),
                LocalChatModel(str(asst_dir), sampling=asst_sampling, options=LoadOptions(max_batch_size=len(prompts)))),
@@ -177,7 +190,7 @@ def main() -> None:
             LocalChatModel(str(asst_dir), sampling=asst_sampling, options=LoadOptions(max_batch_size=len(prompts), reuse_cache=False)))
     models["vllm"] = (v_user, v_asst)
 
-    def fresh(engines=(v_user.engine, v_asst.engine)) -> None:  # every vLLM run starts from an empty prefix cache
+    def fresh(engines=(v_user.engine, v_asst.engine, loop_user, loop_asst)) -> None:  # every vLLM run starts from an empty prefix cache
         for engine in engines:
             engine.reset_prefix_cache()
     runs: dict[str, list[float]] = {name: [] for name in (*models, "vllm_turn_by_turn")}
@@ -189,16 +202,21 @@ def main() -> None:
         warm[name] = [simulate(u, a, prompts, args.turns)["seconds"]]
         print(f"warm-up {name}: {warm[name][0]:.1f} s", flush=True)
     fresh()
-    warm["vllm_turn_by_turn"] = [turn_by_turn(v_user.engine, v_asst.engine, prompts, args.turns)["seconds"]]
+    warm["vllm_turn_by_turn"] = [turn_by_turn(loop_user, loop_asst, prompts, args.turns)["seconds"]]
     print("warm-up runs, s:", {k: [round(x, 1) for x in v] for k, v in warm.items()}, flush=True)
+    phases: list[dict] = []  # the loop's time in its user turns and in its replies: what running them side by side could save
     for repeat in range(args.repeats):
         for name, (u, a) in models.items():
             fresh()
             runs[name].append(simulate(u, a, prompts, args.turns)["seconds"])
         fresh()
-        runs["vllm_turn_by_turn"].append(turn_by_turn(v_user.engine, v_asst.engine, prompts, args.turns)["seconds"])
+        loop = turn_by_turn(loop_user, loop_asst, prompts, args.turns)
+        runs["vllm_turn_by_turn"].append(loop["seconds"])
+        phases.append({"user_s": loop["user_s"], "assistant_s": loop["assistant_s"]})
         print(f"repeat {repeat + 1}:", {k: round(v[-1], 1) for k, v in runs.items()}, flush=True)
     load_after = os.getloadavg()
+    loop_user.close()
+    loop_asst.close()
     close_engines()
     if args.side_by_side:
         rows = {name: {"seconds": statistics.median(seconds), "runs_s": seconds} for name, seconds in runs.items()}
@@ -207,7 +225,9 @@ def main() -> None:
             r["x_turn_by_turn"] = loop / r["seconds"]
             print(f"{name:<22}{r['seconds']:>8.1f} s  x turn-by-turn {r['x_turn_by_turn']:.2f}  runs {', '.join(f'{x:.1f}' for x in r['runs_s'])}")
         path = save("engines_vllm", {"machine": machine(), "conversations": len(prompts), "turns": args.turns, "vllm_dtype": VLLM_DTYPE,
-                                     "cores": {"user": user_cores, "assistant": asst_cores}, "load_before": load_before,
+                                     "cores": {"user": user_cores, "assistant": asst_cores},
+                                     "vllm_most_at_once": {"user": user_options.max_num_seqs, "assistant": asst_options.max_num_seqs},
+                                     "turn_by_turn_phases": phases, "load_before": load_before,
                                      "load_after": load_after, "rows": rows})
         print(f"saved {path}")
         return

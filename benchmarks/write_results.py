@@ -100,16 +100,25 @@ def main() -> None:
         lines.append("")
     side = load("engines_vllm")
     if side:
-        lines += ["## B4b: `hf:` and `vllm:` against the turn-by-turn loop on the same vLLM engines", "",
+        most = side.get("vllm_most_at_once")
+        placed = (f"`vllm:` placed as `userlm simulate` places two engines on CPUs: the user engine on cores {side['cores']['user']} "
+                  f"and the assistant's on {side['cores']['assistant']}, at most {most['user']} and {most['assistant']} conversations "
+                  "at once each; the loop on two engines of vLLM's defaults on the same cores") if most else (
+                  f"both vLLM rows on the same two engines, the user engine's worker on cores {side['cores']['user']} and the "
+                  f"assistant's on {side['cores']['assistant']}")
+        lines += ["## B4b: `hf:` and `vllm:` against a turn-by-turn loop on vLLM", "",
                   f"Machine: {side['machine']}; load average before {side['load_before'][0]:.2f}, after {side['load_after'][0]:.2f}. "
                   f"B1's models and workload ({side['conversations']} conversations x {side['turns']} user turns), `hf:` in bf16 "
-                  "(its auto here), both vLLM rows on the same two engines ({side.get('vllm_dtype', 'float32')}, compiled, chunked prefill off), the user engine's "
-                  f"worker on cores {side['cores']['user']} and the assistant's on {side['cores']['assistant']} (as `userlm simulate` "
-                  "places them on CPUs), every run from an empty prefix cache, rows alternated after an untimed run of each; the "
-                  "median of each row's runs.", "",
+                  f"(its auto here), vLLM in {side.get('vllm_dtype', 'float32')} (compiled, chunked prefill off); {placed}. Every "
+                  "run from an empty prefix cache, rows alternated after an untimed run of each; the median of each row's runs.", "",
                   "| run | median s | x turn-by-turn loop | runs, s |", "|---|---|---|---|"]
         for name, r in side["rows"].items():
             lines.append(f"| {name} | {r['seconds']:.1f} | {r['x_turn_by_turn']:.2f} | {', '.join(f'{x:.1f}' for x in r['runs_s'])} |")
+        if side.get("turn_by_turn_phases"):
+            phases = side["turn_by_turn_phases"]
+            lines += ["", "The loop's time in user turns and in replies, s: " + "; ".join(
+                f"{p['user_s']:.1f} and {p['assistant_s']:.1f}" for p in phases) + ". Run side by side at the same speed, "
+                "the two could at best take the longer of the two."]
         lines.append("")
     memory = load("driver_memory")
     if memory:

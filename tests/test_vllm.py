@@ -213,30 +213,35 @@ def test_cli_simulate_with_vllm_on_both_sides(vllm_model_dir, tmp_path):
     assert again.returncode == 0 and "8 already there" in again.stderr + again.stdout
 
 
-def test_two_engines_on_the_cpu_run_on_a_share_of_the_cores_each(vllm_model_dir):
-    """As ``userlm simulate`` places a user and an assistant engine: each engine's worker threads
-    are bound to its own share of the cores, not both to the same ones."""
+def test_two_engines_on_the_cpu_run_side_by_side(vllm_model_dir):
+    """As ``userlm simulate`` places a user and an assistant engine on CPUs: each engine's processes
+    (its scheduler and its worker, every thread of them) run on its own share of the cores only, and
+    each runs at most 3/8 of the conversations at once, unless the user capped it themselves."""
     import psutil
 
-    from userlm.models.vllm.engine import Engine, VLLMOptions, core_shares
+    from userlm.models.vllm.engine import Engine, VLLMOptions, core_shares, side_by_side
 
     shares = core_shares(2)
     if shares[0] is None:
         pytest.skip("needs two cores, and VLLM_CPU_OMP_THREADS_BIND unset")
+    placed = side_by_side(VLLMOptions(**ENGINE), VLLMOptions(**ENGINE), 16)
+    assert [o.cpus for o in placed] == shares and [o.max_num_seqs for o in placed] == [6, 6]
+    assert [o.max_num_seqs for o in side_by_side(VLLMOptions(max_num_seqs=9), VLLMOptions(), 16)] == [9, 6]
     me = psutil.Process()
     engines, bindings = [], []
     try:
-        for k, share in enumerate(shares):
+        for options in placed:
             before = {p.pid for p in me.children(recursive=True)}
-            engines.append(Engine(str(vllm_model_dir), VLLMOptions(**ENGINE, max_num_seqs=4 + k, cpus=share)))
-            started = [p for p in me.children(recursive=True) if p.pid not in before]
+            engines.append(Engine(str(vllm_model_dir), options))
+            started = [p for p in me.children(recursive=True) if p.pid not in before and p.name().startswith("VLLM::")]
+            assert {p.name() for p in started} == {"VLLM::EngineCore", "VLLM::Worker"}
             bindings.append({frozenset(os.sched_getaffinity(t.id)) for p in started for t in p.threads()})
+        assert [e.llm.vllm_config.scheduler_config.max_num_seqs for e in engines] == [6, 6]
     finally:
         for engine in engines:
             engine.close()
     wanted = [frozenset(int(c) for c in share.split(",")) for share in shares]
-    assert wanted[0] in bindings[0] and wanted[1] not in bindings[0]
-    assert wanted[1] in bindings[1] and wanted[0] not in bindings[1]
+    assert bindings[0] == {wanted[0]} and bindings[1] == {wanted[1]}
     assert "VLLM_CPU_OMP_THREADS_BIND" not in os.environ  # set for each engine's start only
 
 

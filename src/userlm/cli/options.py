@@ -158,20 +158,22 @@ def faults_from(args: argparse.Namespace):
 
 def side_by_side(args: argparse.Namespace, user: ProviderOptions, assistant: ProviderOptions) -> tuple[ProviderOptions, ProviderOptions]:
     """On CPUs, two different ``vllm:`` engines in this process (the user and the assistant) get
-    half of the cores each, so that they run side by side instead of taking turns on the same
-    ones (vLLM would bind both to the same cores)."""
+    half of the cores each and a share of the conversations each at once, so that they run side by
+    side instead of taking turns (vLLM would bind both to the same cores, and the conversations
+    would move between them as one wave): :func:`userlm.models.vllm.engine.side_by_side`."""
     if not (args.user.startswith("vllm:") and args.assistant.startswith("vllm:")) or args.user == args.assistant \
             or user.replicas > 1 or assistant.replicas > 1:
         return user, assistant
-    from ..models.vllm.engine import core_shares, on_cpu
+    from ..models.vllm.engine import on_cpu
+    from ..models.vllm.engine import side_by_side as placed
 
     try:
         if not on_cpu():
             return user, assistant
     except ImportError:  # no vLLM: the models say so, in one sentence, as they load
         return user, assistant
-    first, second = core_shares(2)
-    return replace(user, vllm=replace(user.vllm, cpus=first)), replace(assistant, vllm=replace(assistant.vllm, cpus=second))
+    user_vllm, assistant_vllm = placed(user.vllm, assistant.vllm, args.concurrency)
+    return replace(user, vllm=user_vllm), replace(assistant, vllm=assistant_vllm)
 
 
 def provider_options(args: argparse.Namespace, side: str) -> ProviderOptions:

@@ -27,7 +27,7 @@ import math
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ...errors import ConfigurationError, UserError
@@ -76,6 +76,11 @@ class VLLMOptions:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
         if self.kv_cache_gb is not None and self.kv_cache_gb <= 0:
             raise ValueError("kv_cache_gb must be above 0")
+        if self.cpus is not None:
+            try:
+                _cores(self.cpus)
+            except ValueError:
+                raise ValueError(f"cpus {self.cpus!r} is not a list of cores such as '0-3' or '0,2'") from None
 
 
 def _cpu_only() -> bool:
@@ -146,13 +151,16 @@ class Engine:
             return AsyncLLM.from_engine_args(args)
 
         self.on_cpu = _cpu_only()
+        binding = options.cpus if self.on_cpu and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ else None
         try:
-            with _bound_to(options.cpus if self.on_cpu else None):  # read by the engine's processes as they start
+            with _bound_to(binding):  # read by the engine's processes as they start
                 self.llm = asyncio.run_coroutine_threadsafe(start(), self.loop).result()
         except Exception as exc:
             self.loop.call_soon_threadsafe(self.loop.stop)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"vLLM could not start vllm:{path} ({first}).") from None
+        if binding is not None:
+            _bind_engine_core(self.llm, binding)
         self.eos = _eos_ids(path, self.tokenizer)
         atexit.register(self.close)  # after vLLM's own exit handlers, so it runs before them
 
@@ -213,6 +221,30 @@ def _bound_to(cpus: str | None) -> Iterator[None]:
         os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
 
 
+def _bind_engine_core(llm, cpus: str) -> None:
+    """Bind the engine's core process (its scheduler) to the cores its worker has. It spins while its
+    worker computes (vLLM's shared-memory queue yields the core in a loop): on its worker's cores that
+    spin gives way to the worker, where unbound it takes the other engine's core."""
+    cores = _cores(cpus)
+    manager = getattr(getattr(getattr(llm, "engine_core", None), "resources", None), "engine_manager", None)
+    for process in getattr(manager, "processes", []):
+        with contextlib.suppress(OSError):  # a process that is gone, or threads that ended meanwhile
+            for thread in os.listdir(f"/proc/{process.pid}/task"):
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(thread), cores)
+
+
+def _cores(cpus: str) -> set[int]:
+    """The cores of a binding in VLLM_CPU_OMP_THREADS_BIND's form ("0-3", "0,2", "0-1,4")."""
+    cores: set[int] = set()
+    for part in cpus.split(","):
+        first, _, last = part.strip().partition("-")
+        cores.update(range(int(first), int(last or first) + 1))
+    if not cores or min(cores) < 0:
+        raise ValueError(cpus)
+    return cores
+
+
 def core_shares(count: int) -> list[str | None]:
     """This process's cores split into ``count`` shares, one per engine that will run side by side
     on the CPU (None each where there are fewer cores than engines, or the user set the binding)."""
@@ -222,6 +254,26 @@ def core_shares(count: int) -> list[str | None]:
     size = len(cores) // count
     shares = [cores[k * size : (k + 1) * size] for k in range(count - 1)] + [cores[(count - 1) * size :]]
     return [",".join(map(str, share)) for share in shares]
+
+
+#: on CPUs, the share of a simulation's conversations that each of two engines side by side runs at
+#: once (vLLM's max_num_seqs). Below a half, so that the conversations split into groups, one at
+#: each engine and some queued at each, instead of moving between the engines as one wave that
+#: leaves one of them idle (B4b in benchmarks/RESULTS.md)
+SIDE_BY_SIDE_SHARE = 3 / 8
+
+
+def side_by_side(user: VLLMOptions, assistant: VLLMOptions, conversations: int) -> tuple[VLLMOptions, VLLMOptions]:
+    """The settings of a user and an assistant engine that run side by side on this machine's CPU
+    for ``conversations`` conversations in flight: each gets its own share of the cores, and runs
+    at most :data:`SIDE_BY_SIDE_SHARE` of the conversations at once (unless ``max_num_seqs`` is
+    set). Unchanged where the cores cannot be split (one core, or the user bound vLLM's threads)."""
+    first, second = core_shares(2)
+    if first is None or second is None:
+        return user, assistant
+    most = max(1, math.ceil(conversations * SIDE_BY_SIDE_SHARE))
+    return (replace(user, cpus=first, max_num_seqs=user.max_num_seqs or most),
+            replace(assistant, cpus=second, max_num_seqs=assistant.max_num_seqs or most))
 
 
 def on_cpu() -> bool:
