@@ -208,7 +208,7 @@ def test_cli_simulate_with_vllm_on_both_sides(vllm_model_dir, tmp_path):
     assert sorted(r["id"] for r in records) == sorted(f"i{k}#0" for k in range(8))
     assert all(r["error"] is None and r["user_model"] == f"vllm:{vllm_model_dir}" for r in records)
     assert all(m["end_prob"] is not None for r in records for m in r["messages"] if m["role"] == "user")
-    assert done.stderr.count("note: vllm: is running on the CPU. On CPUs hf: is the faster engine") == 1
+    assert done.stderr.count("note: vllm: is running on the CPU on cores it shares; there hf: is the faster engine") == 1
     again = subprocess.run(command, capture_output=True, text=True, timeout=HANG_S)
     assert again.returncode == 0 and "8 already there" in again.stderr + again.stdout
 
@@ -227,6 +227,8 @@ def test_two_engines_on_the_cpu_run_side_by_side(vllm_model_dir):
     placed = side_by_side(VLLMOptions(**ENGINE), VLLMOptions(**ENGINE), 16)
     assert [o.cpus for o in placed] == shares and [o.max_num_seqs for o in placed] == [6, 6]
     assert [o.max_num_seqs for o in side_by_side(VLLMOptions(max_num_seqs=9), VLLMOptions(), 16)] == [9, 6]
+    with pytest.raises(ValueError, match="'first' is not a list of cores"):
+        VLLMOptions(cpus="first")
     me = psutil.Process()
     engines, bindings = [], []
     try:

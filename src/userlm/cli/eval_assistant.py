@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import add_guardrail_options, add_model_options, faults_from, guardrails_from, provider_options
+from .options import add_guardrail_options, add_model_options, faults_from, guardrails_from, provider_options, side_by_side
 from .stopping import run_async
 
 
@@ -55,10 +55,13 @@ def run(args: argparse.Namespace) -> int:
     for spec in args.tasks:
         suite = load_suite(spec, args.scorer)
         tasks.extend(suite[: args.limit] if args.limit else suite)
-    assistant = chat_model(args.assistant, provider_options(args, "assistant"))
-    user = user_model(args.user, provider_options(args, "user")) if "simulated" in modes else None
-    extractor = chat_model(args.extractor, provider_options(args, "assistant")) if args.extractor else None
-    rephrase = chat_model(args.rephrase, provider_options(args, "assistant")) if args.rephrase else None
+    user_options, assistant_options = provider_options(args, "user"), provider_options(args, "assistant")
+    if "simulated" in modes:  # two vllm: engines on CPUs run side by side, as in simulate
+        user_options, assistant_options = side_by_side(args, user_options, assistant_options)
+    assistant = chat_model(args.assistant, assistant_options)
+    user = user_model(args.user, user_options) if "simulated" in modes else None
+    extractor = chat_model(args.extractor, assistant_options) if args.extractor else None  # the assistant's engine where it is the same model
+    rephrase = chat_model(args.rephrase, assistant_options) if args.rephrase else None
     settings = EvalSettings(modes=modes, samples=args.samples, max_turns=args.max_turns, seed=args.seed,
                             concurrency=args.concurrency, guardrails=guardrails_from(args), faults=faults_from(args))
     report = run_async(evaluate(tasks, assistant, args.out, user_model=user, extractor=extractor, rephrase=rephrase,

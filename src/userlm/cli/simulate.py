@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if "vllm:" in (args.user[:5], args.assistant[:5]):
         from ..models.vllm.engine import CPU_NOTICE, on_cpu
 
-        if on_cpu():
+        if on_cpu() and user_options.vllm.cpus is None and assistant_options.vllm.cpus is None:  # not side by side
             print(CPU_NOTICE, file=sys.stderr)
     summary = run_async(
         simulate_async(

@@ -46,9 +46,11 @@ from ..turn import TurnReader, TurnRules, table
 
 GUARD = "userlm.models.vllm.guard:Guardrails"
 
-#: what ``userlm simulate`` says once when a vllm: engine runs without a GPU (the figures: benchmarks/RESULTS.md, B4)
-CPU_NOTICE = ("note: vllm: is running on the CPU. On CPUs hf: is the faster engine (B4b in benchmarks/RESULTS.md: "
-              "hf: ran the same simulation 1.3x as fast as vllm: on two cores); vllm: pays off on GPUs.")
+#: what ``userlm simulate`` says once when a vllm: engine runs on the CPU without a share of the cores
+#: of its own (the figures: B4b in benchmarks/RESULTS.md and benchmarks/NOTES.md)
+CPU_NOTICE = ("note: vllm: is running on the CPU on cores it shares; there hf: is the faster engine (B4b in "
+              "benchmarks/NOTES.md: 1.4x two vllm: engines on one core). On CPUs vllm: pays off as a user and an assistant of "
+              "different models, which userlm places side by side on cores of their own; on GPUs it always does.")
 
 
 @dataclass(frozen=True)
