@@ -213,6 +213,29 @@ def test_cli_simulate_with_vllm_on_both_sides(vllm_model_dir, tmp_path):
     assert again.returncode == 0 and "8 already there" in again.stderr + again.stdout
 
 
+def test_cli_simulate_with_two_vllm_models_places_them_side_by_side(vllm_model_dir, tmp_path):
+    """A user and an assistant of different checkpoints: placed side by side on the cores, so the
+    note that hf: is faster on shared cores is not printed; the run completes."""
+    import shutil
+
+    from userlm.models.vllm.engine import core_shares
+
+    if core_shares(2)[0] is None:
+        pytest.skip("needs two cores, and VLLM_CPU_OMP_THREADS_BIND unset")
+    assistant_dir = shutil.copytree(vllm_model_dir, tmp_path / "assistant")
+    intents = tmp_path / "intents.jsonl"
+    intents.write_text("".join(json.dumps({"id": f"i{k}", "intent": f"You want help with task {k}."}) + "\n" for k in range(8)))
+    out = tmp_path / "runs.jsonl"
+    done = subprocess.run([sys.executable, "-m", "userlm", "simulate", "--user", f"vllm:{vllm_model_dir}", "--assistant",
+                           f"vllm:{assistant_dir}", "--intents", str(intents), "--out", str(out), "--max-turns", "2",
+                           "--user-max-tokens", "8", "--assistant-max-tokens", "8", "--vllm-eager", "--vllm-kv-cache-gb", "0.25",
+                           "--dtype", "float32", "--concurrency", "8"], capture_output=True, text=True, timeout=HANG_S)
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 8 and all(r["error"] is None for r in records)
+    assert "note: vllm: is running on the CPU" not in done.stderr
+
+
 def test_two_engines_on_the_cpu_run_side_by_side(vllm_model_dir):
     """As ``userlm simulate`` places a user and an assistant engine on CPUs: each engine's processes
     (its scheduler and its worker, every thread of them) run on its own share of the cores only, and

@@ -49,7 +49,7 @@ GUARD = "userlm.models.vllm.guard:Guardrails"
 #: what ``userlm simulate`` says once when a vllm: engine runs on the CPU without a share of the cores
 #: of its own (the figures: B4b in benchmarks/RESULTS.md and benchmarks/NOTES.md)
 CPU_NOTICE = ("note: vllm: is running on the CPU on cores it shares; there hf: is the faster engine (B4b in "
-              "benchmarks/NOTES.md: 1.4x two vllm: engines on one core). On CPUs vllm: pays off as a user and an assistant of "
+              "benchmarks/NOTES.md: 1.4x as fast as two vllm: engines on one core). On CPUs vllm: pays off as a user and an assistant of "
               "different models, which userlm places side by side on cores of their own; on GPUs it always does.")
 
 
@@ -153,6 +153,7 @@ class Engine:
             return AsyncLLM.from_engine_args(args)
 
         self.on_cpu = _cpu_only()
+        # the user's own VLLM_CPU_OMP_THREADS_BIND wins
         binding = options.cpus if self.on_cpu and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ else None
         try:
             with _bound_to(binding):  # read by the engine's processes as they start
@@ -212,8 +213,8 @@ class Engine:
 
 @contextlib.contextmanager
 def _bound_to(cpus: str | None) -> Iterator[None]:
-    """vLLM's CPU worker binds its threads to ``cpus`` (unless the user set the binding themselves)."""
-    if cpus is None or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+    """vLLM's CPU worker binds its threads to ``cpus``."""
+    if cpus is None:
         yield
         return
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpus
@@ -261,7 +262,7 @@ def core_shares(count: int) -> list[str | None]:
 #: on CPUs, the share of a simulation's conversations that each of two engines side by side runs at
 #: once (vLLM's max_num_seqs). Below a half, so that the conversations split into groups, one at
 #: each engine and some queued at each, instead of moving between the engines as one wave that
-#: leaves one of them idle (B4b in benchmarks/RESULTS.md)
+#: leaves one of them idle (B4b in benchmarks/RESULTS.md; the shares tried: benchmarks/NOTES.md)
 SIDE_BY_SIDE_SHARE = 3 / 8
 
 
