@@ -101,8 +101,8 @@ def main() -> None:
     side = load("engines_vllm")
     if side:
         most = side.get("vllm_most_at_once")
-        placed = (f"`vllm:` placed as `userlm simulate` places two engines on CPUs: the user engine on cores {side['cores']['user']} "
-                  f"and the assistant's on {side['cores']['assistant']}, at most {most['user']} and {most['assistant']} conversations "
+        placed = (f"`vllm:` placed as `userlm simulate` places two engines on CPUs: the user engine on core(s) {side['cores']['user']} "
+                  f"and the assistant's on core(s) {side['cores']['assistant']}, at most {most['user']} and {most['assistant']} conversations "
                   "at once each; the loop on two engines of vLLM's defaults on the same cores") if most else (
                   f"both vLLM rows on the same two engines, the user engine's worker on cores {side['cores']['user']} and the "
                   f"assistant's on {side['cores']['assistant']}")
